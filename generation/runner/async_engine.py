@@ -1,0 +1,171 @@
+"""Drives LLMEngine from one background thread so an asyncio server never blocks on a forward.
+
+All engine mutations happen on that thread: callers enqueue commands (add, abort) and read
+outputs from per-request asyncio queues that the thread fills with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ragloom.errors import InvalidArgument, RagloomError, Unavailable
+from ragloom.generation.runner.engine import LLMEngine, Loads, Output, Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Add:
+    request: Request
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class EngineFailure(RagloomError):
+    """The step loop raised; every request in flight at that moment fails with this."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue[Output | BaseException]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._loads = engine.loads()
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ragloom-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Abort everything in flight and stop the loop thread."""
+        if self._thread is None:
+            return
+        for request_id in list(self._streams):
+            self.abort(request_id)
+        self._stopping = True
+        self._commands.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
+    def loads(self) -> Loads:
+        return self._loads
+
+    def abort(self, request_id: str) -> bool:
+        """Ask the loop to stop a request; its stream then ends with finish_reason 'abort'."""
+        if request_id not in self._streams:
+            return False
+        self._commands.put(_Abort(request_id))
+        return True
+
+    async def generate(self, request: Request) -> AsyncIterator[Output]:
+        """Outputs of one request as they are produced. Validation errors raise before the first
+        yield; if the consumer stops early (cancelled, disconnected) the request is aborted."""
+        if not self.running:
+            raise Unavailable("the engine is not running (starting up or shutting down)")
+        self.engine.validate(request)
+        if request.request_id in self._streams:
+            raise InvalidArgument(f"request id {request.request_id!r} is already running")
+        stream: asyncio.Queue[Output | BaseException] = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        self._commands.put(_Add(request))
+        finished = False
+        try:
+            while True:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._commands.put(_Abort(request.request_id))
+            else:
+                self._streams.pop(request.request_id, None)
+
+    # ---- the loop thread ---------------------------------------------------------------------
+
+    def _deliver(self, request_id: str, item: Output | BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(stream.put_nowait, item)
+
+    def _apply(self, command: _Add | _Abort) -> None:
+        if isinstance(command, _Add):
+            try:
+                self.engine.add_request(command.request)
+            except RagloomError as exc:  # raced with a limit that validate() could not see
+                self._deliver(command.request.request_id, exc)
+        else:
+            out = self.engine.abort(command.request_id)
+            if out is not None:
+                self._deliver(command.request_id, out)
+            stream = self._streams.pop(command.request_id, None)
+            if out is None and stream is not None and self._loop is not None:
+                # Already finished or never added: make sure a waiting consumer wakes up.
+                self._loop.call_soon_threadsafe(stream.put_nowait, _aborted(command.request_id))
+
+    def _run(self) -> None:
+        log.info("engine loop started")
+        while True:
+            block = not self.engine.has_unfinished()
+            try:
+                command = self._commands.get(block=block, timeout=None if block else 0)
+            except queue.Empty:
+                command = None
+                block = False
+            if command is None and block:  # the shutdown sentinel
+                break
+            if command is not None:
+                self._apply(command)
+                while True:  # drain whatever else arrived
+                    try:
+                        nxt = self._commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._stopping = True
+                        break
+                    self._apply(nxt)
+            if self._stopping and not self.engine.has_unfinished():
+                break
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a bug in a step must not kill the server
+                log.exception("engine step failed; failing the requests in flight")
+                self._fail_all(exc)
+                outputs = []
+            for out in outputs:
+                self._deliver(out.request_id, out)
+            self._loads = self.engine.loads()
+        log.info("engine loop stopped")
+
+    def _fail_all(self, exc: Exception) -> None:
+        for request_id in list(self._streams):
+            self.engine.abort(request_id)
+            self._deliver(request_id, EngineFailure(f"generation failed: {exc}"))
+
+
+def _aborted(request_id: str) -> Output:
+    return Output(request_id, "", [], True, "abort", 0, 0, 0)

@@ -1,0 +1,293 @@
+"""The engine: requests in, one schedule -> forward -> sample -> detokenize step at a time, outputs out.
+
+`LLMEngine` is synchronous and single-threaded; `AsyncEngine` (async_engine.py) drives it from a
+background thread for the server. Offline users call `generate()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from ragloom.config import EngineSettings
+from ragloom.errors import InvalidArgument, ResourceExhausted
+from ragloom.generation.runner.batch import ForwardBatch
+from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
+from ragloom.generation.runner.kv import KVCache
+from ragloom.generation.runner.model import LlamaModel
+from ragloom.generation.runner.params import SamplingParams
+from ragloom.generation.runner.sampler import LogitsProcessor, SamplingRow, sample
+from ragloom.generation.runner.scheduler import Scheduler
+from ragloom.generation.runner.sequence import Sequence
+from ragloom.generation.runner.weights import ModelConfig, load_state_dict
+from ragloom.models import model_id, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
+
+
+@dataclass
+class Output:
+    """What one step produced for one request: deltas, plus the final state when finished."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Completion:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Loads:
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    kv_usage: float
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument("device 'cuda' was asked for but CUDA is not available")
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+class LLMEngine:
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        settings = settings or EngineSettings()
+        self.settings = settings
+        self.device, self.dtype = resolve_device(settings.device, settings.dtype)
+        folder = resolve_model(settings.model, settings.data_dir)
+        self.model_id = model_id(settings.model)
+        self.config = ModelConfig.from_folder(folder)
+        cfg = self.config
+        self.max_model_len = min(settings.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        self.vocab_size = cfg.vocab_size
+
+        started = time.perf_counter()
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self.model = LlamaModel(cfg, self.max_model_len, self.device, self.dtype).to(self.device, self.dtype)
+        self.model.load_hf_state(load_state_dict(folder, self.dtype, self.device))
+        self.model.eval()
+        self.eos_ids = set(cfg.eos_token_ids) | (
+            {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        )
+
+        num_blocks = -(-settings.kv_cache_tokens // settings.block_size)
+        self.kv = KVCache(cfg.num_layers, num_blocks, settings.block_size, cfg.num_kv_heads, cfg.head_dim,
+                          self.dtype, self.device)
+        self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self._seqs: dict[str, Sequence] = {}
+        log.info(
+            "loaded %s (%s, %d layers) on %s/%s in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB)",
+            self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
+            time.perf_counter() - started, num_blocks * settings.block_size, num_blocks, self.kv.bytes / 2**20,
+        )
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def encode(self, prompt: str | None = None, messages: list[dict[str, str]] | None = None) -> list[int]:
+        """Token ids for a plain prompt, or for chat messages through the model's chat template."""
+        if messages:
+            for m in messages:
+                if m.get("role") not in ("system", "user", "assistant", "tool"):
+                    raise InvalidArgument(f"unknown chat role {m.get('role')!r}")
+            if not any(m.get("content") for m in messages):
+                raise InvalidArgument("chat messages are all empty")
+            if self.tokenizer.chat_template is None:
+                raise InvalidArgument(f"model {self.model_id} has no chat template; send a plain prompt")
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        if not prompt:
+            raise InvalidArgument("the prompt is empty: send a prompt or chat messages")
+        ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        if self.config.bos_token_id is not None and self.tokenizer.bos_token_id is not None and not ids:
+            ids = [self.tokenizer.bos_token_id]
+        return list(ids)
+
+    def validate(self, request: Request) -> None:
+        """Everything that can be wrong with a request, checked before it enters the engine.
+
+        Reads only immutable engine state, so the async front end may call it from any thread.
+        """
+        ids = request.prompt_token_ids
+        if not ids:
+            raise InvalidArgument("the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidArgument(f"prompt token ids out of vocabulary range [0, {self.vocab_size}): {bad[:5]}")
+        request.params.validate(self.vocab_size)
+        total = len(ids) + request.params.max_tokens
+        if total > self.max_model_len:
+            raise InvalidArgument(
+                f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_tokens}) = {total} "
+                f"exceeds the context of {self.model_id} ({self.max_model_len} tokens)"
+            )
+        capacity = self.kv.num_blocks * self.kv.block_size
+        if len(ids) + 1 > capacity:
+            raise ResourceExhausted(f"prompt of {len(ids)} tokens does not fit the KV cache ({capacity} tokens)")
+
+    def add_request(self, request: Request) -> None:
+        self.validate(request)
+        if request.request_id in self._seqs:
+            raise InvalidArgument(f"request id {request.request_id!r} is already running")
+        p = request.params
+        generator = None
+        if p.seed is not None and not p.greedy:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(p.seed)
+        seq = Sequence(
+            request_id=request.request_id,
+            prompt_ids=list(request.prompt_token_ids),
+            params=p,
+            processors=list(request.logits_processors),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
+            generator=generator,
+        )
+        self._seqs[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> Output | None:
+        """Stop a request now and free its KV blocks; its final Output, or None if unknown."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return None
+        seq.finish_reason = "abort"
+        self.scheduler.finish(seq)
+        return self._output(seq, [], finished=True)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def loads(self) -> Loads:
+        used, total = self.kv.allocator.num_used, self.kv.num_blocks
+        return Loads(len(self.scheduler.running), len(self.scheduler.waiting), used, total, used / total)
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[Output]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        seqs = batch.seqs
+        fwd = ForwardBatch.build(
+            new_tokens=[seq.token_ids[seq.num_computed :] for seq in seqs],
+            starts=[seq.num_computed for seq in seqs],
+            slots=[self.kv.slots(seq.block_table, 0, seq.num_tokens) for seq in seqs],
+            logits_per_seq=[1] * len(seqs),
+            device=self.device,
+            sliding_window=self.config.sliding_window,
+        )
+        logits = self.model(fwd, self.kv)
+        for seq in seqs:
+            seq.num_computed = seq.num_tokens
+        rows = [
+            SamplingRow(s.params, s.token_ids, s.output_ids, s.processors, s.generator) for s in seqs
+        ]
+        tokens = sample(logits, rows)
+        return [self._append(seq, token) for seq, token in zip(seqs, tokens)]
+
+    def _append(self, seq: Sequence, token: int) -> Output:
+        p = seq.params
+        seq.output_ids.append(token)
+        if token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
+            seq.finish_reason = "stop"
+        else:
+            seq.text += seq.detokenizer.add(token)
+            if p.stop:
+                self._check_stop_strings(seq)
+        if seq.finish_reason is None and (
+            len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            seq.finish_reason = "length"
+        finished = seq.finish_reason is not None
+        if finished:
+            self._seqs.pop(seq.request_id, None)
+            self.scheduler.finish(seq)
+        return self._output(seq, [token], finished)
+
+    def _check_stop_strings(self, seq: Sequence) -> None:
+        # Only the tail can hold a new match: the last delta plus the longest stop string.
+        window = max(len(s) for s in seq.params.stop) + 8
+        start = max(0, seq.emitted_chars - window, len(seq.text) - 2 * window)
+        hits = [i for s in seq.params.stop if (i := seq.text.find(s, start)) != -1]
+        if hits:
+            seq.text = seq.text[: min(hits)]
+            seq.finish_reason = "stop"
+
+    def _output(self, seq: Sequence, token_ids: list[int], finished: bool) -> Output:
+        # While running, hold back text that could be the start of a stop string.
+        hold = 0 if finished or not seq.params.stop else max(len(s) for s in seq.params.stop) - 1
+        end = max(seq.emitted_chars, len(seq.text) - hold)
+        delta = seq.text[seq.emitted_chars : end]
+        seq.emitted_chars = end
+        return Output(
+            request_id=seq.request_id,
+            text=delta,
+            token_ids=token_ids,
+            finished=finished,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.num_cached,
+        )
+
+    # ---- offline -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Run prompts to completion (blocking) and return their completions in order."""
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise InvalidArgument("give one SamplingParams, or one per prompt")
+        ids = [self.encode(prompt=p) if isinstance(p, str) else list(p) for p in prompts]
+        order: list[str] = []
+        results: dict[str, Completion] = {}
+        for prompt_ids, sp in zip(ids, params_list):
+            rid = uuid.uuid4().hex
+            self.add_request(Request(rid, prompt_ids, sp))
+            order.append(rid)
+            results[rid] = Completion(rid, "", [], "", len(prompt_ids), 0)
+        while self.has_unfinished():
+            for out in self.step():
+                c = results[out.request_id]
+                c.text += out.text
+                c.token_ids += out.token_ids
+                c.completion_tokens = out.completion_tokens
+                if out.finished:
+                    c.finish_reason = out.finish_reason or ""
+        return [results[r] for r in order]

@@ -1,0 +1,49 @@
+"""The runner's state of one request while it lives in the engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
+from ragloom.generation.runner.params import SamplingParams
+from ragloom.generation.runner.sampler import LogitsProcessor
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    processors: list[LogitsProcessor]
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator | None
+    output_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose KV is in the cache
+    num_cached: int = 0  # prompt tokens whose KV was reused rather than computed
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    text: str = ""  # output text so far (stop strings removed at the end)
+    emitted_chars: int = 0  # how much of text has been streamed
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_new(self) -> int:
+        """Tokens the next forward must run (all of them after a preemption)."""
+        return self.num_tokens - self.num_computed

