@@ -32,7 +32,9 @@ class EngineSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
-    kv_cache_tokens: int = Field(65536, ge=16, description="KV cache capacity in tokens (all sequences)")
+    kv_cache_tokens: int = Field(
+        16384, ge=16, description="KV cache capacity in tokens, all sequences together (bundled model: 45 KiB each in float32)"
+    )
     max_num_seqs: int = Field(32, ge=1, description="sequences decoded together in one step")
     max_num_batched_tokens: int = Field(4096, ge=16, description="prompt tokens prefilled in one step")
     max_model_len: int | None = Field(None, description="context limit; default: the model's own")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 BUNDLED_LLM = "smollm2-135m-instruct"
 BUNDLED_EMBEDDER = "all-minilm-l6-v2"
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# Configs written from GGUF metadata name only the model_type.
+ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 MANIFEST = "ragloom-manifest.json"
 _CONVERSION_VERSION = 1  # bump when the conversion output changes
 
@@ -125,6 +127,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
             config.pop("quantization_config", None)
+            config.setdefault("architectures", [ARCHITECTURE_BY_MODEL_TYPE.get(config.get("model_type", ""), "")])
             config["torch_dtype"] = "float32"
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             bar.update()
@@ -154,7 +157,7 @@ def _check_local_folder(path: Path) -> Path:
     if not config_file.is_file():
         raise ModelError(f"{path} has no config.json; expected a Hugging Face model folder")
     config = json.loads(config_file.read_text())
-    archs = config.get("architectures") or []
+    archs = config.get("architectures") or [ARCHITECTURE_BY_MODEL_TYPE.get(config.get("model_type", ""), "")]
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise ModelError(
             f"{path}: architecture {archs or config.get('model_type')!r} is not supported; "

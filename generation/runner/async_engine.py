@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ragloom.errors import InvalidArgument, RagloomError, Unavailable
+from ragloom.errors import AlreadyExists, RagloomError, Unavailable
 from ragloom.generation.runner.engine import LLMEngine, Loads, Output, Request
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class AsyncEngine:
             raise Unavailable("the engine is not running (starting up or shutting down)")
         self.engine.validate(request)
         if request.request_id in self._streams:
-            raise InvalidArgument(f"request id {request.request_id!r} is already running")
+            raise AlreadyExists(f"request id {request.request_id!r} is already running")
         stream: asyncio.Queue[Output | BaseException] = asyncio.Queue()
         self._streams[request.request_id] = stream
         self._commands.put(_Add(request))

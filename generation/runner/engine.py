@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ragloom.config import EngineSettings
-from ragloom.errors import InvalidArgument, ResourceExhausted
+from ragloom.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from ragloom.generation.runner.batch import ForwardBatch
 from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.kv import KVCache
@@ -160,7 +160,7 @@ class LLMEngine:
     def add_request(self, request: Request) -> None:
         self.validate(request)
         if request.request_id in self._seqs:
-            raise InvalidArgument(f"request id {request.request_id!r} is already running")
+            raise AlreadyExists(f"request id {request.request_id!r} is already running")
         p = request.params
         generator = None
         if p.seed is not None and not p.greedy:

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from ragloom.errors import ModelError
+from ragloom.models import ARCHITECTURE_BY_MODEL_TYPE
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], generation: dict[str, Any] | None = None) -> ModelConfig:
-        arch = (raw.get("architectures") or [raw.get("model_type", "?")])[0]
+        arch = (raw.get("architectures") or [ARCHITECTURE_BY_MODEL_TYPE.get(raw.get("model_type", ""), "?")])[0]
         if raw.get("hidden_act", "silu") != "silu":
             raise ModelError(f"activation {raw['hidden_act']!r} is not supported (only silu/SwiGLU)")
         # transformers >= 5 nests RoPE settings in rope_parameters; older configs keep them flat.

@@ -1,0 +1,523 @@
+"""The Python SDK: `Client` (blocking) and `AsyncClient` (asyncio), one per transport.
+
+    with ragloom.Client("127.0.0.1:50051") as c:
+        print(c.generate("Hello", max_tokens=16).text)
+        s = c.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=32)
+        for chunk in s:              # StreamChunk(.text, .token_ids, .usage)
+            print(chunk.text, end="")
+        print(s.finish_reason, s.usage)   # set once the stream is exhausted (s.completion too)
+
+Arguments left as None are left out of the request, so the server's defaults apply. gRPC
+errors are re-raised as ragloom errors (`ragloom.errors`) with the RpcError as `__cause__`.
+Later services (search, ask, sql) add methods here; stubs are created lazily per service.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import BaseModel, ConfigDict
+
+from ragloom.errors import RagloomError, from_grpc_code
+from ragloom.services._proto import generation_pb2 as pb
+from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# matches Settings.max_message_bytes' default, so whatever the server may send is accepted
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_Stub = TypeVar("_Stub")
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Usage(_Frozen):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Completion(_Frozen):
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "abort"
+    usage: Usage
+    request_id: str
+
+
+class StreamChunk(_Frozen):
+    text: str  # new text since the previous chunk (may be "" while a character is incomplete)
+    token_ids: list[int]
+    usage: Usage  # running totals
+
+
+class Loads(_Frozen):
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    kv_usage: float
+    model: str
+
+
+def _usage(msg: pb.Usage) -> Usage:
+    return Usage(
+        prompt_tokens=msg.prompt_tokens,
+        completion_tokens=msg.completion_tokens,
+        cached_tokens=msg.cached_tokens,
+    )
+
+
+def _loads(msg: pb.GetLoadsResponse) -> Loads:
+    return Loads(
+        running=msg.running,
+        waiting=msg.waiting,
+        kv_blocks_used=msg.kv_blocks_used,
+        kv_blocks_total=msg.kv_blocks_total,
+        kv_usage=msg.kv_usage,
+        model=msg.model,
+    )
+
+
+def _error(exc: grpc.RpcError) -> RagloomError:
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)  # type: ignore[attr-defined]
+    err = from_grpc_code(code, details or code.name)
+    err.__cause__ = exc
+    return err
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+def build_generate_request(
+    prompt: str | None,
+    *,
+    messages: Sequence[dict[str, str]] | None,
+    request_id: str | None,
+    model: str | None = None,
+    **sampling: Any,
+) -> pb.GenerateRequest:
+    """Only arguments that were given go into the request (None = the server's default)."""
+    if (prompt is None) == (messages is None):
+        raise TypeError("pass exactly one of prompt or messages")
+    req = pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model or "")
+    if prompt is not None:
+        req.prompt = prompt
+    else:
+        assert messages is not None
+        req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+    for name, value in sampling.items():
+        if value is None:
+            continue
+        if name in ("stop", "stop_token_ids"):
+            getattr(req.sampling, name).extend([value] if isinstance(value, str) else value)
+        else:
+            setattr(req.sampling, name, value)
+    return req
+
+
+class _StreamState:
+    """Accumulates chunks so the final Completion holds the full text."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.texts: list[str] = []
+        self.token_ids: list[int] = []
+        self.completion: Completion | None = None
+
+    def feed(self, msg: pb.GenerateResponse) -> StreamChunk | None:
+        if msg.HasField("chunk"):
+            self.texts.append(msg.chunk.text)
+            self.token_ids.extend(msg.chunk.token_ids)
+            return StreamChunk(text=msg.chunk.text, token_ids=list(msg.chunk.token_ids), usage=_usage(msg.chunk.usage))
+        done = msg.complete
+        self.completion = Completion(
+            text="".join(self.texts),
+            token_ids=self.token_ids,
+            finish_reason=done.finish_reason,
+            usage=_usage(done.usage),
+            request_id=done.request_id or self.request_id,
+        )
+        return None
+
+
+class _StreamBase:
+    def __init__(self, request_id: str) -> None:
+        self._state = _StreamState(request_id)
+
+    @property
+    def request_id(self) -> str:
+        """Known before the first chunk: pass it to abort() from elsewhere."""
+        return self._state.request_id
+
+    @property
+    def completion(self) -> Completion | None:
+        """The whole result (full text, finish_reason, usage) once the stream is exhausted."""
+        return self._state.completion
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._state.completion.finish_reason if self._state.completion else None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._state.completion.usage if self._state.completion else None
+
+
+class Stream(_StreamBase):
+    """Iterate for StreamChunk items; then read .finish_reason / .usage / .completion."""
+
+    def __init__(self, call: Any, request_id: str) -> None:
+        super().__init__(request_id)
+        self._call = call
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        try:
+            for msg in self._call:
+                chunk = self._state.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    def cancel(self) -> None:
+        """Cancel the call; the server aborts the request and frees its KV cache."""
+        self._call.cancel()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._state.completion is None:
+            self.cancel()
+
+
+class AsyncStream(_StreamBase):
+    """`async for` for StreamChunk items; then read .finish_reason / .usage / .completion."""
+
+    def __init__(self, call: Any, request_id: str) -> None:
+        super().__init__(request_id)
+        self._call = call
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        try:
+            async for msg in self._call:
+                chunk = self._state.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._state.completion is None:
+            self.cancel()
+
+
+# -- clients -----------------------------------------------------------------------------
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class _Base:
+    def __init__(self, address: str, timeout: float | None, max_message_bytes: int) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._max_message_bytes = max_message_bytes
+        self._channel: Any = None  # set by the subclass: grpc.Channel or grpc.aio.Channel
+        self._stubs: dict[type, Any] = {}
+
+    def _stub(self, cls: Callable[[Any], _Stub]) -> _Stub:
+        """One stub per service on the shared channel, created on first use."""
+        stub = self._stubs.get(cls)  # type: ignore[call-overload]
+        if stub is None:
+            stub = self._stubs[cls] = cls(self._channel)  # type: ignore[index]
+        return stub
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+
+_GENERATE_DOC = """\
+        prompt: plain text (no chat template); or messages: [{"role": ..., "content": ...}]
+        rendered with the model's chat template. Sampling arguments left as None use the
+        server's defaults; temperature=0 is greedy. request_id defaults to a new UUID.
+        timeout (seconds) overrides the client's; past it, DeadlineExceeded is raised and the
+        server aborts the request."""
+
+
+class Client(_Base):
+    """Blocking client. Thread-safe; reuse one per process."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(address, timeout, max_message_bytes)
+        self._channel = grpc.insecure_channel(address, options=_channel_options(max_message_bytes))
+
+    def _call(self, fn: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return fn(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, str]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        s = self.stream(
+            prompt,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
+            model=model,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        with s:
+            for _ in s:
+                pass
+        if s.completion is None:
+            raise RagloomError(f"stream {s.request_id} ended without a final message")
+        return s.completion
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, str]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Stream:
+        req = build_generate_request(
+            prompt,
+            messages=messages,
+            request_id=request_id,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
+        )
+        call = self._stub(pb_grpc.GenerationStub).Generate(req, timeout=self._timeout(timeout))
+        return Stream(call, req.request_id)
+
+    generate.__doc__ = "Generate to completion and return a Completion.\n" + _GENERATE_DOC
+    stream.__doc__ = "Start a streamed generation (see Stream).\n" + _GENERATE_DOC
+
+    def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
+        """Abort a running request; False if it is unknown or already finished (idempotent)."""
+        stub = self._stub(pb_grpc.GenerationStub)
+        return self._call(stub.Abort, pb.AbortRequest(request_id=request_id), timeout).found
+
+    def loads(self, *, timeout: float | None = None) -> Loads:
+        stub = self._stub(pb_grpc.GenerationStub)
+        return _loads(self._call(stub.GetLoads, pb.GetLoadsRequest(), timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status name: "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN".
+
+        Raises Unavailable when nothing answers at the address."""
+        stub = self._stub(health_pb2_grpc.HealthStub)
+        resp = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client; create it inside the event loop that uses it."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(address, timeout, max_message_bytes)
+        self._channel = grpc.aio.insecure_channel(address, options=_channel_options(max_message_bytes))
+
+    async def _call(self, fn: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await fn(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    async def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, str]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        s = self.stream(
+            prompt,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
+            model=model,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        async with s:
+            async for _ in s:
+                pass
+        if s.completion is None:
+            raise RagloomError(f"stream {s.request_id} ended without a final message")
+        return s.completion
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, str]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncStream:
+        req = build_generate_request(
+            prompt,
+            messages=messages,
+            request_id=request_id,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
+        )
+        call = self._stub(pb_grpc.GenerationStub).Generate(req, timeout=self._timeout(timeout))
+        return AsyncStream(call, req.request_id)
+
+    generate.__doc__ = Client.generate.__doc__
+    stream.__doc__ = Client.stream.__doc__
+
+    async def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
+        stub = self._stub(pb_grpc.GenerationStub)
+        return (await self._call(stub.Abort, pb.AbortRequest(request_id=request_id), timeout)).found
+
+    async def loads(self, *, timeout: float | None = None) -> Loads:
+        stub = self._stub(pb_grpc.GenerationStub)
+        return _loads(await self._call(stub.GetLoads, pb.GetLoadsRequest(), timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        stub = self._stub(health_pb2_grpc.HealthStub)
+        resp = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

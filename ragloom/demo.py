@@ -1,0 +1,190 @@
+"""`make demo`: start `ragloom serve` on a free port, walk through the API with the SDK, stop it.
+
+The walk-through is a list of steps (`STEPS`); later features append theirs (search, JSON,
+RAG, SQL) without touching the server handling.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ragloom.client import Client
+from ragloom.errors import RagloomError
+
+READY_TIMEOUT_S = float(os.environ.get("RAGLOOM_DEMO_READY_TIMEOUT", "600"))  # first run converts the model
+STOP_TIMEOUT_S = 30.0
+_READY_LINE = re.compile(r"^ragloom: serving (\S+) on (\S+)$")
+
+# A tiny sample to talk about (kept inline so the demo needs no data files).
+SAMPLE = (
+    "Ragloom is a gRPC middleware that combines retrieval over quantized embedding indexes, "
+    "cached chunk KV reuse for RAG, constrained decoding for JSON and SQL, and its own small "
+    "PyTorch model runner with paged KV cache and continuous batching."
+)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Demo:
+    client: Client
+    address: str
+    model: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    run: Callable[[Demo], None]
+
+
+def _health(demo: Demo) -> None:
+    print(f"health: {demo.client.health()}  loads: {demo.client.loads().model_dump()}")
+
+
+def _chat_stream(demo: Demo) -> None:
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": f"In one sentence, what is Ragloom?\n\n{SAMPLE}"},
+    ]
+    print(f"user: In one sentence, what is Ragloom? (+ a {len(SAMPLE)}-character sample)")
+    print("assistant: ", end="", flush=True)
+    stream = demo.client.stream(messages=messages, max_tokens=48, temperature=0)
+    with stream:
+        for chunk in stream:
+            print(chunk.text, end="", flush=True)
+    print()
+    usage = stream.usage
+    assert usage is not None
+    print(
+        f"finish_reason={stream.finish_reason} prompt_tokens={usage.prompt_tokens} "
+        f"completion_tokens={usage.completion_tokens} cached_tokens={usage.cached_tokens}"
+    )
+
+
+STEPS: list[Step] = [
+    Step("health and load", _health),
+    Step("streamed chat generation", _chat_stream),
+]
+
+
+# -- the server subprocess ---------------------------------------------------------------
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no stderr captured)"
+
+
+def start_server(stderr_path: Path, timeout: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `ragloom serve --port 0` and wait for its ready line; returns (process, address, model)."""
+    cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--device", "cpu"]
+    err = open(stderr_path, "w")  # noqa: SIM115 - the child owns it for its lifetime
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    err.close()
+    lines: queue.Queue[str | None] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            raise DemoError(f"server not ready after {timeout:.0f}s; its stderr ends with:\n{_tail(stderr_path)}")
+        try:
+            line = lines.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        if line is None:
+            break
+        match = _READY_LINE.match(line)
+        if match:
+            return proc, match.group(2), match.group(1)
+    proc.wait()
+    raise DemoError(f"server exited with code {proc.returncode}; its stderr ends with:\n{_tail(stderr_path)}")
+
+
+def wait_serving(client: Client, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    status = "UNREACHABLE"
+    while time.monotonic() < deadline:
+        try:
+            status = client.health(timeout=2.0)
+            if status == "SERVING":
+                return
+        except RagloomError:
+            pass
+        time.sleep(0.2)
+    raise DemoError(f"server health is {status} after {timeout:.0f}s")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise DemoError(f"server ignored SIGTERM for {STOP_TIMEOUT_S:.0f}s and was killed") from None
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="ragloom-demo-") as tmp:
+        stderr_path = Path(tmp) / "server.stderr"
+        print("starting `ragloom serve` (the first run converts the bundled model; this can take a minute) ...")
+        try:
+            proc, address, model = start_server(stderr_path)
+        except DemoError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
+        print(f"server: {model} on {address} (pid {proc.pid})")
+        failed = False
+        try:
+            with Client(address, timeout=120) as client:
+                wait_serving(client)
+                demo = Demo(client=client, address=address, model=model)
+                for i, step in enumerate(STEPS, 1):
+                    print(f"\n== {i}. {step.title}")
+                    step.run(demo)
+        except (RagloomError, DemoError) as exc:
+            print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"server stderr ends with:\n{_tail(stderr_path)}", file=sys.stderr)
+            failed = True
+        finally:
+            try:
+                code = stop_server(proc)
+                print(f"\nserver stopped (SIGTERM, exit code {code})")
+                failed = failed or code != 0
+            except DemoError as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+                failed = True
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

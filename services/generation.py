@@ -1,0 +1,152 @@
+"""The `ragloom.v1.Generation` servicer: protobuf in, engine Request out, engine Outputs back as a stream.
+
+All validation errors come from the libraries as RagloomError and are turned into status codes
+by `grpc_code()` here, in one place. Cancellation needs no code of its own: when the client
+cancels, disconnects or its deadline passes, grpc.aio cancels this handler, which cancels the
+`async for` over the engine stream, and the engine aborts the request and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from ragloom.errors import InvalidArgument, NotFound, RagloomError, Unimplemented, grpc_code
+from ragloom.generation.runner.engine import Output, Request
+from ragloom.generation.runner.params import SamplingParams
+from ragloom.services._proto import generation_pb2 as pb
+from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from ragloom.generation.runner.async_engine import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name  # "ragloom.v1.Generation"
+
+# proto `optional` scalars copied only when set, so unset ones keep SamplingParams' defaults
+_OPTIONAL_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "ignore_eos",
+)
+
+
+def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
+    kwargs: dict[str, object] = {name: getattr(msg, name) for name in _OPTIONAL_SAMPLING if msg.HasField(name)}
+    return SamplingParams(**kwargs, stop=list(msg.stop), stop_token_ids=list(msg.stop_token_ids))  # type: ignore[arg-type]
+
+
+def _usage(out: Output) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=out.prompt_tokens,
+        completion_tokens=out.completion_tokens,
+        cached_tokens=out.cached_tokens,
+    )
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._model_id: str = engine.engine.model_id
+
+    # -- request translation -------------------------------------------------------------
+
+    def _to_request(self, msg: pb.GenerateRequest) -> Request:
+        if msg.model and msg.model != self._model_id:
+            raise NotFound(f"model {msg.model!r} is not served here (this server serves {self._model_id!r})")
+        constraint = msg.WhichOneof("constraint")
+        if constraint is not None:
+            raise Unimplemented(f"constrained decoding ({constraint}) is not available on this server yet")
+        llm = self._engine.engine
+        which = msg.WhichOneof("input")
+        if which == "prompt":
+            if not msg.prompt:
+                raise InvalidArgument("prompt is empty")
+            token_ids = llm.encode(prompt=msg.prompt)
+        elif which == "messages":
+            if not msg.messages.messages:
+                raise InvalidArgument("messages is empty")
+            messages = [{"role": m.role, "content": m.content} for m in msg.messages.messages]
+            token_ids = llm.encode(messages=messages)
+        else:
+            raise InvalidArgument("no input: set either prompt or messages")
+        params = sampling_from_proto(msg.sampling)
+        params.validate(llm.vocab_size)
+        return Request(
+            request_id=msg.request_id or uuid.uuid4().hex,
+            prompt_token_ids=token_ids,
+            params=params,
+        )
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        request_id = request.request_id or "-"
+        # context.abort() raises, so it is called outside the try: the generic handler
+        # below must not swallow it as an "unexpected" error.
+        failure: tuple[grpc.StatusCode, str] | None = None
+        try:
+            req = self._to_request(request)
+            request_id = req.request_id
+            # aclosing: if gRPC cancels us while we are parked at a `yield`, closing this
+            # generator closes the engine stream now (aborting the request), not at GC time.
+            async with contextlib.aclosing(self._engine.generate(req)) as outputs:
+                async for out in outputs:
+                    if out.text or out.token_ids:
+                        yield pb.GenerateResponse(
+                            chunk=pb.Chunk(text=out.text, token_ids=out.token_ids, usage=_usage(out))
+                        )
+                    if out.finished:
+                        yield pb.GenerateResponse(
+                            complete=pb.Complete(
+                                finish_reason=out.finish_reason or "stop",
+                                usage=_usage(out),
+                                request_id=request_id,
+                            )
+                        )
+                        return
+            # the engine stream ended without a finished Output: a runner bug, not the caller's
+            raise RuntimeError(f"engine stream for {request_id} ended without finishing")
+        except RagloomError as exc:
+            log.info("Generate %s rejected: %s: %s", request_id, type(exc).__name__, exc)
+            failure = (grpc_code(exc), str(exc))
+        except asyncio.CancelledError:
+            log.info("Generate %s: cancelled by the client or its deadline", request_id)
+            raise
+        except Exception:
+            log.exception("Generate %s failed", request_id)
+            failure = (grpc.StatusCode.INTERNAL, f"internal error in request {request_id}; see server log")
+        if failure is not None:
+            await context.abort(*failure)
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        if not request.request_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
+        found = self._engine.abort(request.request_id)
+        log.info("Abort %s: %s", request.request_id, "aborted" if found else "not running")
+        return pb.AbortResponse(found=found)
+
+    async def GetLoads(self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadsResponse:
+        loads = self._engine.loads()
+        return pb.GetLoadsResponse(
+            running=loads.running,
+            waiting=loads.waiting,
+            kv_blocks_used=loads.kv_blocks_used,
+            kv_blocks_total=loads.kv_blocks_total,
+            kv_usage=loads.kv_usage,
+            model=self._model_id,
+        )

@@ -1,0 +1,157 @@
+"""grpc.aio server assembly: servicers, health, reflection, limits, keepalive and graceful shutdown.
+
+`build_server(settings, engine)` wires a server around an already running AsyncEngine (tests
+and embedding use it); `serve(settings)` is what `ragloom serve` runs: load the model, serve
+until SIGTERM/SIGINT, drain, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ragloom.config import Settings
+from ragloom.errors import InvalidArgument
+from ragloom.services._proto import generation_pb2_grpc
+from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
+from ragloom.services.generation import GenerationServicer
+
+if TYPE_CHECKING:
+    from ragloom.generation.runner.async_engine import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+# Services that report readiness through grpc.health.v1; "" is overall liveness.
+_HEALTH_SERVICES = ("", GENERATION_SERVICE)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # gRPC's default (300 s) makes clients that ping during a long, silent unary
+        # generation get GOAWAY "too_many_pings"; vLLM's front end uses the same values.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+@dataclass
+class GenerationServer:
+    """A bound (not yet started) server plus the pieces shutdown needs."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    engine: AsyncEngine
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in _HEALTH_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING first so load balancers stop routing, then drain in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(settings: Settings, engine: AsyncEngine) -> GenerationServer:
+    """Assemble and bind a server on settings.host:settings.port (port 0 picks a free one).
+
+    Call it on the event loop that will run the server: grpc.aio binds to the current loop.
+    """
+    server = grpc.aio.server(
+        options=server_options(settings),
+        # beyond this, gRPC itself answers RESOURCE_EXHAUSTED (health checks count too)
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
+
+    # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
+    # A service not yet set answers SERVICE_UNKNOWN (NOT_FOUND on Check) until start().
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    reflection.enable_server_reflection(
+        (GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    if port == 0:  # older grpc versions signal a failed bind this way
+        raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port} (address in use?)")
+    return GenerationServer(server=server, health=health_servicer, engine=engine, host=settings.host, port=port)
+
+
+async def start_server(settings: Settings, engine: AsyncEngine) -> GenerationServer:
+    """build_server + start, on the running loop."""
+    srv = build_server(settings, engine)
+    await srv.start()
+    return srv
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Load the model, serve until SIGTERM/SIGINT, then drain for settings.shutdown_grace_s."""
+    from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.generation.runner.engine import LLMEngine
+
+    log.info("loading model %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
+    # loading blocks for seconds; keep the loop responsive to signals meanwhile
+    llm = await asyncio.to_thread(LLMEngine, settings)
+    engine = AsyncEngine(llm)
+    await engine.start()
+    try:
+        srv = await start_server(settings, engine)
+        log.info(
+            "serving %s on %s (max_concurrent_rpcs=%d, max_message_bytes=%d)",
+            llm.model_id,
+            srv.address,
+            settings.max_concurrent_rpcs,
+            settings.max_message_bytes,
+        )
+        # One machine-readable line on stdout: with --port 0 this is how callers learn the port.
+        print(f"ragloom: serving {llm.model_id} on {srv.address}", flush=True)
+        if ready is not None:
+            ready.set()
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        received: list[str] = []
+
+        def _on_signal(sig: signal.Signals) -> None:
+            received.append(sig.name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, sig)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info(
+            "%s received: draining for up to %.1fs, then stopping",
+            received[0] if received else "stop",
+            settings.shutdown_grace_s,
+        )
+        await srv.stop(settings.shutdown_grace_s)
+    finally:
+        await engine.shutdown()
+    log.info("server stopped")
+    sys.stdout.flush()

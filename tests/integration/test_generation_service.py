@@ -1,0 +1,399 @@
+"""The Generation service end to end: a real grpc.aio server over loopback, a real engine on the
+bundled model, and the SDK as the caller.
+
+The server (and its AsyncEngine) runs on its own event loop in a background thread, the way it
+runs in `ragloom serve`; tests call it through the blocking Client, or the AsyncClient on
+pytest's loop, so client and server never share a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ragloom.client import AsyncClient, Client
+from ragloom.config import Settings
+from ragloom.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from ragloom.services._proto import generation_pb2 as pb
+from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+
+async_engine = pytest.importorskip("ragloom.generation.runner.async_engine")
+from ragloom.generation.runner.engine import LLMEngine  # noqa: E402
+from ragloom.services.server import GenerationServer, start_server  # noqa: E402
+
+PROMPT = "The capital of France is"
+CHAT = [{"role": "user", "content": "Name three colours."}]
+MAX_MESSAGE_BYTES = 1 << 20  # small, so the oversize test sends only 2 MiB
+LONG = 400  # max_tokens for requests that must still be running when we act on them
+
+
+class BackgroundLoop:
+    """An event loop on a daemon thread; run(coro) blocks until the coroutine finishes there."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Served:
+    bg: BackgroundLoop
+    engine: Any  # AsyncEngine
+    server: GenerationServer
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+
+def _settings(**overrides: Any) -> Settings:
+    base = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "device": "cpu",
+        "kv_cache_tokens": 4096,
+        "max_message_bytes": MAX_MESSAGE_BYTES,
+        "shutdown_grace_s": 1.0,
+    }
+    return Settings(**(base | overrides))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    settings = _settings()
+    llm = LLMEngine(settings)
+    bg = BackgroundLoop()
+    engine = async_engine.AsyncEngine(llm)
+    bg.run(engine.start())
+    server = bg.run(start_server(settings, engine))
+    try:
+        yield Served(bg, engine, server)
+    finally:
+        bg.run(server.stop(0))
+        bg.run(engine.shutdown())
+        bg.close()
+
+
+@pytest.fixture
+def client(served: Served) -> Iterator[Client]:
+    with Client(served.address, timeout=60) as c:
+        yield c
+
+
+def _wait_kv_free(client: Client, timeout: float = 30.0) -> None:
+    """Poll GetLoads until no KV block is in use (nothing else runs between tests)."""
+    deadline = time.monotonic() + timeout
+    loads = client.loads()
+    while loads.kv_blocks_used or loads.running or loads.waiting:
+        if time.monotonic() > deadline:
+            pytest.fail(f"KV blocks were not freed: {loads}")
+        time.sleep(0.05)
+        loads = client.loads()
+
+
+# -- happy paths ---------------------------------------------------------------------------
+
+
+def test_unary_generate(served: Served, client: Client) -> None:
+    llm = served.engine.engine
+    c = client.generate(PROMPT, max_tokens=8, temperature=0, request_id="unary-1")
+    assert c.request_id == "unary-1"
+    assert c.finish_reason in ("stop", "length")
+    assert 1 <= c.usage.completion_tokens <= 8
+    assert c.usage.completion_tokens == len(c.token_ids)
+    assert c.usage.prompt_tokens == len(llm.encode(prompt=PROMPT))
+    assert c.text.strip()
+    assert "Paris" in c.text  # the bundled model knows this one greedily
+
+
+def test_stream_chunks_concatenate_and_final_has_usage(client: Client) -> None:
+    s = client.stream(messages=CHAT, max_tokens=12, temperature=0, ignore_eos=True)
+    chunks = list(s)
+    assert chunks and s.completion is not None
+    assert "".join(ch.text for ch in chunks) == s.completion.text
+    assert [t for ch in chunks for t in ch.token_ids] == s.completion.token_ids
+    assert s.finish_reason == "length"
+    assert s.usage is not None and s.usage.completion_tokens == 12 and s.usage.prompt_tokens > 0
+    running = [ch.usage.completion_tokens for ch in chunks]
+    assert running == sorted(running) and running[-1] == 12
+    # the streamed result is the unary result
+    assert client.generate(messages=CHAT, max_tokens=12, temperature=0, ignore_eos=True).text == s.completion.text
+
+
+def test_greedy_is_deterministic(client: Client) -> None:
+    a = client.generate(PROMPT, max_tokens=10, temperature=0)
+    b = client.generate(PROMPT, max_tokens=10, temperature=0)
+    assert a.token_ids == b.token_ids and a.text == b.text
+
+
+def test_seed_is_deterministic(client: Client) -> None:
+    kw: dict[str, Any] = {"max_tokens": 12, "temperature": 1.0, "ignore_eos": True}
+    a = client.generate(PROMPT, seed=1234, **kw)
+    b = client.generate(PROMPT, seed=1234, **kw)
+    assert a.token_ids == b.token_ids
+    others = {tuple(client.generate(PROMPT, seed=s, **kw).token_ids) for s in (1, 2, 3)}
+    assert len(others | {tuple(a.token_ids)}) > 1, "different seeds never changed the sample"
+
+
+def test_abort_running_stream(client: Client) -> None:
+    s = client.stream(PROMPT, max_tokens=LONG, ignore_eos=True, temperature=0)
+    it = iter(s)
+    first = next(it)
+    assert first.token_ids
+    assert client.abort(s.request_id) is True
+    rest = list(it)
+    assert s.finish_reason == "abort"
+    assert s.usage is not None and s.usage.completion_tokens < LONG
+    # a token sampled in the same step as the abort may be counted without being streamed
+    assert len(first.token_ids) + sum(len(ch.token_ids) for ch in rest) <= s.usage.completion_tokens
+    assert client.abort(s.request_id) is False  # idempotent: already finished
+    _wait_kv_free(client)
+
+
+async def test_concurrent_streams(served: Served) -> None:
+    async with AsyncClient(served.address, timeout=60) as ac:
+
+        async def one(i: int) -> tuple[str, int, str | None, str]:
+            s = ac.stream(messages=CHAT, max_tokens=8, ignore_eos=True, seed=i, request_id=f"conc-{i}")
+            text = "".join([ch.text async for ch in s])
+            assert s.completion is not None
+            return s.request_id, s.completion.usage.completion_tokens, s.finish_reason, text
+
+        results = await asyncio.gather(*(one(i) for i in range(4)))
+        loads = await ac.loads()
+    assert sorted(r[0] for r in results) == [f"conc-{i}" for i in range(4)]
+    assert all(r[1] == 8 and r[2] == "length" for r in results)
+    assert loads.running == 0 and loads.kv_blocks_used == 0
+
+
+def test_client_cancel_frees_kv_blocks(client: Client) -> None:
+    s = client.stream(PROMPT, max_tokens=LONG, ignore_eos=True)
+    it = iter(s)
+    next(it), next(it)
+    busy = client.loads()
+    assert busy.running == 1 and busy.kv_blocks_used > 0
+    s.cancel()
+    _wait_kv_free(client)
+
+
+def test_deadline_exceeded_aborts_engine_request(client: Client) -> None:
+    with pytest.raises(DeadlineExceeded) as info:
+        client.generate(PROMPT, max_tokens=LONG, ignore_eos=True, timeout=0.5)
+    assert isinstance(info.value.__cause__, grpc.RpcError)
+    assert info.value.__cause__.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_kv_free(client)
+
+
+# -- bad requests, each while a good one keeps running ----------------------------------------
+
+BAD_REQUESTS: list[tuple[str, dict[str, Any], type[Exception]]] = [
+    ("empty prompt", {"prompt": ""}, InvalidArgument),
+    ("empty messages", {"messages": []}, InvalidArgument),
+    ("negative max_tokens", {"prompt": PROMPT, "max_tokens": -1}, InvalidArgument),
+    ("huge max_tokens", {"prompt": PROMPT, "max_tokens": 10**9}, InvalidArgument),
+    ("negative temperature", {"prompt": PROMPT, "temperature": -0.5}, InvalidArgument),
+    ("top_p above 1", {"prompt": PROMPT, "top_p": 1.5}, InvalidArgument),
+    ("unknown chat role", {"messages": [{"role": "wizard", "content": "hi"}]}, InvalidArgument),
+    ("unknown model", {"prompt": PROMPT, "model": "no-such-model"}, NotFound),
+    ("oversize message", {"prompt": "x" * (2 * MAX_MESSAGE_BYTES)}, ResourceExhausted),
+]
+
+
+def test_bad_requests_get_the_right_code_while_others_are_served(client: Client) -> None:
+    good = client.stream(PROMPT, max_tokens=24, ignore_eos=True, temperature=0)
+    it = iter(good)
+    next(it)  # the good request is running
+    for name, kwargs, expected in BAD_REQUESTS:
+        with pytest.raises(expected) as info:
+            client.generate(max_tokens=kwargs.pop("max_tokens", 4), **kwargs)
+        assert isinstance(info.value.__cause__, grpc.RpcError), name
+        assert str(info.value), f"{name}: empty error message"
+    list(it)
+    assert good.finish_reason == "length" and good.usage is not None and good.usage.completion_tokens == 24
+    # and the server still answers new requests
+    assert client.generate(PROMPT, max_tokens=4, temperature=0).usage.completion_tokens >= 1
+
+
+def test_raw_requests_without_input_or_with_constraint(served: Served) -> None:
+    with grpc.insecure_channel(served.address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        cases = [
+            (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+            (pb.GenerateRequest(prompt=PROMPT, regex="[0-9]+"), grpc.StatusCode.UNIMPLEMENTED),
+            (pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_k=-1)), grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for request, code in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Generate(request, timeout=30))
+            assert info.value.code() == code, (request, info.value.details())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Abort(pb.AbortRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # an unset request_id is filled in by the server and reported back
+        last = list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=2)), timeout=30))[-1]
+        assert last.WhichOneof("response") == "complete" and len(last.complete.request_id) == 32
+
+
+def test_constraint_is_unimplemented_through_the_sdk_error_mapping(served: Served) -> None:
+    from ragloom.client import _error
+
+    with grpc.insecure_channel(served.address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, json_schema="{}"), timeout=30))
+    assert isinstance(_error(info.value), Unimplemented)
+
+
+def test_max_concurrent_rpcs_exceeded(served: Served, client: Client) -> None:
+    limited = served.bg.run(start_server(_settings(max_concurrent_rpcs=1), served.engine))
+    try:
+        with Client(limited.address, timeout=60) as lc:
+            s = lc.stream(PROMPT, max_tokens=LONG, ignore_eos=True)
+            it = iter(s)
+            next(it)  # one RPC in flight: the limit
+            with pytest.raises(ResourceExhausted):
+                lc.generate(PROMPT, max_tokens=2)
+            s.cancel()
+            _wait_kv_free(client)
+            # the slot is free again once the first call has ended
+            assert lc.generate(PROMPT, max_tokens=2).usage.completion_tokens >= 1
+    finally:
+        served.bg.run(limited.stop(0))
+
+
+# -- health, reflection, graceful shutdown ----------------------------------------------------
+
+
+def test_health(client: Client) -> None:
+    assert client.health() == "SERVING"
+    assert client.health("ragloom.v1.Generation") == "SERVING"
+    with pytest.raises(NotFound):
+        client.health("no.such.Service")
+
+
+def test_reflection_lists_the_service(served: Served) -> None:
+    with grpc.insecure_channel(served.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ragloom.v1.Generation"),
+        ]
+        listed, symbol = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"ragloom.v1.Generation", "grpc.health.v1.Health"} <= names
+    assert symbol.file_descriptor_response.file_descriptor_proto  # the descriptor is served
+
+
+def test_graceful_stop_finishes_in_flight_and_reports_not_serving(served: Served, client: Client) -> None:
+    extra = served.bg.run(start_server(_settings(shutdown_grace_s=30.0), served.engine))
+    with Client(extra.address, timeout=60) as ec:
+        assert ec.health() == "SERVING"
+        s = ec.stream(PROMPT, max_tokens=16, ignore_eos=True, temperature=0)
+        it = iter(s)
+        next(it)
+        stopping = asyncio.run_coroutine_threadsafe(extra.stop(30.0), served.bg.loop)
+        list(it)  # the in-flight stream completes during the grace period
+        stopping.result(60)
+        assert s.finish_reason == "length" and s.usage is not None and s.usage.completion_tokens == 16
+        assert served.bg.run(extra.health.Check(_health_request(""), None)).status == 2  # NOT_SERVING
+        with pytest.raises(Unavailable):
+            ec.generate(PROMPT, max_tokens=2, timeout=5)
+
+
+def _health_request(service: str) -> Any:
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+# -- CLI and the serve subprocess ---------------------------------------------------------------
+
+RAGLOOM = [sys.executable, "-m", "ragloom.cli"]
+
+
+def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"RAGLOOM_DEVICE": "cpu"}
+    return subprocess.run(RAGLOOM + args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_cli_help() -> None:
+    r = _run(["--help"])
+    assert r.returncode == 0
+    for word in ("serve", "generate", "models"):
+        assert word in r.stdout
+    r = _run(["serve", "--help"])
+    assert r.returncode == 0 and "--port" in r.stdout and "--config" in r.stdout
+
+
+def test_cli_models() -> None:
+    r = _run(["models"])
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct" in r.stdout and "bundled" in r.stdout
+
+
+def test_cli_generate_local() -> None:
+    r = _run(["generate", "--local", "--raw", PROMPT, "--max-tokens", "6", "--temperature", "0", "--usage"])
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "prompt_tokens=" in r.stderr and "completion_tokens=" in r.stderr
+
+
+def test_cli_errors_are_one_line_without_traceback() -> None:
+    r = _run(["generate", "--address", "127.0.0.1:1", "hello", "--timeout", "3", "--no-stream"])
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("ragloom: error") and len(r.stderr.strip().splitlines()) == 1
+    r = _run(["serve", "--config", "/no/such/file.toml"])
+    assert r.returncode == 1 and "config file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_subprocess_and_sigterm(tmp_path: Path, served: Served) -> None:
+    from ragloom.demo import start_server, stop_server, wait_serving
+
+    stderr_path = tmp_path / "serve.stderr"
+    proc, address, model = start_server(stderr_path, timeout=180)
+    try:
+        assert model == served.engine.engine.model_id
+        with Client(address, timeout=60) as c:
+            wait_serving(c)
+            assert c.generate(PROMPT, max_tokens=3, temperature=0).usage.completion_tokens >= 1
+    finally:
+        code = stop_server(proc)
+    assert code == 0
+    log = stderr_path.read_text()
+    assert "SIGTERM received" in log and "server stopped" in log, log[-2000:]
+
+
+@pytest.mark.slow
+def test_demo_runs() -> None:
+    r = subprocess.run([sys.executable, "-m", "ragloom.demo"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "finish_reason=" in r.stdout and "server stopped" in r.stdout
