@@ -1,4 +1,4 @@
-"""The `ragloom` command: serve, generate, models.
+"""The `ragloom` command: serve, generate, models, ingest, search, collections.
 
 Errors print one line to stderr and exit 1 (2 for usage errors, from argparse); no tracebacks
 unless RAGLOOM_DEBUG=1.
@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ragloom.client import DEFAULT_ADDRESS
-from ragloom.errors import DeadlineExceeded, RagloomError
+from ragloom.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, RagloomError
 
 _EPILOG = "Settings precedence: defaults < --config TOML file < RAGLOOM_* environment < flags."
 
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="run the gRPC server (Generation, health, reflection) until SIGTERM/Ctrl-C",
+        help="run the gRPC server (Generation, Retrieval, health, reflection) until SIGTERM/Ctrl-C",
         description="Load the model and serve the gRPC API. Prints 'ragloom: serving MODEL on HOST:PORT' "
         "once ready (with --port 0, the port actually bound).",
         epilog=_EPILOG,
@@ -45,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(serve)
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, help="port to bind (default 50051; 0 picks a free port)")
-    serve.add_argument("--data-dir", type=Path, help="model conversion cache and data (default ~/.cache/ragloom)")
+    serve.add_argument(
+        "--data-dir", type=Path, help="model conversion cache, collections and indexes (default ~/.cache/ragloom)"
+    )
+    serve.add_argument(
+        "--store-url", help="SQLAlchemy URL for collections and documents (default: SQLite in the data dir)"
+    )
     serve.add_argument("--model", help="bundled model name or a local HF model folder (see `ragloom models`)")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
@@ -84,6 +91,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config(models)
     models.add_argument("--data-dir", type=Path, help="model conversion cache (default ~/.cache/ragloom)")
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="add files to a collection on a server (.txt, .md, .jsonl, .pdf; folders recursively)",
+        description="Read documents from files and folders and upsert them into a collection on a running "
+        "server, which chunks and embeds them. .txt/.md/.pdf files are one document each, with the file's "
+        "path as id (relative to the current directory when inside it) and {'source': id} as metadata; "
+        '.jsonl files hold one {"id": ..., "text": ..., "metadata": {...}} object per line. An existing id '
+        "is replaced. Folders are searched recursively; other file types in them are skipped.",
+        epilog=_EPILOG,
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to ingest")
+    ingest.add_argument("--collection", "-c", required=True, help="the collection to add to")
+    ingest.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    ingest.add_argument("--create", action="store_true", help="create the collection first if it does not exist")
+    ingest.add_argument("--index", help="(--create) index kind (server default: auto)")
+    ingest.add_argument("--chunk-tokens", type=int, help="(--create) tokens per chunk (server default 256)")
+    ingest.add_argument("--chunk-overlap", type=int, help="(--create) tokens shared by neighbouring chunks (default 32)")
+    ingest.add_argument("--batch-size", type=int, default=64, help="documents per upload message (default 64)")
+    ingest.add_argument("--timeout", type=float, help="give up after this many seconds")
+    ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    search = sub.add_parser(
+        "search",
+        help="search a collection on a server",
+        description="Print the K chunks of COLLECTION most similar to QUERY, best first.",
+        epilog=_EPILOG,
+    )
+    search.add_argument("collection", help="the collection to search")
+    search.add_argument("query", help="the query text")
+    search.add_argument("-k", type=int, default=5, help="how many hits (default 5)")
+    search.add_argument(
+        "--filter",
+        help='metadata filter as a JSON object: {"lang": "en"} (equality) or {"year": {"$in": [2023, 2024]}} '
+        "(operators $eq, $ne, $in, $nin)",
+    )
+    search.add_argument("--oversample", type=int, help="binary candidates per hit before rescoring (server default)")
+    search.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    search.add_argument("--json", action="store_true", help="print one JSON object per hit instead of text")
+    search.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    cols = sub.add_parser(
+        "collections",
+        help="list the collections on a server",
+        description="List collections with their document and chunk counts, embedding model and index.",
+        epilog=_EPILOG,
+    )
+    cols.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    cols.add_argument("--timeout", type=float, help="give up after this many seconds")
     return parser
 
 
@@ -99,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
+        store_url=args.store_url,
         model=args.model,
         device=args.device,
         log_level=args.log_level,
@@ -204,7 +261,181 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"serve": _cmd_serve, "generate": _cmd_generate, "models": _cmd_models}
+# -- retrieval -------------------------------------------------------------------------------
+
+INGEST_SUFFIXES = (".txt", ".md", ".jsonl", ".pdf")
+
+
+def _doc_id(path: Path) -> str:
+    """The path relative to the current directory when inside it, else the absolute path."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def _files(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """(files to ingest, files skipped in folders); named files must exist and be supported."""
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                (files if f.suffix.lower() in INGEST_SUFFIXES else skipped).append(f)
+        elif path.is_file():
+            if path.suffix.lower() not in INGEST_SUFFIXES:
+                raise InvalidArgument(f"{path}: unsupported file type (ingest reads {', '.join(INGEST_SUFFIXES)})")
+            files.append(path)
+        else:
+            raise InvalidArgument(f"{path}: no such file or folder")
+    return files, skipped
+
+
+def _pdf_text(path: Path) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+    except (PdfReadError, OSError, ValueError) as exc:
+        raise InvalidArgument(f"{path}: cannot read PDF: {exc}") from exc
+
+
+def _jsonl_docs(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument(f"{where}: not JSON: {exc}") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise InvalidArgument(f'{where}: expected an object with a "text" string')
+            doc_id = obj.get("id")
+            if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or doc_id == "":
+                raise InvalidArgument(f'{where}: "id" must be a non-empty string')
+            metadata = obj.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise InvalidArgument(f'{where}: "metadata" must be an object')
+            yield {"id": str(doc_id), "text": obj["text"], "metadata": metadata}
+
+
+def read_documents(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Documents from files and folders, and notes about what was skipped."""
+    files, skipped = _files(paths)
+    notes = [f"skipped {f} (unsupported file type)" for f in skipped]
+    docs: list[dict[str, Any]] = []
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            docs.extend(_jsonl_docs(path))
+            continue
+        if suffix == ".pdf":
+            text = _pdf_text(path)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(f"{path}: not UTF-8 text: {exc}") from exc
+        if not text.strip():
+            notes.append(f"skipped {path} (no text)")
+            continue
+        doc_id = _doc_id(path)
+        docs.append({"id": doc_id, "text": text, "metadata": {"source": doc_id}})
+    return docs, notes
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ragloom.client import Client
+
+    docs, notes = read_documents(args.paths)
+    for note in notes:
+        print(f"ragloom: {note}", file=sys.stderr)
+    if not docs:
+        raise InvalidArgument("no documents to ingest")
+    with Client(args.address, timeout=args.timeout) as client:
+        if args.create:
+            try:
+                client.create_collection(
+                    args.collection, index=args.index, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap
+                )
+                print(f"created collection {args.collection!r}", file=sys.stderr)
+            except AlreadyExists:
+                pass
+        with tqdm(total=len(docs), unit="doc", desc="ingest", disable=args.quiet, file=sys.stderr) as bar:
+            result = client.upsert(args.collection, docs, batch_size=args.batch_size, progress=bar.update)
+    print(f"ingested {result.documents} documents ({result.chunks} chunks) into {args.collection!r}")
+    return 0
+
+
+def _parse_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"--filter is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument('--filter must be a JSON object, e.g. {"lang": "en"}')
+    return value
+
+
+def _snippet(text: str, width: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        hits = client.search(
+            args.collection, args.query, k=args.k, filter=_parse_filter(args.filter), oversample=args.oversample
+        )
+    if args.json:
+        for hit in hits:
+            print(json.dumps(hit.model_dump(), ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no hits")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank}. {hit.score:.4f}  {hit.id}  (chunk {hit.chunk_id})")
+        print(f"   {_snippet(hit.text)}")
+        if hit.metadata:
+            print(f"   metadata: {json.dumps(hit.metadata, ensure_ascii=False)}")
+    return 0
+
+
+def _cmd_collections(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        infos = client.list_collections()
+    if not infos:
+        print("no collections")
+        return 0
+    width = max(4, *(len(c.name) for c in infos))
+    print(f"{'NAME':<{width}}  {'DOCUMENTS':>9}  {'CHUNKS':>8}  {'DIM':>4}  {'INDEX':<8}  MODEL")
+    for c in infos:
+        print(f"{c.name:<{width}}  {c.documents:>9}  {c.chunks:>8}  {c.dim:>4}  {c.index:<8}  {c.model}")
+    return 0
+
+
+_COMMANDS = {
+    "serve": _cmd_serve,
+    "generate": _cmd_generate,
+    "models": _cmd_models,
+    "ingest": _cmd_ingest,
+    "search": _cmd_search,
+    "collections": _cmd_collections,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,29 +7,42 @@
             print(chunk.text, end="")
         print(s.finish_reason, s.usage)   # set once the stream is exhausted (s.completion too)
 
+        c.create_collection("notes")
+        c.upsert("notes", [{"id": "a", "text": "Paris is in France.", "metadata": {"lang": "en"}}])
+        for hit in c.search("notes", "French capital", k=3, filter={"lang": "en"}):
+            print(hit.score, hit.id, hit.text, hit.metadata)
+
 Arguments left as None are left out of the request, so the server's defaults apply. gRPC
 errors are re-raised as ragloom errors (`ragloom.errors`) with the RpcError as `__cause__`.
-Later services (search, ask, sql) add methods here; stubs are created lazily per service.
+Later services (ask, sql) add methods here; stubs are created lazily per service.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict
 
-from ragloom.errors import RagloomError, from_grpc_code
+from ragloom.errors import InvalidArgument, RagloomError, from_grpc_code
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+from ragloom.services._proto import retrieval_pb2 as rpb
+from ragloom.services._proto import retrieval_pb2_grpc as rpb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # matches Settings.max_message_bytes' default, so whatever the server may send is accepted
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# documents per Upsert message; a batch is embedded and stored as one unit on the server
+DEFAULT_UPSERT_BATCH = 256
+# a batch is also sent early once it holds this many bytes, so long texts stay under message limits
+UPSERT_BATCH_BYTES = 4 * 1024 * 1024
 
 _Stub = TypeVar("_Stub")
 
@@ -70,6 +83,32 @@ class Loads(_Frozen):
     model: str
 
 
+class CollectionInfo(_Frozen):
+    name: str
+    dim: int  # embedding size
+    model: str  # embedding model id
+    documents: int
+    chunks: int
+    index: str
+    created_at: datetime | None = None
+    chunk_tokens: int = 0
+    chunk_overlap: int = 0
+    metadata: dict[str, Any] = {}
+
+
+class Hit(_Frozen):
+    id: str  # the document id
+    chunk_id: str  # the matching chunk within the document
+    score: float  # higher is more similar
+    text: str  # the chunk's text
+    metadata: dict[str, Any]  # the document's metadata
+
+
+class UpsertResult(_Frozen):
+    documents: int  # stored, new or replaced
+    chunks: int
+
+
 def _usage(msg: pb.Usage) -> Usage:
     return Usage(
         prompt_tokens=msg.prompt_tokens,
@@ -87,6 +126,53 @@ def _loads(msg: pb.GetLoadsResponse) -> Loads:
         kv_usage=msg.kv_usage,
         model=msg.model,
     )
+
+
+# Struct numbers are doubles; whole numbers in this range come back as int (JSON has one number type).
+_MAX_EXACT_INT = 2**53
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _from_struct(msg: struct_pb2.Struct) -> dict[str, Any]:
+    return _plain(json_format.MessageToDict(msg))
+
+
+def _to_struct(value: Mapping[str, Any] | None, what: str) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    if value:
+        try:
+            out.update(value)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"{what} must be JSON-like (str keys; str/number/bool/null/list/dict values): {exc}") from exc
+    return out
+
+
+def _collection(msg: rpb.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(
+        name=msg.name,
+        dim=msg.dim,
+        model=msg.model,
+        documents=msg.documents,
+        chunks=msg.chunks,
+        index=msg.index,
+        created_at=msg.created_at.ToDatetime(tzinfo=UTC) if msg.HasField("created_at") else None,
+        chunk_tokens=msg.chunk_tokens,
+        chunk_overlap=msg.chunk_overlap,
+        metadata=_from_struct(msg.metadata),
+    )
+
+
+def _hit(msg: rpb.Hit) -> Hit:
+    return Hit(id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=_from_struct(msg.metadata))
 
 
 def _error(exc: grpc.RpcError) -> RagloomError:
@@ -125,6 +211,155 @@ def build_generate_request(
         else:
             setattr(req.sampling, name, value)
     return req
+
+
+def build_create_collection_request(
+    name: str,
+    *,
+    index: str | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> rpb.CreateCollectionRequest:
+    req = rpb.CreateCollectionRequest(name=name, index=index or "")
+    if chunk_tokens is not None:
+        req.chunk_tokens = chunk_tokens
+    if chunk_overlap is not None:
+        req.chunk_overlap = chunk_overlap
+    if metadata is not None:
+        req.metadata.CopyFrom(_to_struct(metadata, "collection metadata"))
+    return req
+
+
+def build_search_request(
+    name: str, query: str, *, k: int, filter: Mapping[str, Any] | None, oversample: int | None
+) -> rpb.SearchRequest:
+    req = rpb.SearchRequest(collection=name, query=query, k=k)
+    if filter:
+        req.filter.CopyFrom(_to_struct(filter, "filter"))
+    if oversample is not None:
+        req.oversample = oversample
+    return req
+
+
+def _field(doc: Any, key: str, default: Any = None) -> Any:
+    if isinstance(doc, Mapping):
+        return doc.get(key, default)
+    return getattr(doc, key, default)
+
+
+def to_document(doc: Any, position: int = 0) -> rpb.Document:
+    """A mapping (or object) with "id", "text" and optional "metadata" / "vector" as a Document."""
+    doc_id, text = _field(doc, "id"), _field(doc, "text")
+    if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or doc_id == "":
+        raise InvalidArgument(f"document #{position}: 'id' must be a non-empty string, got {doc_id!r}")
+    if not isinstance(text, str):
+        raise InvalidArgument(f"document #{position} ({doc_id!r}): 'text' must be a string, got {type(text).__name__}")
+    msg = rpb.Document(id=str(doc_id), text=text)
+    metadata = _field(doc, "metadata")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise InvalidArgument(f"document {doc_id!r}: 'metadata' must be a mapping, got {type(metadata).__name__}")
+        msg.metadata.CopyFrom(_to_struct(metadata, f"document {doc_id!r} metadata"))
+    vector = _field(doc, "vector")
+    if vector is not None:
+        msg.vector.extend(float(x) for x in vector)
+    return msg
+
+
+class _UpsertFeed:
+    """Turns documents into UpsertRequests: a header naming the collection, then batches.
+
+    A document that cannot be converted (or an error raised by the caller's iterable) ends the
+    stream early and is kept in .error, so the caller raises it once the call is over (batches
+    already sent stay stored, as with any failure mid-stream)."""
+
+    def __init__(
+        self,
+        name: str,
+        batch_size: int,
+        create_if_missing: bool,
+        progress: Callable[[int], None] | None,
+        max_bytes: int = UPSERT_BATCH_BYTES,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+        self.header = rpb.UpsertRequest(collection=name, create_if_missing=create_if_missing)
+        self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.progress = progress
+        self.error: Exception | None = None
+        self._batch: list[rpb.Document] = []
+        self._bytes = 0
+        self._count = 0
+
+    def add(self, doc: Any) -> list[rpb.UpsertRequest]:
+        """Add one document; returns the batches that are ready to send (usually none)."""
+        msg = to_document(doc, self._count)
+        self._count += 1
+        size = msg.ByteSize()
+        ready: list[rpb.UpsertRequest] = []
+        # a long document goes into the next message rather than pushing this one past the limit
+        if self._batch and self._bytes + size > self.max_bytes:
+            ready.append(self._take())
+        self._batch.append(msg)
+        self._bytes += size
+        if len(self._batch) >= self.batch_size:
+            ready.append(self._take())
+        return ready
+
+    def _take(self) -> rpb.UpsertRequest:
+        req = rpb.UpsertRequest(documents=self._batch)
+        if self.progress is not None:
+            self.progress(len(self._batch))
+        self._batch = []
+        self._bytes = 0
+        return req
+
+    def flush(self) -> rpb.UpsertRequest | None:
+        return self._take() if self._batch else None
+
+    def requests(self, docs: Iterable[Any]) -> Iterator[rpb.UpsertRequest]:
+        yield self.header
+        try:
+            for doc in docs:
+                yield from self.add(doc)
+        except Exception as exc:  # raised by the caller once the call is over, not inside gRPC
+            self.error = exc
+            return
+        last = self.flush()
+        if last is not None:
+            yield last
+
+    async def arequests(self, docs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[rpb.UpsertRequest]:
+        if not isinstance(docs, AsyncIterable):
+            for req in self.requests(docs):
+                yield req
+            return
+        yield self.header
+        try:
+            async for doc in docs:
+                for req in self.add(doc):
+                    yield req
+        except Exception as exc:  # raised by the caller once the call is over, not inside gRPC
+            self.error = exc
+            return
+        last = self.flush()
+        if last is not None:
+            yield last
+
+
+def _upsert_result(msg: rpb.UpsertResponse) -> UpsertResult:
+    return UpsertResult(documents=msg.documents, chunks=msg.chunks)
+
+
+_UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async iterable) of mappings
+        {"id": str, "text": str, "metadata": dict (optional), "vector": list[float] (optional)};
+        streamed to the server in batches of batch_size, each stored as it arrives. A document
+        whose id exists replaces it. create_if_missing creates the collection with default
+        options. progress(n) is called as each batch of n documents is sent. A document that
+        cannot be sent (no id, text not a string, metadata not JSON-like) raises InvalidArgument
+        after the batches before it were stored."""
 
 
 class _StreamState:
@@ -258,6 +493,10 @@ class _Base:
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
 
+    @property
+    def _batch_bytes(self) -> int:
+        return min(UPSERT_BATCH_BYTES, self._max_message_bytes // 2)
+
 
 _GENERATE_DOC = """\
         prompt: plain text (no chat template); or messages: [{"role": ..., "content": ...}]
@@ -378,6 +617,84 @@ class Client(_Base):
     def loads(self, *, timeout: float | None = None) -> Loads:
         stub = self._stub(pb_grpc.GenerationStub)
         return _loads(self._call(stub.GetLoads, pb.GetLoadsRequest(), timeout))
+
+    # -- retrieval -------------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        index: str | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CollectionInfo:
+        """Create an empty collection; options left as None take the server's defaults.
+
+        Raises AlreadyExists if the name is taken."""
+        req = build_create_collection_request(
+            name, index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, metadata=metadata
+        )
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return _collection(self._call(stub.CreateCollection, req, timeout).collection)
+
+    def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
+        """Delete a collection with all its documents; NotFound if there is none."""
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        self._call(stub.DeleteCollection, rpb.DeleteCollectionRequest(name=name), timeout)
+
+    def list_collections(self, *, timeout: float | None = None) -> list[CollectionInfo]:
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        resp = self._call(stub.ListCollections, rpb.ListCollectionsRequest(), timeout)
+        return [_collection(c) for c in resp.collections]
+
+    def upsert(
+        self,
+        name: str,
+        docs: Iterable[Any],
+        *,
+        batch_size: int = DEFAULT_UPSERT_BATCH,
+        create_if_missing: bool = False,
+        progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes)
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        try:
+            resp = stub.Upsert(feed.requests(docs), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            if feed.error is not None:
+                raise feed.error from exc
+            raise _error(exc) from exc
+        if feed.error is not None:
+            raise feed.error
+        return _upsert_result(resp)
+
+    upsert.__doc__ = "Add or replace documents in a collection; returns the counts stored.\n" + _UPSERT_DOC
+
+    def delete(self, name: str, ids: Sequence[str], *, timeout: float | None = None) -> int:
+        """Delete documents by id; returns how many existed (unknown ids are skipped)."""
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return self._call(stub.Delete, rpb.DeleteRequest(collection=name, ids=list(ids)), timeout).deleted
+
+    def search(
+        self,
+        name: str,
+        query: str,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        oversample: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        """The k chunks most similar to query, best first. filter: metadata equality, e.g.
+        {"lang": "en"}; oversample: binary candidates per hit before rescoring (server default)."""
+        req = build_search_request(name, query, k=k, filter=filter, oversample=oversample)
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return [_hit(h) for h in self._call(stub.Search, req, timeout).hits]
+
+    # -- health ------------------------------------------------------------------------------
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name: "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN".
@@ -507,6 +824,81 @@ class AsyncClient(_Base):
     async def loads(self, *, timeout: float | None = None) -> Loads:
         stub = self._stub(pb_grpc.GenerationStub)
         return _loads(await self._call(stub.GetLoads, pb.GetLoadsRequest(), timeout))
+
+    # -- retrieval -------------------------------------------------------------------------
+
+    async def create_collection(
+        self,
+        name: str,
+        *,
+        index: str | None = None,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CollectionInfo:
+        req = build_create_collection_request(
+            name, index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, metadata=metadata
+        )
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return _collection((await self._call(stub.CreateCollection, req, timeout)).collection)
+
+    async def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        await self._call(stub.DeleteCollection, rpb.DeleteCollectionRequest(name=name), timeout)
+
+    async def list_collections(self, *, timeout: float | None = None) -> list[CollectionInfo]:
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        resp = await self._call(stub.ListCollections, rpb.ListCollectionsRequest(), timeout)
+        return [_collection(c) for c in resp.collections]
+
+    async def upsert(
+        self,
+        name: str,
+        docs: Iterable[Any] | AsyncIterable[Any],
+        *,
+        batch_size: int = DEFAULT_UPSERT_BATCH,
+        create_if_missing: bool = False,
+        progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes)
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        try:
+            resp = await stub.Upsert(feed.arequests(docs), timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            if feed.error is not None:
+                raise feed.error from exc
+            raise _error(exc) from exc
+        if feed.error is not None:
+            raise feed.error
+        return _upsert_result(resp)
+
+    async def delete(self, name: str, ids: Sequence[str], *, timeout: float | None = None) -> int:
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return (await self._call(stub.Delete, rpb.DeleteRequest(collection=name, ids=list(ids)), timeout)).deleted
+
+    async def search(
+        self,
+        name: str,
+        query: str,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        oversample: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        req = build_search_request(name, query, k=k, filter=filter, oversample=oversample)
+        stub = self._stub(rpb_grpc.RetrievalStub)
+        return [_hit(h) for h in (await self._call(stub.Search, req, timeout)).hits]
+
+    create_collection.__doc__ = Client.create_collection.__doc__
+    delete_collection.__doc__ = Client.delete_collection.__doc__
+    upsert.__doc__ = Client.upsert.__doc__
+    delete.__doc__ = Client.delete.__doc__
+    search.__doc__ = Client.search.__doc__
+
+    # -- health ------------------------------------------------------------------------------
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         stub = self._stub(health_pb2_grpc.HealthStub)

@@ -49,6 +49,9 @@ class Settings(EngineSettings):
     max_concurrent_rpcs: int = Field(64, ge=1, description="beyond this, callers get RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    store_url: str | None = Field(
+        None, description="SQLAlchemy URL for collections and documents; default: SQLite in data_dir"
+    )
     log_level: str = "INFO"
 
     config_file: ClassVar[Path | None] = None

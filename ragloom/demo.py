@@ -6,6 +6,7 @@ RAG, SQL) without touching the server handling.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ragloom.client import Client
-from ragloom.errors import RagloomError
+from ragloom.errors import NotFound, RagloomError
 
 READY_TIMEOUT_S = float(os.environ.get("RAGLOOM_DEMO_READY_TIMEOUT", "600"))  # first run converts the model
 STOP_TIMEOUT_S = 30.0
@@ -77,9 +78,41 @@ def _chat_stream(demo: Demo) -> None:
     )
 
 
+# A handful of short documents for the search step (installed with the package).
+SAMPLE_DOCS = Path(__file__).resolve().parent / "demo_data" / "sample.jsonl"
+DEMO_COLLECTION = "ragloom-demo"
+
+
+def _search(demo: Demo) -> None:
+    docs = [json.loads(line) for line in SAMPLE_DOCS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    c = demo.client
+    # the server keeps collections in its data dir: start from a clean one on every run
+    try:
+        c.delete_collection(DEMO_COLLECTION)
+    except NotFound:
+        pass
+    info = c.create_collection(DEMO_COLLECTION)
+    print(f"created collection {info.name!r} (index={info.index})")
+    print("ingesting (the first use loads the embedding model) ...")
+    result = c.upsert(DEMO_COLLECTION, docs)
+    print(f"ingested {result.documents} documents as {result.chunks} chunks from {SAMPLE_DOCS.name}")
+    for query, where in (
+        ("How do I make vector search use less memory?", None),
+        ("reuse cached passages to answer faster", {"lang": "en"}),
+    ):
+        shown = f" filter={json.dumps(where)}" if where else ""
+        print(f"\nsearch: {query!r}{shown}")
+        for rank, hit in enumerate(c.search(DEMO_COLLECTION, query, k=3, filter=where), 1):
+            print(f"  {rank}. {hit.score:.3f} {hit.id} [{hit.metadata.get('topic')}]: {hit.text[:80]}...")
+    info = next(i for i in c.list_collections() if i.name == DEMO_COLLECTION)
+    print(f"\n{info.name}: {info.documents} documents, {info.chunks} chunks, dim {info.dim}, model {info.model}")
+    c.delete_collection(DEMO_COLLECTION)
+
+
 STEPS: list[Step] = [
     Step("health and load", _health),
     Step("streamed chat generation", _chat_stream),
+    Step("collections and semantic search", _search),
 ]
 
 

@@ -127,7 +127,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
             config.pop("quantization_config", None)
-            config.setdefault("architectures", [ARCHITECTURE_BY_MODEL_TYPE.get(config.get("model_type", ""), "")])
+            if not config.get("architectures"):  # GGUF metadata names only the model_type
+                config["architectures"] = [ARCHITECTURE_BY_MODEL_TYPE.get(config.get("model_type", ""), "")]
             config["torch_dtype"] = "float32"
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             bar.update()

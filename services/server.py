@@ -1,8 +1,10 @@
 """grpc.aio server assembly: servicers, health, reflection, limits, keepalive and graceful shutdown.
 
-`build_server(settings, engine)` wires a server around an already running AsyncEngine (tests
-and embedding use it); `serve(settings)` is what `ragloom serve` runs: load the model, serve
-until SIGTERM/SIGINT, drain, stop.
+`build_server(settings, engine, collections=...)` wires a server around an already running
+AsyncEngine and/or a CollectionManager (tests and embedding use it; each service is registered
+only when its backend is given); `serve(settings)` is what `ragloom serve` runs: load the model,
+open the collection store (the embedder loads on first use, so startup stays fast), serve until
+SIGTERM/SIGINT, drain, stop.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ from grpc_reflection.v1alpha import reflection
 
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
-from ragloom.services._proto import generation_pb2_grpc
+from ragloom.services._proto import generation_pb2_grpc, retrieval_pb2_grpc
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
+from ragloom.services.retrieval import SERVICE_NAME as RETRIEVAL_SERVICE
+from ragloom.services.retrieval import RetrievalServicer
 
 if TYPE_CHECKING:
     from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.retrieval.collections import CollectionManager
 
 log = logging.getLogger(__name__)
-
-# Services that report readiness through grpc.health.v1; "" is overall liveness.
-_HEALTH_SERVICES = ("", GENERATION_SERVICE)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -50,9 +52,12 @@ class GenerationServer:
 
     server: grpc.aio.Server
     health: health.aio.HealthServicer
-    engine: AsyncEngine
+    engine: AsyncEngine | None
     host: str
     port: int
+    collections: CollectionManager | None = None
+    # services that report readiness through grpc.health.v1; "" is overall liveness
+    health_services: tuple[str, ...] = ("",)
 
     @property
     def address(self) -> str:
@@ -60,7 +65,7 @@ class GenerationServer:
 
     async def start(self) -> None:
         await self.server.start()
-        for name in _HEALTH_SERVICES:
+        for name in self.health_services:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
@@ -69,26 +74,34 @@ class GenerationServer:
         await self.server.stop(grace)
 
 
-def build_server(settings: Settings, engine: AsyncEngine) -> GenerationServer:
+def build_server(
+    settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
+) -> GenerationServer:
     """Assemble and bind a server on settings.host:settings.port (port 0 picks a free one).
 
-    Call it on the event loop that will run the server: grpc.aio binds to the current loop.
+    Generation is served when engine is given, Retrieval when collections is; the caller owns
+    both (starts/shuts down the engine, closes the manager). Call it on the event loop that
+    will run the server: grpc.aio binds to the current loop.
     """
     server = grpc.aio.server(
         options=server_options(settings),
         # beyond this, gRPC itself answers RESOURCE_EXHAUSTED (health checks count too)
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
+    services: list[str] = []
+    if engine is not None:
+        generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
+        services.append(GENERATION_SERVICE)
+    if collections is not None:
+        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(collections), server)
+        services.append(RETRIEVAL_SERVICE)
 
     # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
     # A service not yet set answers SERVICE_UNKNOWN (NOT_FOUND on Check) until start().
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    reflection.enable_server_reflection(
-        (GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -96,12 +109,22 @@ def build_server(settings: Settings, engine: AsyncEngine) -> GenerationServer:
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     if port == 0:  # older grpc versions signal a failed bind this way
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port} (address in use?)")
-    return GenerationServer(server=server, health=health_servicer, engine=engine, host=settings.host, port=port)
+    return GenerationServer(
+        server=server,
+        health=health_servicer,
+        engine=engine,
+        host=settings.host,
+        port=port,
+        collections=collections,
+        health_services=("", *services),
+    )
 
 
-async def start_server(settings: Settings, engine: AsyncEngine) -> GenerationServer:
+async def start_server(
+    settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
+) -> GenerationServer:
     """build_server + start, on the running loop."""
-    srv = build_server(settings, engine)
+    srv = build_server(settings, engine, collections=collections)
     await srv.start()
     return srv
 
@@ -110,14 +133,18 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """Load the model, serve until SIGTERM/SIGINT, then drain for settings.shutdown_grace_s."""
     from ragloom.generation.runner.async_engine import AsyncEngine
     from ragloom.generation.runner.engine import LLMEngine
+    from ragloom.retrieval.collections import CollectionManager
 
     log.info("loading model %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
     # loading blocks for seconds; keep the loop responsive to signals meanwhile
     llm = await asyncio.to_thread(LLMEngine, settings)
     engine = AsyncEngine(llm)
     await engine.start()
+    collections: CollectionManager | None = None
     try:
-        srv = await start_server(settings, engine)
+        # opens the store and indexes; the embedding model itself loads on first use
+        collections = await asyncio.to_thread(CollectionManager, settings.data_dir, settings.store_url)
+        srv = await start_server(settings, engine, collections=collections)
         log.info(
             "serving %s on %s (max_concurrent_rpcs=%d, max_message_bytes=%d)",
             llm.model_id,
@@ -153,5 +180,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await srv.stop(settings.shutdown_grace_s)
     finally:
         await engine.shutdown()
+        if collections is not None:
+            await asyncio.to_thread(collections.close)
     log.info("server stopped")
     sys.stdout.flush()

@@ -397,3 +397,4 @@ def test_demo_runs() -> None:
     r = subprocess.run([sys.executable, "-m", "ragloom.demo"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "finish_reason=" in r.stdout and "server stopped" in r.stdout
+    assert "ingested 6 documents" in r.stdout and "1. " in r.stdout.split("collections and semantic search")[1]

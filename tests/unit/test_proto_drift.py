@@ -33,3 +33,7 @@ def test_generated_imports_are_package_relative() -> None:
 
     assert generation_pb2.DESCRIPTOR.name == "ragloom/v1/generation.proto"
     assert hasattr(generation_pb2_grpc, "GenerationStub")
+    from ragloom.services._proto import retrieval_pb2, retrieval_pb2_grpc
+
+    assert retrieval_pb2.DESCRIPTOR.name == "ragloom/v1/retrieval.proto"
+    assert hasattr(retrieval_pb2_grpc, "RetrievalStub")

@@ -1,0 +1,148 @@
+"""Durable state of collections: SQLAlchemy 2 models on SQLite (default) or PostgreSQL.
+
+The store is the source of truth; the faiss/int8 files are a cache of it. Every chunk keeps its
+float32 embedding as a blob, so an index can be rebuilt (and int8 recalibrated) without
+re-embedding. `collections.version` increases with every committed change; an index folder
+records the version it reflects, and a mismatch on open means "rebuild from the store".
+
+PostgreSQL isolation per test run or tenant: pass `schema=`; tables are created inside it via
+SQLAlchemy's schema_translate_map, without changing the models.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CollectionRow(Base):
+    __tablename__ = "ragloom_collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(String(256), nullable=False)
+    index_kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    chunk_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    chunk_overlap: Mapped[int] = mapped_column(Integer, nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=_now)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_slot: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+    documents: Mapped[list[DocumentRow]] = relationship(
+        back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class DocumentRow(Base):
+    __tablename__ = "ragloom_documents"
+    __table_args__ = (UniqueConstraint("collection_id", "doc_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("ragloom_collections.id", ondelete="CASCADE"), nullable=False
+    )
+    doc_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=_now)
+
+    collection: Mapped[CollectionRow] = relationship(back_populates="documents")
+    chunks: Mapped[list[ChunkRow]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ChunkRow(Base):
+    __tablename__ = "ragloom_chunks"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "slot"),
+        Index("ix_ragloom_chunks_document", "document_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("ragloom_collections.id", ondelete="CASCADE"), nullable=False
+    )
+    document_id: Mapped[int] = mapped_column(ForeignKey("ragloom_documents.id", ondelete="CASCADE"), nullable=False)
+    chunk_id: Mapped[str] = mapped_column(String(600), nullable=False)
+    idx: Mapped[int] = mapped_column(Integer, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    slot: Mapped[int] = mapped_column(Integer, nullable=False)  # row in the index's int8 file
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32 little-endian
+
+    document: Mapped[DocumentRow] = relationship(back_populates="chunks")
+
+
+def vector_blob(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def blob_vector(b: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(b, dtype="<f4", count=dim)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{Path(data_dir) / 'ragloom.db'}"
+
+
+class Store:
+    """An engine + session factory; callers use `with store.session() as s, s.begin(): ...`."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # gRPC worker threads share the engine; SQLite serializes writers itself.
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(engine, "connect", _sqlite_pragmas)
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine: Engine = engine
+        self.schema = schema
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")  # ON DELETE CASCADE needs it
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()

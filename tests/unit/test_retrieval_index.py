@@ -1,0 +1,151 @@
+"""VectorIndex + two-stage search against brute force; upsert, delete, persistence, crash-safety."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ragloom.retrieval.index as index_mod
+from ragloom.retrieval.index import VectorIndex
+from ragloom.retrieval.quantize import binarize, hamming
+from ragloom.retrieval.search import matches, search
+
+
+def _unit(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def built(tmp_path):
+    x = _unit(400)
+    idx = VectorIndex(tmp_path / "ix", 64, "flat")
+    idx.build(np.arange(400), x)
+    return idx, x
+
+
+def test_binary_search_equals_brute_force_hamming(built):
+    idx, x = built
+    q = _unit(5, seed=9)
+    d, ids = idx.binary_search(binarize(q), 400)
+    ref = hamming(binarize(q), binarize(x))
+    assert (np.sort(ref, axis=1) == d).all()
+    assert (np.take_along_axis(ref, ids, axis=1) == d).all()
+
+
+def test_rescored_search_equals_brute_force_int8_when_scanning_everything(built):
+    idx, x = built
+    q = _unit(1, seed=3)[0]
+    hits = search(idx, q, k=10, oversample=40)  # 400 candidates = every vector
+    brute = idx.quantizer.scores(q, idx.quantizer.encode(x))[0]
+    assert [h.slot for h in hits] == list(np.argsort(-brute, kind="stable")[:10])
+    assert np.allclose([h.score for h in hits], np.sort(brute)[::-1][:10], atol=1e-5)
+    # ... and int8 scores are close to the exact float ones.
+    assert np.allclose([h.score for h in hits], (x @ q)[[h.slot for h in hits]], atol=0.02)
+
+
+def test_ivf_kind_finds_exact_neighbours_with_enough_probes(tmp_path):
+    x = _unit(4000, seed=1)
+    idx = VectorIndex(tmp_path / "ivf", 64, "ivf")
+    idx.build(np.arange(4000), x)
+    assert idx.kind == "ivf"
+    idx.binary.nprobe = idx.binary.nlist  # all lists -> exact
+    q = x[17] + 0.01
+    assert search(idx, q, k=1)[0].slot == 17
+    idx.remove(np.array([17]))
+    assert search(idx, q, k=1)[0].slot != 17
+
+
+def test_upsert_replaces_and_delete_removes(built):
+    idx, x = built
+    q = _unit(1, seed=11)[0]
+    idx.add(np.array([400]), q[None])  # a new slot holding the query itself
+    assert search(idx, q, k=1)[0].slot == 400
+    idx.remove(np.array([400]))
+    assert idx.ntotal == 400
+    assert all(h.slot != 400 for h in search(idx, q, k=10, oversample=40))
+    # Re-adding an existing slot replaces it (no duplicates).
+    idx.add(np.array([5]), q[None])
+    assert idx.ntotal == 400
+    hits = search(idx, q, k=3)
+    assert hits[0].slot == 5 and hits[1].slot != 5
+
+
+def test_growth_beyond_capacity_keeps_rows(built):
+    idx, x = built
+    y = _unit(3000, seed=4)
+    idx.add(np.arange(400, 3400), y)
+    assert idx.ntotal == 3400
+    assert search(idx, y[2999], k=1)[0].slot == 3399
+    assert search(idx, x[0], k=1)[0].slot == 0
+
+
+def test_save_and_load_gives_same_results(built, tmp_path):
+    idx, x = built
+    idx.add(np.array([400]), _unit(1, seed=2))
+    idx.save(store_version=7)
+    q = _unit(3, seed=6)
+    before = [search(idx, qq, k=5) for qq in q]
+    idx.close()
+    again = VectorIndex.load(tmp_path / "ix")
+    assert again is not None and again.store_version == 7 and again.ntotal == 401
+    assert [search(again, qq, k=5) for qq in q] == before
+
+
+def test_crash_during_save_leaves_previous_index_loadable(built, tmp_path, monkeypatch):
+    idx, x = built
+    idx.save(store_version=1)
+    q = _unit(1, seed=8)[0]
+    before = search(idx, q, k=5)
+    # Change the index, then fail the save at each fsync in turn: after the new faiss file is
+    # written (before the manifest) and while the manifest temp is written.
+    idx.add(np.arange(400, 450), _unit(50, seed=12))
+    idx.remove(np.arange(0, 100))
+    for fail_at in (1, 2, 3):
+        calls = {"n": 0}
+        real = index_mod._fsync
+
+        def flaky(fd: int, fail_at: int = fail_at, calls: dict = calls, real=real) -> None:
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise OSError("disk died mid-save")
+            real(fd)
+
+        monkeypatch.setattr(index_mod, "_fsync", flaky)
+        with pytest.raises(OSError):
+            idx.save(store_version=2)
+        monkeypatch.setattr(index_mod, "_fsync", real)
+        old = VectorIndex.load(tmp_path / "ix")
+        assert old is not None and old.store_version == 1 and old.ntotal == 400
+        assert search(old, q, k=5) == before
+        old.close()
+    # A later successful save supersedes it.
+    idx.save(store_version=2)
+    new = VectorIndex.load(tmp_path / "ix")
+    assert new is not None and new.store_version == 2 and new.ntotal == 350
+
+
+def test_filter_grows_candidates_until_k_survive(built):
+    idx, x = built
+    q = _unit(1, seed=21)[0]
+    allowed = {3, 77, 201, 333}  # rare: most binary candidates are rejected
+    calls = []
+
+    def keep(slots: np.ndarray) -> np.ndarray:
+        calls.append(len(slots))
+        return np.isin(slots, list(allowed))
+
+    hits = search(idx, q, k=3, oversample=2, keep=keep)
+    brute = idx.quantizer.scores(q, idx.quantizer.encode(x[sorted(allowed)]))[0]
+    want = [sorted(allowed)[i] for i in np.argsort(-brute)[:3]]
+    assert [h.slot for h in hits] == want
+    assert len(calls) > 1  # it had to grow
+
+
+def test_metadata_filter_semantics():
+    md = {"lang": "en", "year": 2020}
+    assert matches(md, {"lang": "en"}) and not matches(md, {"lang": "de"})
+    assert matches(md, {"year": {"$in": [2019, 2020]}}) and not matches(md, {"year": {"$in": [2021]}})
+    assert matches(md, {"lang": {"$ne": "de"}}) and matches(md, {"x": {"$nin": [1]}})
+    assert not matches(md, {"missing": "x"}) and not matches(md, {"missing": {"$in": ["x"]}})
+    assert matches(md, {"lang": "en", "year": {"$in": [2020]}}) and not matches(md, {"lang": "en", "year": 1})

@@ -1,0 +1,83 @@
+"""Retrieval requests as the SDK builds them and the servicer reads them (no server involved)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragloom.client import _UpsertFeed, build_create_collection_request, build_search_request, to_document
+from ragloom.errors import InvalidArgument
+from ragloom.services._proto import retrieval_pb2 as pb
+from ragloom.services.retrieval import documents_from_proto, struct_to_dict
+
+
+def test_documents_round_trip_with_json_types() -> None:
+    meta = {"year": 2024, "score": 0.5, "tags": ["a", 1], "nested": {"ok": True, "none": None}}
+    msg = to_document({"id": 7, "text": "hello", "metadata": meta})
+    assert msg.id == "7" and not msg.vector
+    [doc], vectors = documents_from_proto([msg])
+    assert vectors is None
+    assert (doc.id, doc.text) == ("7", "hello")
+    # Struct carries numbers as doubles; whole ones come back as int, the rest stay float
+    assert doc.metadata == meta and isinstance(doc.metadata["year"], int) and isinstance(doc.metadata["score"], float)
+
+
+@pytest.mark.parametrize(
+    "doc, words",
+    [
+        ({"text": "no id"}, "'id'"),
+        ({"id": "", "text": "x"}, "'id'"),
+        ({"id": "a"}, "'text'"),
+        ({"id": "a", "text": b"bytes"}, "'text'"),
+        ({"id": "a", "text": "x", "metadata": ["not", "a", "mapping"]}, "'metadata'"),
+        ({"id": "a", "text": "x", "metadata": {"when": object()}}, "JSON-like"),
+    ],
+)
+def test_unsendable_documents(doc: dict, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        to_document(doc)
+
+
+def test_vectors_all_or_none_per_batch() -> None:
+    docs = [pb.Document(id="a", text="x", vector=[1.0, 0.0]), pb.Document(id="b", text="y", vector=[0.0, 1.0])]
+    out, vectors = documents_from_proto(docs)
+    assert vectors is not None and vectors.shape == (2, 2) and [d.id for d in out] == ["a", "b"]
+    with pytest.raises(InvalidArgument, match="either all or none"):
+        documents_from_proto([docs[0], pb.Document(id="c", text="z")])
+    with pytest.raises(InvalidArgument, match="one length"):
+        documents_from_proto([docs[0], pb.Document(id="c", text="z", vector=[1.0])])
+
+
+def test_upsert_feed_header_then_batches_by_count_and_bytes() -> None:
+    sent: list[int] = []
+    feed = _UpsertFeed("c", batch_size=3, create_if_missing=True, progress=sent.append, max_bytes=1000)
+    docs = [{"id": f"d{i}", "text": "x"} for i in range(7)] + [{"id": "big", "text": "y" * 995}, {"id": "z", "text": "z"}]
+    reqs = list(feed.requests(docs))
+    assert reqs[0].collection == "c" and reqs[0].create_if_missing and not reqs[0].documents
+    assert [[d.id for d in r.documents] for r in reqs[1:]] == [
+        ["d0", "d1", "d2"],
+        ["d3", "d4", "d5"],
+        ["d6"],  # sent early: the long document would push it past max_bytes
+        ["big"],  # which fills a message by itself
+        ["z"],
+    ]
+    assert all(not r.collection for r in reqs[1:])
+    assert sent == [3, 3, 1, 1, 1] and feed.error is None
+
+
+def test_upsert_feed_stops_at_a_bad_document_and_keeps_the_error() -> None:
+    feed = _UpsertFeed("c", batch_size=1, create_if_missing=False, progress=None)
+    reqs = list(feed.requests([{"id": "a", "text": "x"}, {"id": "b"}, {"id": "c", "text": "never sent"}]))
+    assert [[d.id for d in r.documents] for r in reqs] == [[], ["a"]]
+    assert isinstance(feed.error, InvalidArgument)
+
+
+def test_unset_options_are_absent() -> None:
+    req = build_create_collection_request("c")
+    assert req.index == "" and not req.HasField("chunk_tokens") and not req.HasField("metadata")
+    req = build_create_collection_request("c", chunk_tokens=0, chunk_overlap=0, metadata={"a": 1})
+    assert req.HasField("chunk_tokens") and req.HasField("chunk_overlap")  # 0 is sent, not dropped
+    assert struct_to_dict(req.metadata) == {"a": 1}
+    s = build_search_request("c", "q", k=5, filter=None, oversample=None)
+    assert s.k == 5 and s.HasField("k") and not s.HasField("filter") and not s.HasField("oversample")
+    s = build_search_request("c", "q", k=5, filter={"lang": {"$in": ["en", "fr"]}}, oversample=8)
+    assert struct_to_dict(s.filter) == {"lang": {"$in": ["en", "fr"]}} and s.oversample == 8
