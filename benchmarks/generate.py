@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from results_io import write_results
 
 ALL_SYSTEMS = ("ragloom", "transformers", "llamacpp")
 BASELINE = "transformers"
@@ -477,20 +477,6 @@ def software_info() -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temp file beside the target, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -813,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": notes,
     }
     output = args.output or RESULTS_DIR / f"generate-{args.device}.json"
-    write_json_atomic(output, report)
+    write_results(output, report)
 
     print(
         f"\ngenerate benchmark: {args.device} {args.dtype}, prompt {args.prompt_len} tokens, "

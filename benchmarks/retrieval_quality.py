@@ -33,6 +33,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from results_io import write_results
 
 from ragloom.retrieval.index import VectorIndex
 from ragloom.retrieval.quantize import Int8Quantizer, ItqRotation, ResidualBinarizer, binarize
@@ -215,16 +216,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="all-minilm-l6-v2")
@@ -234,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args)
     print(table(result))
-    write_json(result, args.output)
+    write_results(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

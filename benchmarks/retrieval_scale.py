@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from results_io import write_results
 
 from ragloom.retrieval.index import VectorIndex
 from ragloom.retrieval.quantize import binarize
@@ -158,13 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(table(res))
     out = args.output or RESULTS / f"retrieval_scale-{args.n}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_results(out, res)
     print(f"wrote {out}")
     return 0
 

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict
 
@@ -35,6 +34,7 @@ from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
 from ragloom.services._proto import retrieval_pb2 as rpb
 from ragloom.services._proto import retrieval_pb2_grpc as rpb_grpc
+from ragloom.structs import dict_to_struct, struct_to_dict
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # matches Settings.max_message_bytes' default, so whatever the server may send is accepted
@@ -128,34 +128,6 @@ def _loads(msg: pb.GetLoadsResponse) -> Loads:
     )
 
 
-# Struct numbers are doubles; whole numbers in this range come back as int (JSON has one number type).
-_MAX_EXACT_INT = 2**53
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _from_struct(msg: struct_pb2.Struct) -> dict[str, Any]:
-    return _plain(json_format.MessageToDict(msg))
-
-
-def _to_struct(value: Mapping[str, Any] | None, what: str) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    if value:
-        try:
-            out.update(value)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise InvalidArgument(f"{what} must be JSON-like (str keys; str/number/bool/null/list/dict values): {exc}") from exc
-    return out
-
-
 def _collection(msg: rpb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=msg.name,
@@ -167,12 +139,12 @@ def _collection(msg: rpb.CollectionInfo) -> CollectionInfo:
         created_at=msg.created_at.ToDatetime(tzinfo=UTC) if msg.HasField("created_at") else None,
         chunk_tokens=msg.chunk_tokens,
         chunk_overlap=msg.chunk_overlap,
-        metadata=_from_struct(msg.metadata),
+        metadata=struct_to_dict(msg.metadata),
     )
 
 
 def _hit(msg: rpb.Hit) -> Hit:
-    return Hit(id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=_from_struct(msg.metadata))
+    return Hit(id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=struct_to_dict(msg.metadata))
 
 
 def _error(exc: grpc.RpcError) -> RagloomError:
@@ -227,7 +199,7 @@ def build_create_collection_request(
     if chunk_overlap is not None:
         req.chunk_overlap = chunk_overlap
     if metadata is not None:
-        req.metadata.CopyFrom(_to_struct(metadata, "collection metadata"))
+        req.metadata.CopyFrom(dict_to_struct(metadata, "collection metadata"))
     return req
 
 
@@ -236,7 +208,7 @@ def build_search_request(
 ) -> rpb.SearchRequest:
     req = rpb.SearchRequest(collection=name, query=query, k=k)
     if filter:
-        req.filter.CopyFrom(_to_struct(filter, "filter"))
+        req.filter.CopyFrom(dict_to_struct(filter, "filter"))
     if oversample is not None:
         req.oversample = oversample
     return req
@@ -260,7 +232,7 @@ def to_document(doc: Any, position: int = 0) -> rpb.Document:
     if metadata is not None:
         if not isinstance(metadata, Mapping):
             raise InvalidArgument(f"document {doc_id!r}: 'metadata' must be a mapping, got {type(metadata).__name__}")
-        msg.metadata.CopyFrom(_to_struct(metadata, f"document {doc_id!r} metadata"))
+        msg.metadata.CopyFrom(dict_to_struct(metadata, f"document {doc_id!r} metadata"))
     vector = _field(doc, "vector")
     if vector is not None:
         msg.vector.extend(float(x) for x in vector)

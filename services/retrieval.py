@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
 
 from ragloom.errors import AlreadyExists, InvalidArgument, RagloomError, grpc_code
 from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
+from ragloom.structs import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +30,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name  # "ragloom
 DEFAULT_K = 10
 
 _T = TypeVar("_T")
-
-# Struct numbers are doubles; whole numbers in this range come back as int (JSON has one number type).
-_MAX_EXACT_INT = 2**53
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
-    return _plain(json_format.MessageToDict(msg))
-
-
-def dict_to_struct(value: dict[str, Any] | None, what: str = "metadata") -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    if value:
-        try:
-            out.update(value)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise InvalidArgument(f"{what} must be JSON-like (str keys; str/number/bool/null/list/dict values): {exc}") from exc
-    return out
-
 
 def info_to_proto(info: CollectionInfo) -> pb.CollectionInfo:
     msg = pb.CollectionInfo(
