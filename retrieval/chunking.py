@@ -42,7 +42,7 @@ def chunk_text(doc_id: str, text: str, tokenizer, chunk_tokens: int, overlap: in
     if len(offsets) <= chunk_tokens:
         stripped = text.strip()
         return [Chunk(chunk_id(doc_id, 0), 0, stripped, 0, len(text), content_hash(stripped))]
-    chunks = []
+    chunks: list[Chunk] = []
     step = chunk_tokens - overlap
     start_tok = 0
     while True:

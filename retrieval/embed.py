@@ -68,7 +68,10 @@ class Embedder:
 
     @property
     def max_seq_length(self) -> int:
-        return int(self._model.max_seq_length)
+        limit = self._model.max_seq_length
+        if limit is None:  # sentence-transformers leaves it unset for some models
+            raise ValueError(f"{self.model_id} declares no max_seq_length")
+        return int(limit)
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         if isinstance(texts, str):

@@ -25,6 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -77,7 +78,7 @@ def _new_binary(kind: str, dim: int, train_codes: np.ndarray | None) -> faiss.In
         # IDMap, not IDMap2: IDMap2's reverse hash map costs ~50 B/vector, more than the 48-B code.
         return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(dim))
     nlist = ivf_nlist(0 if train_codes is None else len(train_codes))
-    index = faiss.index_binary_factory(dim, f"BIVF{nlist}")
+    index: Any = faiss.index_binary_factory(dim, f"BIVF{nlist}")
     if train_codes is None or len(train_codes) == 0:
         raise InvalidArgument("an IVF index needs vectors to train on")
     sample = len(train_codes) if len(train_codes) <= nlist * TRAIN_POINTS_PER_LIST else nlist * TRAIN_POINTS_PER_LIST
@@ -112,10 +113,12 @@ class VectorIndex:
         self.quantizer: Int8Quantizer | None = None
         self.calibrated_rows = 0
         self.next_slot = 0
-        self.binary: faiss.IndexBinary = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(dim))
+        # Any: faiss's SWIG classes are declared as the IndexBinary base, which lacks the
+        # subclass attributes (id_map, nprobe) used here.
+        self.binary: Any = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(dim))
         self._int8_name: str | None = None
         self._int8: np.memmap | None = None
-        self._gpu = None  # lazily built device mirror (flat only)
+        self._gpu: Any = None  # lazily built device mirror (flat only)
 
     # ------------------------------------------------------------------ size
 
@@ -135,7 +138,8 @@ class VectorIndex:
             with open(path, "ab") as f:
                 f.truncate(max(capacity, 1) * self.dim)
         self._int8_name = name
-        self._int8 = np.memmap(path, dtype=np.int8, mode="r+").reshape(-1, self.dim)
+        # reshape keeps the memmap subclass (and its flush); numpy's stubs say ndarray
+        self._int8 = cast(np.memmap, np.memmap(path, dtype=np.int8, mode="r+").reshape(-1, self.dim))
 
     def _ensure_capacity(self, needed: int) -> None:
         assert self._int8 is not None and self._int8_name is not None

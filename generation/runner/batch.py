@@ -44,7 +44,8 @@ class ForwardBatch:
         slot_mapping = [sl for s, n, seq_slots in zip(starts, q_lens, slots) for sl in seq_slots[s : s + n]]
         gather = [seq_slots + [0] * (lk - len(seq_slots)) for seq_slots in slots]
         q_index = [b * lq + i for b, n in enumerate(q_lens) for i in range(n)]
-        logits_indices, offset = [], 0
+        logits_indices: list[int] = []
+        offset = 0
         for n, want in zip(q_lens, logits_per_seq):
             logits_indices += range(offset + n - want, offset + n)
             offset += n

@@ -7,6 +7,8 @@ anything else for a 135M model, where per-op overhead rivals the arithmetic.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,6 +104,10 @@ class LlamaModel(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_positions, device, dtype)
 
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.layers))  # ModuleList items are typed as Module
+
     def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
         """Take HF parameter names, fusing q/k/v and gate/up; every tensor must be used."""
         state = dict(state)
@@ -119,7 +125,7 @@ class LlamaModel(nn.Module):
                 self.lm_head.weight.copy_(take("lm_head.weight"))
             elif "lm_head.weight" in state and not torch.equal(state.pop("lm_head.weight"), self.embed.weight):
                 raise ModelError("tie_word_embeddings is set but lm_head.weight differs from the embedding")
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(self.decoder_layers):
                 p = f"model.layers.{i}."
                 layer.qkv.weight.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
                 if layer.qkv.bias is not None:
@@ -137,7 +143,7 @@ class LlamaModel(nn.Module):
         """Logits [N, vocab] (float32) at batch.logits_indices."""
         x = self.embed(batch.input_ids)
         cos, sin = self.rope.tables(batch.positions)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.decoder_layers):
             x = layer(x, i, batch, kv, cos, sin)
         x = rms_norm(x.index_select(0, batch.logits_indices), self.norm, self.cfg.rms_norm_eps)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
