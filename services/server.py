@@ -47,7 +47,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 @dataclass
-class GenerationServer:
+class RagloomServer:
     """A bound (not yet started) server plus the pieces shutdown needs."""
 
     server: grpc.aio.Server
@@ -76,7 +76,7 @@ class GenerationServer:
 
 def build_server(
     settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
-) -> GenerationServer:
+) -> RagloomServer:
     """Assemble and bind a server on settings.host:settings.port (port 0 picks a free one).
 
     Generation is served when engine is given, Retrieval when collections is; the caller owns
@@ -109,7 +109,7 @@ def build_server(
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     if port == 0:  # older grpc versions signal a failed bind this way
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port} (address in use?)")
-    return GenerationServer(
+    return RagloomServer(
         server=server,
         health=health_servicer,
         engine=engine,
@@ -122,7 +122,7 @@ def build_server(
 
 async def start_server(
     settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
-) -> GenerationServer:
+) -> RagloomServer:
     """build_server + start, on the running loop."""
     srv = build_server(settings, engine, collections=collections)
     await srv.start()

@@ -38,7 +38,7 @@ from ragloom.services._proto import generation_pb2_grpc as pb_grpc
 
 async_engine = pytest.importorskip("ragloom.generation.runner.async_engine")
 from ragloom.generation.runner.engine import LLMEngine  # noqa: E402
-from ragloom.services.server import GenerationServer, start_server  # noqa: E402
+from ragloom.services.server import RagloomServer, start_server  # noqa: E402
 
 PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Name three colours."}]
@@ -67,7 +67,7 @@ class BackgroundLoop:
 class Served:
     bg: BackgroundLoop
     engine: Any  # AsyncEngine
-    server: GenerationServer
+    server: RagloomServer
 
     @property
     def address(self) -> str:

@@ -32,7 +32,7 @@ from ragloom.errors import AlreadyExists, InvalidArgument, NotFound
 from ragloom.retrieval.collections import MAX_UPSERT_BATCH, CollectionManager
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
-from ragloom.services.server import GenerationServer, start_server
+from ragloom.services.server import RagloomServer, start_server
 
 SAMPLE = Path(__file__).resolve().parents[2] / "ragloom" / "demo_data" / "sample.jsonl"
 DIM = 384  # the bundled all-MiniLM-L6-v2
@@ -69,7 +69,7 @@ class Served:
     bg: BackgroundLoop
     data_dir: Path
     manager: CollectionManager
-    server: GenerationServer
+    server: RagloomServer
 
     @property
     def address(self) -> str:
