@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from ragloom.errors import InvalidArgument, NotFound, RagloomError, Unimplemented, grpc_code
+from ragloom.errors import InvalidArgument, NotFound, Unimplemented
 from ragloom.generation.runner.engine import Output, Request
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+from ragloom.services.status import failure_status
 
 if TYPE_CHECKING:
     from ragloom.generation.runner.async_engine import AsyncEngine
@@ -121,15 +122,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         return
             # the engine stream ended without a finished Output: a runner bug, not the caller's
             raise RuntimeError(f"engine stream for {request_id} ended without finishing")
-        except RagloomError as exc:
-            log.info("Generate %s rejected: %s: %s", request_id, type(exc).__name__, exc)
-            failure = (grpc_code(exc), str(exc))
         except asyncio.CancelledError:
             log.info("Generate %s: cancelled by the client or its deadline", request_id)
             raise
-        except Exception:
-            log.exception("Generate %s failed", request_id)
-            failure = (grpc.StatusCode.INTERNAL, f"internal error in request {request_id}; see server log")
+        except Exception as exc:
+            failure = failure_status(exc, f"Generate {request_id}")
         if failure is not None:
             await context.abort(*failure)
 

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from ragloom.errors import AlreadyExists, InvalidArgument, RagloomError, grpc_code
+from ragloom.errors import AlreadyExists, InvalidArgument
 from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
+from ragloom.services.status import failure_status
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,11 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
         failure: tuple[grpc.StatusCode, str] | None = None
         try:
             return await work()
-        except RagloomError as exc:
-            log.info("%s rejected: %s: %s", rpc, type(exc).__name__, exc)
-            failure = (grpc_code(exc), str(exc))
         except asyncio.CancelledError:
             log.info("%s: cancelled by the client or its deadline", rpc)
             raise
-        except Exception:
-            log.exception("%s failed", rpc)
-            failure = (grpc.StatusCode.INTERNAL, f"internal error in {rpc}; see server log")
+        except Exception as exc:
+            failure = failure_status(exc, rpc)
         await context.abort(*failure)
         raise AssertionError("unreachable: context.abort raises")
 

@@ -12,15 +12,15 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from background_loop import BackgroundLoop
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ragloom.client import AsyncClient, Client
@@ -44,23 +44,6 @@ PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Name three colours."}]
 MAX_MESSAGE_BYTES = 1 << 20  # small, so the oversize test sends only 2 MiB
 LONG = 400  # max_tokens for requests that must still be running when we act on them
-
-
-class BackgroundLoop:
-    """An event loop on a daemon thread; run(coro) blocks until the coroutine finishes there."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @dataclass

@@ -14,9 +14,8 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from background_loop import BackgroundLoop
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ragloom.client import AsyncClient, Client
@@ -36,23 +36,6 @@ from ragloom.services.server import RagloomServer, start_server
 
 SAMPLE = Path(__file__).resolve().parents[2] / "ragloom" / "demo_data" / "sample.jsonl"
 DIM = 384  # the bundled all-MiniLM-L6-v2
-
-
-class BackgroundLoop:
-    """An event loop on a daemon thread; run(coro) blocks until the coroutine finishes there."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 def _sample_docs() -> list[dict[str, Any]]:
