@@ -38,6 +38,10 @@ class EngineSettings(BaseSettings):
     max_num_seqs: int = Field(32, ge=1, description="sequences decoded together in one step")
     max_num_batched_tokens: int = Field(4096, ge=16, description="prompt tokens prefilled in one step")
     max_model_len: int | None = Field(None, description="context limit; default: the model's own")
+    constraint_timeout_s: float = Field(
+        30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before INVALID_ARGUMENT"
+    )
+    jump_forward: bool = Field(True, description="append the tokens a constraint forces without sampling them")
     data_dir: Path = Field(default_factory=default_data_dir)
 
 

@@ -21,6 +21,22 @@ class InvalidArgument(RagloomError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class GrammarError(InvalidArgument):
+    """A constraint (lark grammar, JSON Schema, regex, choices) cannot be compiled as given."""
+
+
+class UnsupportedKeyword(GrammarError):
+    """A JSON Schema keyword the compiler cannot express; never silently dropped (strict mode)."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
+class CompileTimeout(GrammarError):
+    """Compiling a constraint took longer than the configured limit."""
+
+
 class NotFound(RagloomError):
     """A named thing (model, collection, connector, request id) does not exist."""
 

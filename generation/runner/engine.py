@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from ragloom.config import EngineSettings
 from ragloom.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from ragloom.generation.constrain.processor import Constraint, GrammarProcessor, compile_constraint
 from ragloom.generation.runner.batch import ForwardBatch
 from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.kv import KVCache
@@ -37,6 +38,7 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    constraint: Constraint | None = None  # from LLMEngine.compile_constraint
 
 
 @dataclass
@@ -116,6 +118,14 @@ class LLMEngine:
 
     # ---- input -------------------------------------------------------------------------------
 
+    def compile_constraint(self, kind: str, spec: Any, *, strict: bool = True) -> Constraint:
+        """Compile a json_schema / lark_grammar / regex / choices constraint for this model's
+        tokenizer (cached). Thread-safe: the server calls it off the engine thread."""
+        return compile_constraint(
+            kind, spec, self.tokenizer, self.vocab_size, frozenset(self.eos_ids),
+            strict=strict, timeout_s=self.settings.constraint_timeout_s,
+        )
+
     def encode(self, prompt: str | None = None, messages: list[dict[str, str]] | None = None) -> list[int]:
         """Token ids for a plain prompt, or for chat messages through the model's chat template."""
         if messages:
@@ -170,7 +180,8 @@ class LLMEngine:
             request_id=request.request_id,
             prompt_ids=list(request.prompt_token_ids),
             params=p,
-            processors=list(request.logits_processors),
+            processors=list(request.logits_processors)
+            + ([GrammarProcessor(request.constraint, self.tokenizer)] if request.constraint else []),
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
             generator=generator,
         )
@@ -219,6 +230,26 @@ class LLMEngine:
         return [self._append(seq, token) for seq, token in zip(seqs, tokens)]
 
     def _append(self, seq: Sequence, token: int) -> Output:
+        """Add the sampled token, then any tokens a constraint forces (jump-forward)."""
+        tokens = [token]
+        self._add_token(seq, token)
+        if self.settings.jump_forward:
+            for proc in seq.processors:
+                forced = getattr(proc, "forced_tokens", None)
+                if forced is None or seq.finish_reason is not None:
+                    continue
+                for t in forced(seq.output_ids):
+                    self._add_token(seq, t)
+                    tokens.append(t)
+                    if seq.finish_reason is not None:
+                        break
+        finished = seq.finish_reason is not None
+        if finished:
+            self._seqs.pop(seq.request_id, None)
+            self.scheduler.finish(seq)
+        return self._output(seq, tokens, finished)
+
+    def _add_token(self, seq: Sequence, token: int) -> None:
         p = seq.params
         seq.output_ids.append(token)
         if token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
@@ -231,11 +262,6 @@ class LLMEngine:
             len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len
         ):
             seq.finish_reason = "length"
-        finished = seq.finish_reason is not None
-        if finished:
-            self._seqs.pop(seq.request_id, None)
-            self.scheduler.finish(seq)
-        return self._output(seq, [token], finished)
 
     def _check_stop_strings(self, seq: Sequence) -> None:
         # Only the tail can hold a new match: the last delta plus the longest stop string.
@@ -269,17 +295,21 @@ class LLMEngine:
         self,
         prompts: list[str] | list[list[int]],
         params: SamplingParams | list[SamplingParams] | None = None,
+        constraints: Constraint | list[Constraint | None] | None = None,
     ) -> list[Completion]:
         """Run prompts to completion (blocking) and return their completions in order."""
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
             raise InvalidArgument("give one SamplingParams, or one per prompt")
+        cons = constraints if isinstance(constraints, list) else [constraints] * len(prompts)
+        if len(cons) != len(prompts):
+            raise InvalidArgument("give one constraint, or one per prompt")
         ids = [self.encode(prompt=p) if isinstance(p, str) else list(p) for p in prompts]
         order: list[str] = []
         results: dict[str, Completion] = {}
-        for prompt_ids, sp in zip(ids, params_list):
+        for prompt_ids, sp, con in zip(ids, params_list, cons):
             rid = uuid.uuid4().hex
-            self.add_request(Request(rid, prompt_ids, sp))
+            self.add_request(Request(rid, prompt_ids, sp, constraint=con))
             order.append(rid)
             results[rid] = Completion(rid, "", [], "", len(prompt_ids), 0)
         while self.has_unfinished():

@@ -1,0 +1,185 @@
+"""Token masks for a Grammar over a TokenVocab, and applying them to logits.
+
+A mask answers "which tokens can come next" for a matcher state (LALR stack, live lexer
+candidates). Computing it walks the whole vocabulary, vectorized with numpy rather than token by
+token in Python:
+
+1. Scan every token's characters through the DFAs of the live candidates at once. A token that
+   some candidate consumes entirely stays inside the current lexeme: allowed. (This scan depends
+   only on the lexer candidates, not on the parser, so it is cached per candidate set.)
+2. A token on which all candidates die at character b, where a candidate was complete, ends the
+   lexeme there. Tokens are grouped by the terminal that completes; each group is fed to the
+   parser once, and the rest of each token is scanned again from the new lexeme's start: this
+   repeats for tokens that span three, four, ... terminals (`":"`, `"},{"`).
+3. EOS is allowed where the grammar may end.
+
+Masks are cached per (stack, candidates) and stored packed (one bit per token, 6 KiB for a 49k
+vocabulary); unpacking on the logits' device is a shift and an AND, on CPU or CUDA alike.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State
+from ragloom.generation.constrain.vocab import TokenVocab
+
+
+def pack(allowed: np.ndarray) -> np.ndarray:
+    """bool [V] -> uint8 [ceil(V/8)], bit i of byte j is token 8j+i."""
+    return np.packbits(allowed, bitorder="little")
+
+
+def unpack(packed: np.ndarray, size: int) -> np.ndarray:
+    return np.unpackbits(packed, count=size, bitorder="little").astype(bool)
+
+
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def packed_to_bool(packed: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [..., ceil(V/8)] on any device -> bool [..., V] on the same device."""
+    shifts = _SHIFTS.get(packed.device)
+    if shifts is None:
+        shifts = _SHIFTS[packed.device] = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.flatten(-2)[..., :size].bool()
+
+
+def apply_mask(logits: torch.Tensor, packed: np.ndarray) -> torch.Tensor:
+    """logits [V] with every token outside the packed mask set to -inf, in place.
+
+    V may exceed the mask (padded vocabulary rows): those ids never win. On CPU the bits are
+    unpacked by numpy; on CUDA the 6 KiB packed mask is copied and unpacked on the device.
+    """
+    vocab = logits.shape[-1]
+    n = min(vocab, packed.size * 8)
+    if logits.device.type == "cpu":
+        allowed = torch.from_numpy(unpack(packed, n))
+    else:
+        allowed = packed_to_bool(torch.from_numpy(packed).to(logits.device, non_blocking=True), n)
+    logits[:n].masked_fill_(~allowed, float("-inf"))
+    if n < vocab:
+        logits[n:] = float("-inf")
+    return logits
+
+
+class TokenMasks:
+    """Masks of one grammar over one vocabulary; shared by every sequence using that pair."""
+
+    def __init__(self, grammar: Grammar, vocab: TokenVocab, eos_ids: frozenset[int], cache_size: int = 4096) -> None:
+        self.grammar = grammar
+        self.vocab = vocab
+        self.eos_ids = sorted(i for i in eos_ids if i < vocab.size)
+        alphabet = vocab.alphabet
+        # per terminal: dense vocab char id -> DFA class
+        self.char_class = [
+            np.array([dfa.class_of.get(c, dfa.other_class) for c in alphabet], np.int32) for dfa in grammar.terminals
+        ]
+        self.all_tokens = np.nonzero(vocab.valid)[0]
+        self._scans: OrderedDict[Cands, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
+        self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.hits = 0
+        self.misses = 0
+
+    # ---- scanning ----------------------------------------------------------------------------
+
+    def _run(self, t: int, q: int, tok: np.ndarray, off: np.ndarray, rem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Chars each token consumes from offset `off` in terminal t's DFA from state q, and the
+        state it stops in (the last live one)."""
+        dfa = self.grammar.terminals[t]
+        trans, cls = dfa.trans, self.char_class[t]
+        n = len(tok)
+        consumed = np.zeros(n, np.int64)
+        state = np.full(n, q, np.int32)
+        base = self.vocab.starts[tok] + off
+        act = np.arange(n)
+        chars = self.vocab.chars
+        while act.size:
+            nxt = trans[state[act], cls[chars[base[act] + consumed[act]]]]
+            act = act[nxt >= 0]
+            state[act] = nxt[nxt >= 0]
+            consumed[act] += 1
+            act = act[consumed[act] < rem[act]]
+        return consumed, state
+
+    def _scan(
+        self, cands: Cands, tok: np.ndarray, off: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Scan tokens `tok` from char offset `off` with lexer candidates `cands`:
+        (tokens that stay inside the lexeme, [(completed terminal, its tokens, offset after it)])."""
+        rem = self.vocab.lengths[tok] - off
+        runs = [(t, *self._run(t, q, tok, off, rem)) for t, q in cands]
+        best = np.max([c for _, c, _ in runs], axis=0)
+        inside = best == rem
+        chosen = np.full(len(tok), -1, np.int64)
+        for t, consumed, state in sorted(runs, key=lambda r: self.grammar.rank[r[0]]):
+            done = (consumed == best) & self.grammar.terminals[t].accepting[state] & ~inside & (chosen < 0)
+            chosen[done] = t
+        groups = []
+        for t in np.unique(chosen[chosen >= 0]):
+            sel = chosen == t
+            groups.append((int(t), tok[sel], off[sel] + best[sel]))
+        return tok[inside], groups
+
+    def _allowed(self, stack: Stack, cands: Cands, out: np.ndarray) -> None:
+        scan = self._scans.get(cands)
+        if scan is None:  # the whole vocabulary from a lexer state: cached, it does not need the parser
+            scan = self._scan(cands, self.all_tokens, np.zeros(len(self.all_tokens), np.int64))
+            self._scans[cands] = scan
+            if len(self._scans) > 256:
+                self._scans.popitem(last=False)
+        inside, groups = scan
+        out[inside] = True
+        for t, tok, off in groups:
+            self._continue(stack, t, tok, off, out)
+
+    def _continue(self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, out: np.ndarray) -> None:
+        """Tokens whose current lexeme completed as terminal t, `off` chars into each token."""
+        g = self.grammar
+        if t in g.ignored:
+            stack2, after_ignored = stack, True
+        else:
+            nxt = g.feed(stack, g.terminals[t].name)
+            if nxt is None:
+                return
+            stack2, after_ignored = nxt, False
+        start = g.start_cands(stack2, after_ignored)
+        if not start:
+            return
+        inside, groups = self._scan(start, tok, off)
+        out[inside] = True
+        for t2, tok2, off2 in groups:
+            self._continue(stack2, t2, tok2, off2, out)
+
+    # ---- masks -------------------------------------------------------------------------------
+
+    def allowed(self, state: State) -> np.ndarray:
+        """bool [V]: the tokens that keep `state` a viable prefix, plus EOS where it may end."""
+        return unpack(self.mask(state), self.vocab.size)
+
+    def mask(self, state: State) -> np.ndarray:
+        """Packed mask for `state` (see pack())."""
+        got = self._masks.get(state)
+        if got is not None:
+            self.hits += 1
+            self._masks.move_to_end(state)
+            return got
+        self.misses += 1
+        stack, cands = state
+        out = np.zeros(self.vocab.size, bool)
+        if cands:
+            self._allowed(stack, cands, out)
+        else:
+            self._allowed(stack, self.grammar.start_cands(stack, False), out)
+        if self.grammar.can_end(state):
+            out[self.eos_ids] = True
+        packed = pack(out)
+        self._masks[state] = packed
+        if len(self._masks) > self.cache_size:
+            self._masks.popitem(last=False)
+        return packed

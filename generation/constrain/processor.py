@@ -1,0 +1,222 @@
+"""Per-sequence constraint state, and the logits processor the engine calls each step.
+
+`Constraint` is what a request carries: a compiled grammar plus its token masks (shared by every
+sequence with the same constraint and tokenizer). `GrammarMatcher` is one sequence's position in
+it, with its history so that drafts can be rolled back. `GrammarProcessor` plugs a matcher into
+the engine: it follows the sequence's output ids, masks the logits, and offers forced tokens for
+jump-forward (re-tokenized canonically, holding back the last token so that it can still merge
+with what the model writes next, as llguidance does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragloom.errors import CompileTimeout, InvalidArgument
+from ragloom.generation.constrain.grammar import Grammar, State, compile_grammar
+from ragloom.generation.constrain.masks import TokenMasks, apply_mask
+from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Constraint:
+    """A compiled constraint for one tokenizer. Thread-safe to share; cheap to start matchers."""
+
+    grammar: Grammar
+    masks: TokenMasks
+    kind: str  # "json_schema" | "lark_grammar" | "regex" | "choices"
+    warnings: list[str] = field(default_factory=list)
+    compile_seconds: float = 0.0
+
+    def matcher(self) -> GrammarMatcher:
+        return GrammarMatcher(self)
+
+
+class GrammarMatcher:
+    def __init__(self, constraint: Constraint) -> None:
+        self.constraint = constraint
+        self.grammar = constraint.grammar
+        self.vocab = constraint.masks.vocab
+        self.eos_ids = frozenset(constraint.masks.eos_ids)
+        self.states: list[State] = [self.grammar.initial]
+        self.finished = False  # EOS accepted
+
+    @property
+    def state(self) -> State:
+        return self.states[-1]
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token; False (and no change) if the grammar does not allow it here."""
+        if self.finished:
+            return False
+        if token_id in self.eos_ids:
+            if not self.grammar.can_end(self.state):
+                return False
+            self.finished = True
+            self.states.append(self.state)
+            return True
+        text = self.vocab.texts[token_id] if 0 <= token_id < self.vocab.size else None
+        if not text:
+            return False
+        nxt = self.grammar.advance(self.state, text)
+        if nxt is None:
+            return False
+        self.states.append(nxt)
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens:
+            del self.states[-num_tokens:]
+            self.finished = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.states) - 1
+
+    def mask(self) -> np.ndarray:
+        """Packed allowed-token bitset (masks.pack layout); only EOS once finished."""
+        if self.finished:
+            return np.zeros((self.vocab.size + 7) // 8, np.uint8)
+        return self.constraint.masks.mask(self.state)
+
+    def is_allowed(self, token_id: int) -> bool:
+        m = self.mask()
+        return bool((m[token_id >> 3] >> (token_id & 7)) & 1)
+
+    def can_end(self) -> bool:
+        return self.grammar.can_end(self.state)
+
+    def forced_text(self, limit: int = 64) -> str:
+        return "" if self.finished else self.grammar.forced_text(self.state, limit)
+
+
+class GrammarProcessor:
+    """The engine's logits processor for one constrained sequence (sampler.LogitsProcessor)."""
+
+    def __init__(self, constraint: Constraint, tokenizer: Any) -> None:
+        self.matcher = constraint.matcher()
+        self.tokenizer = tokenizer
+
+    def _sync(self, output_ids: list[int]) -> None:
+        m = self.matcher
+        if len(output_ids) < m.num_tokens:  # rejected drafts / preemption trimmed the output
+            m.rollback(m.num_tokens - len(output_ids))
+        for tid in output_ids[m.num_tokens :]:
+            if not m.accept_token(tid):
+                raise InvalidArgument(f"token {tid} ({self.tokenizer.decode([tid])!r}) breaks the constraint")
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        self._sync(output_ids)
+        mask = self.matcher.mask()
+        if not mask.any():
+            # Only tokens that are never allowed (partial UTF-8) could continue: end, don't loop.
+            log.warning("constraint allows no token here; ending the sequence")
+            logits.fill_(float("-inf"))
+            logits[sorted(self.matcher.eos_ids)] = 0.0
+            return logits
+        return apply_mask(logits, mask)
+
+    def forced_tokens(self, output_ids: list[int]) -> list[int]:
+        """Tokens the grammar forces next (jump-forward), canonically tokenized; [] if none."""
+        self._sync(output_ids)
+        text = self.matcher.forced_text()
+        if not text:
+            return []
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        # The last forced token might merge with the next generated text: leave it to the model.
+        ids = ids[:-1]
+        if not ids or not output_ids:
+            return []
+        # The first forced token must not merge with the previous output token either.
+        prev = output_ids[-1]
+        prev_text = self.matcher.vocab.texts[prev] or ""
+        joint = self.tokenizer.encode(prev_text + text, add_special_tokens=False)
+        if joint[: len(ids) + 1] != [prev, *ids]:
+            return []
+        accepted = []
+        for tid in ids:
+            if not self.matcher.accept_token(tid):
+                break
+            accepted.append(tid)
+        self.matcher.rollback(len(accepted))  # _sync re-applies them once they are output ids
+        return accepted
+
+
+# ---- compiling, with a cache and a time limit -----------------------------------------------
+
+_COMPILED: OrderedDict[tuple[str, str, int, int], Constraint] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _grammar_text(kind: str, spec: Any, strict: bool, deadline: float) -> tuple[str, list[str]]:
+    if kind == "lark_grammar":
+        return str(spec), []
+    if kind == "json_schema":
+        from ragloom.generation.constrain.jsonschema import schema_to_grammar
+
+        jg = schema_to_grammar(spec, strict=strict, deadline=deadline)
+        return jg.grammar, jg.warnings
+    if kind == "regex":
+        from ragloom.generation.constrain.regex import regex_to_grammar
+
+        return regex_to_grammar(str(spec)), []
+    if kind == "choices":
+        from ragloom.generation.constrain.regex import choices_to_grammar
+
+        return choices_to_grammar(list(spec)), []
+    raise InvalidArgument(f"unknown constraint kind {kind!r}")
+
+
+def compile_constraint(
+    kind: str,
+    spec: Any,
+    tokenizer: Any,
+    vocab_size: int,
+    eos_ids: frozenset[int],
+    *,
+    strict: bool = True,
+    timeout_s: float = 30.0,
+    cache_size: int = 64,
+) -> Constraint:
+    """Compile a constraint for a tokenizer, cached by (kind, spec, strict, tokenizer).
+
+    Raises GrammarError (INVALID_ARGUMENT) naming what cannot be compiled, and CompileTimeout when
+    compiling takes longer than `timeout_s`.
+    """
+    spec_text = spec if isinstance(spec, str) else repr(spec)
+    key = (kind, hashlib.sha256(f"{strict}\0{spec_text}".encode()).hexdigest(), id(tokenizer), vocab_size)
+    with _LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
+    started = time.monotonic()
+    deadline = started + timeout_s
+    text, warnings = _grammar_text(kind, spec, strict, deadline)
+    grammar = compile_grammar(text)
+    vocab: TokenVocab = vocab_for(tokenizer, vocab_size)
+    masks = TokenMasks(grammar, vocab, eos_ids)
+    masks.mask(grammar.initial)  # the first mask is part of compiling (time-to-first-mask)
+    elapsed = time.monotonic() - started
+    if elapsed > timeout_s:
+        raise CompileTimeout(
+            f"compiling the {kind} constraint took {elapsed:.1f}s, over the {timeout_s:.0f}s limit; "
+            "simplify it (fewer alternatives, shallower nesting) or raise the limit"
+        )
+    constraint = Constraint(grammar, masks, kind, warnings, elapsed)
+    log.info("compiled %s constraint: %d terminals in %.2fs", kind, len(grammar.terminals), elapsed)
+    with _LOCK:
+        _COMPILED[key] = constraint
+        while len(_COMPILED) > cache_size:
+            _COMPILED.popitem(last=False)
+    return constraint
