@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,12 +34,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class PrefillResult:
+    """A prompt's KV computed outside the normal forward (e.g. blended from stored chunks)."""
+
+    k: torch.Tensor  # [layers, prompt_len, kv_heads, head_dim]
+    v: torch.Tensor
+    logits: torch.Tensor  # [vocab] for the last prompt token
+    reused_tokens: int  # reported as cached_tokens
+
+
+# Called on the engine thread with the model when the request is first scheduled.
+CustomPrefill = Callable[[LlamaModel], PrefillResult]
+
+
+@dataclass
 class Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
     constraint: Constraint | None = None  # from LLMEngine.compile_constraint
+    prefill: CustomPrefill | None = None  # replaces the prompt's forward (cache/blend.py)
 
 
 @dataclass
@@ -184,6 +200,7 @@ class LLMEngine:
             + ([GrammarProcessor(request.constraint, self.tokenizer)] if request.constraint else []),
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
             generator=generator,
+            custom_prefill=request.prefill,
         )
         self._seqs[seq.request_id] = seq
         self.scheduler.add(seq)
@@ -212,15 +229,21 @@ class LLMEngine:
         if batch is None:
             return []
         seqs = batch.seqs
-        fwd = ForwardBatch.build(
-            new_tokens=[seq.token_ids[seq.num_computed :] for seq in seqs],
-            starts=[seq.num_computed for seq in seqs],
-            slots=[self.kv.slots(seq.block_table, 0, seq.num_tokens) for seq in seqs],
-            logits_per_seq=[1] * len(seqs),
-            device=self.device,
-            sliding_window=self.config.sliding_window,
-        )
-        logits = self.model(fwd, self.kv)
+        custom = [s for s in seqs if s.custom_prefill is not None and s.num_computed == 0]
+        normal = [s for s in seqs if not (s.custom_prefill is not None and s.num_computed == 0)]
+        rows_by_seq: dict[int, torch.Tensor] = {id(s): self._custom_prefill(s) for s in custom}
+        if normal:
+            fwd = ForwardBatch.build(
+                new_tokens=[seq.token_ids[seq.num_computed :] for seq in normal],
+                starts=[seq.num_computed for seq in normal],
+                slots=[self.kv.slots(seq.block_table, 0, seq.num_tokens) for seq in normal],
+                logits_per_seq=[1] * len(normal),
+                device=self.device,
+                sliding_window=self.config.sliding_window,
+            )
+            for seq, row in zip(normal, self.model(fwd, self.kv)):
+                rows_by_seq[id(seq)] = row
+        logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
         for seq in seqs:
             seq.num_computed = seq.num_tokens
         rows = [
@@ -228,6 +251,22 @@ class LLMEngine:
         ]
         tokens = sample(logits, rows)
         return [self._append(seq, token) for seq, token in zip(seqs, tokens)]
+
+    def _custom_prefill(self, seq: Sequence) -> torch.Tensor:
+        """Run a request's own prefill (blending), write its KV into the sequence's blocks and
+        return the last prompt token's logits. Only on first scheduling: after a preemption the
+        prompt is recomputed by the normal forward."""
+        assert seq.custom_prefill is not None
+        res = seq.custom_prefill(self.model)
+        seq.custom_prefill = None
+        n = len(seq.prompt_ids)
+        if res.k.shape[1] != n or res.v.shape[1] != n:
+            raise InvalidArgument(f"custom prefill returned KV for {res.k.shape[1]} tokens, prompt has {n}")
+        slots = torch.tensor(self.kv.slots(seq.block_table, 0, n), device=self.device)
+        for layer in range(self.config.num_layers):
+            self.kv.write(layer, slots, res.k[layer].to(self.dtype), res.v[layer].to(self.dtype))
+        seq.num_cached = res.reused_tokens
+        return res.logits.to(self.device, torch.float32)
 
     def _append(self, seq: Sequence, token: int) -> Output:
         """Add the sampled token, then any tokens a constraint forces (jump-forward)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +36,7 @@ class Sequence:
     finish_reason: str | None = None
     text: str = ""  # output text so far (stop strings removed at the end)
     emitted_chars: int = 0  # how much of text has been streamed
+    custom_prefill: Callable[[Any], Any] | None = None  # engine.CustomPrefill, run once
 
     @property
     def token_ids(self) -> list[int]:

@@ -1,0 +1,126 @@
+"""Blending stored chunk KV: exactness of the reference paths, and the engine's custom prefill."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragloom.cache.blend import Segment, blend, prefill_kv, rotate_keys
+from ragloom.generation.runner.engine import PrefillResult, Request
+from ragloom.generation.runner.params import SamplingParams
+
+SYSTEM = "<|im_start|>system\nAnswer with a short answer, using the passages.<|im_end|>\n<|im_start|>user\n"
+PASSAGES = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.\n\n",
+    "Mount Everest is Earth's highest mountain above sea level, in the Himalayas.\n\n",
+    "The Danube is the second-longest river in Europe, flowing through ten countries.\n\n",
+]
+QUESTION = "Question: In which city is the Eiffel Tower?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def parts(engine):
+    tok = engine.tokenizer
+
+    def enc(s: str) -> list[int]:
+        return tok.encode(s, add_special_tokens=False)
+
+    system, chunks, question = enc(SYSTEM), [enc(p) for p in PASSAGES], enc(QUESTION)
+    sk, sv = prefill_kv(engine.model, Segment([]), system)
+    ctx = Segment(system, sk, sv, 0, exact=True)
+    stored = [prefill_kv(engine.model, ctx, c) for c in chunks]
+    return system, (sk, sv), chunks, stored, question
+
+
+def _segments(parts, first_exact: bool = True) -> list[Segment]:
+    system, (sk, sv), chunks, stored, question = parts
+    segs = [Segment(system, sk, sv, 0, exact=True)]
+    for i, (c, (k, v)) in enumerate(zip(chunks, stored)):
+        segs.append(Segment(c, k, v, start_pos=len(system), exact=first_exact and i == 0))
+    return segs + [Segment(question)]
+
+
+def _prompt(parts) -> list[int]:
+    system, _, chunks, _, question = parts
+    return system + [t for c in chunks for t in c] + question
+
+
+def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
+    p, q = ref.log_softmax(-1), other.log_softmax(-1)
+    return float((p.exp() * (p - q)).sum())
+
+
+def test_full_mode_matches_the_engine_prefill(engine, parts) -> None:
+    ids = _prompt(parts)
+    res = blend(engine.model, [Segment(ids)], mode="full")
+    assert res.reused == 0 and res.recomputed == len(ids)
+    from ragloom.generation.runner.batch import ForwardBatch
+    from ragloom.generation.runner.kv import KVCache
+
+    cfg = engine.config
+    kv = KVCache(cfg.num_layers, -(-len(ids) // 16), 16, cfg.num_kv_heads, cfg.head_dim, torch.float32, engine.device)
+    table = kv.allocator.allocate(kv.num_blocks)
+    fwd = ForwardBatch.build([ids], [0], [kv.slots(table, 0, len(ids))], [1], engine.device)
+    with torch.inference_mode():
+        logits = engine.model(fwd, kv)[0]
+    assert torch.allclose(res.logits, logits, atol=1e-3)
+    slots = torch.tensor(kv.slots(table, 0, len(ids)))
+    assert torch.allclose(res.k, kv.k[:, slots], atol=1e-4)
+
+
+def test_exact_prefix_reuse_and_full_ratio_equal_full_prefill(engine, parts) -> None:
+    full = blend(engine.model, _segments(parts), mode="full")
+    prefix = blend(engine.model, _segments(parts), mode="prefix")
+    system, _, chunks, _, _ = parts
+    assert prefix.reused == len(system) + len(chunks[0])  # the system prompt and the first chunk are exact
+    assert _kl(full.logits, prefix.logits) < 1e-6
+    everything = blend(engine.model, _segments(parts), mode="blend", ratio=1.0)
+    assert _kl(full.logits, everything.logits) < 1e-6
+
+
+def test_rotation_to_new_positions_is_exact(engine, parts) -> None:
+    # Layer 0 keys depend only on the token and its position: stored at 20.., moved to 57.., they
+    # must equal keys computed at 57.. directly.
+    _, _, chunks, _, _ = parts
+    filler = list(range(1000, 1057))
+    k_a, _ = prefill_kv(engine.model, Segment(list(range(1000, 1020))), chunks[1])
+    k_b, _ = prefill_kv(engine.model, Segment(filler), chunks[1])
+    moved = rotate_keys(engine.model, k_a, len(filler) - 20)
+    assert torch.allclose(moved[0], k_b[0], atol=1e-4)
+    back = rotate_keys(engine.model, moved, 20 - len(filler))
+    assert torch.allclose(back[0], k_a[0], atol=1e-4)
+
+
+def test_blend_and_epic_recompute_what_they_say(engine, parts) -> None:
+    system, _, chunks, _, question = parts
+    inexact = sum(len(c) for c in chunks[1:])
+    full = blend(engine.model, _segments(parts), mode="full")
+    for ratio in (0.0, 0.15, 0.5):
+        res = blend(engine.model, _segments(parts), mode="blend", ratio=ratio)
+        assert res.recomputed == len(question) + int(torch.ceil(torch.tensor(ratio * inexact)))
+        assert res.k.shape == full.k.shape
+    epic = blend(engine.model, _segments(parts), mode="epic", epic_tokens=4)
+    assert epic.recomputed == len(question) + 4 * (len(chunks) - 1)
+    # more recompute, closer to full prefill
+    kls = [_kl(full.logits, blend(engine.model, _segments(parts), mode="blend", ratio=r).logits) for r in (0.0, 0.5)]
+    assert kls[1] <= kls[0] + 1e-6
+
+
+def test_engine_runs_a_custom_prefill(engine, parts) -> None:
+    ids = _prompt(parts)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    plain = engine.generate([ids], params)[0]
+
+    def prefill(model) -> PrefillResult:
+        res = blend(model, _segments(parts), mode="prefix")
+        return PrefillResult(res.k, res.v, res.logits, res.reused)
+
+    engine.add_request(Request("blend-1", ids, params, prefill=prefill))
+    text, cached = "", 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            text += out.text
+            cached = out.cached_tokens
+    assert text == plain.text  # exact reuse: same greedy continuation as a full prefill
+    system, _, chunks, _, _ = parts
+    assert cached == len(system) + len(chunks[0])
