@@ -10,13 +10,16 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ragloom.errors import AlreadyExists, RagloomError, Unavailable
 from ragloom.generation.runner.engine import LLMEngine, Loads, Output, Request
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,6 +32,12 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _Call:
+    fn: Callable[[LLMEngine], Any]
+    future: asyncio.Future[Any]
+
+
 class EngineFailure(RagloomError):
     """The step loop raised; every request in flight at that moment fails with this."""
 
@@ -36,7 +45,7 @@ class EngineFailure(RagloomError):
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[Output | BaseException]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -76,6 +85,15 @@ class AsyncEngine:
         self._commands.put(_Abort(request_id))
         return True
 
+    async def run(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run fn(engine) on the loop thread between two steps (work that needs the model, such
+        as precomputing chunk KV, without racing the step loop) and return its result."""
+        if not self.running or self._loop is None:
+            raise Unavailable("the engine is not running (starting up or shutting down)")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._commands.put(_Call(fn, future))
+        return await future
+
     async def generate(self, request: Request) -> AsyncIterator[Output]:
         """Outputs of one request as they are produced. Validation errors raise before the first
         yield; if the consumer stops early (cancelled, disconnected) the request is aborted."""
@@ -111,8 +129,17 @@ class AsyncEngine:
         if stream is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(stream.put_nowait, item)
 
-    def _apply(self, command: _Add | _Abort) -> None:
-        if isinstance(command, _Add):
+    def _apply(self, command: _Add | _Abort | _Call) -> None:
+        if isinstance(command, _Call):
+            loop, future = self._loop, command.future
+            assert loop is not None
+            try:
+                result = command.fn(self.engine)
+            except BaseException as exc:  # handed to the caller, never kills the loop
+                loop.call_soon_threadsafe(lambda e=exc: future.done() or future.set_exception(e))
+            else:
+                loop.call_soon_threadsafe(lambda r=result: future.done() or future.set_result(r))
+        elif isinstance(command, _Add):
             try:
                 self.engine.add_request(command.request)
             except RagloomError as exc:  # raced with a limit that validate() could not see
@@ -158,6 +185,9 @@ class AsyncEngine:
                 outputs = []
             for out in outputs:
                 self._deliver(out.request_id, out)
+            while self.engine.failures:
+                request_id, exc = self.engine.failures.popitem()
+                self._deliver(request_id, exc)
             self._loads = self.engine.loads()
         log.info("engine loop stopped")
 

@@ -126,6 +126,7 @@ class LLMEngine:
                           self.dtype, self.device)
         self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens)
         self._seqs: dict[str, Sequence] = {}
+        self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
             "loaded %s (%s, %d layers) on %s/%s in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB)",
             self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
@@ -231,7 +232,19 @@ class LLMEngine:
         seqs = batch.seqs
         custom = [s for s in seqs if s.custom_prefill is not None and s.num_computed == 0]
         normal = [s for s in seqs if not (s.custom_prefill is not None and s.num_computed == 0)]
-        rows_by_seq: dict[int, torch.Tensor] = {id(s): self._custom_prefill(s) for s in custom}
+        rows_by_seq: dict[int, torch.Tensor] = {}
+        for seq in custom:
+            try:
+                rows_by_seq[id(seq)] = self._custom_prefill(seq)
+            except Exception as exc:  # fails this request only; the others in the step go on
+                log.exception("custom prefill of %s failed", seq.request_id)
+                self._seqs.pop(seq.request_id, None)
+                seq.finish_reason = "error"
+                self.scheduler.finish(seq)
+                self.failures[seq.request_id] = exc
+        seqs = [s for s in seqs if s.finish_reason is None]
+        if not seqs:
+            return []
         if normal:
             fwd = ForwardBatch.build(
                 new_tokens=[seq.token_ids[seq.num_computed :] for seq in normal],
@@ -359,4 +372,6 @@ class LLMEngine:
                 c.completion_tokens = out.completion_tokens
                 if out.finished:
                     c.finish_reason = out.finish_reason or ""
+            for rid in [r for r in order if r in self.failures]:
+                raise self.failures.pop(rid)
         return [results[r] for r in order]
