@@ -68,9 +68,16 @@ class AskPlan:
 
 
 class RagPipeline:
-    def __init__(self, engine: LLMEngine, store: ChunkKVStore) -> None:
+    """`chunk_context`: what a passage's KV is computed after, "head" (the system prompt and the
+    start of the user turn, the tokens it follows in every prompt) or "none" (alone at position 0).
+    benchmarks/blend.py measures both."""
+
+    def __init__(self, engine: LLMEngine, store: ChunkKVStore, chunk_context: str = "head") -> None:
+        if chunk_context not in ("head", "none"):
+            raise InvalidArgument(f"chunk_context must be 'head' or 'none', got {chunk_context!r}")
         self.engine = engine
         self.store = store
+        self.chunk_context = chunk_context
         self.model_id = engine.model_id
         self.dtype = dtype_name(engine.dtype)
         self._templates: dict[str, tuple[list[int], str]] = {}
@@ -101,7 +108,12 @@ class RagPipeline:
         return self._encode(text.strip() + "\n\n")
 
     def _context_tag(self, head: list[int]) -> str:
+        if self.chunk_context == "none":
+            return ""
         return hashlib.sha256(repr(head).encode()).hexdigest()[:32]
+
+    def _chunk_context(self, model: LlamaModel, head_segment: Segment) -> Segment:
+        return head_segment if self.chunk_context == "head" else Segment([])
 
     # ---- the plan ------------------------------------------------------------------------------
 
@@ -171,8 +183,9 @@ class RagPipeline:
         for i, (tokens, key) in enumerate(zip(chunks, keys)):
             entry = entries[i]
             if entry is None:
-                k, v = prefill_kv(model, ctx, tokens)
-                entry = self._put(key, tokens, k, v, len(head))
+                chunk_ctx = self._chunk_context(model, ctx)
+                k, v = prefill_kv(model, chunk_ctx, tokens)
+                entry = self._put(key, tokens, k, v, len(chunk_ctx.token_ids))
                 usage.chunks_computed += 1
             # the first passage sits right after the head, where its KV was computed: exact
             segments.append(Segment(tokens, entry.k, entry.v, entry.start_pos, exact=i == 0 and entry.start_pos == len(head)))
@@ -208,7 +221,8 @@ class RagPipeline:
             key = chunk_key(self.model_id, self.dtype, tokens, context=ctx_tag)
             if self.store.contains(key):
                 continue
-            k, v = prefill_kv(model, ctx, tokens)
-            self._put(key, tokens, k, v, len(head))
+            chunk_ctx = self._chunk_context(model, ctx)
+            k, v = prefill_kv(model, chunk_ctx, tokens)
+            self._put(key, tokens, k, v, len(chunk_ctx.token_ids))
             computed += 1
         return computed
