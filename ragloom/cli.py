@@ -60,8 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser(
         "generate",
         help="generate text from a prompt, via a server or in-process (--local)",
-        description="Send PROMPT as a user chat message (or raw text with --raw) and print the answer.",
-        epilog=_EPILOG,
+        description="Send PROMPT as a user chat message (or raw text with --raw) and print the answer.\n\n"
+        "Structured output: with --json-schema, --grammar, --regex or --choice (at most one), the\n"
+        "answer is constrained token by token to be JSON valid for the schema, a string of the lark\n"
+        "grammar, a full match of the regex, or exactly one of the choices.",
+        epilog="examples:\n"
+        "  ragloom generate 'Describe a person' --json-schema person.schema.json\n"
+        "  ragloom generate 'Give a city' --json-schema \\\n"
+        "      '{\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}'\n"
+        "  ragloom generate 'Is the sky green?' --choice yes --choice no --local\n"
+        "  ragloom generate 'A phone number:' --regex '[0-9]{3}-[0-9]{4}'\n"
+        "  ragloom generate 'SELECT for all users' --grammar sql.lark --max-tokens 64\n\n" + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument("prompt", help="the prompt text")
     gen.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
@@ -78,6 +88,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--timeout", type=float, help="give up after this many seconds")
     gen.add_argument("--usage", action="store_true", help="print token usage to stderr afterwards")
+    structured = gen.add_argument_group("structured output (at most one of these)")
+    constraint = structured.add_mutually_exclusive_group()
+    constraint.add_argument(
+        "--json-schema",
+        metavar="SCHEMA",
+        help="a JSON Schema file, or the schema itself as inline JSON: the answer is JSON valid for it",
+    )
+    constraint.add_argument(
+        "--grammar", metavar="FILE", type=Path, help="a lark grammar file (LALR(1), rule `start`) the answer matches"
+    )
+    constraint.add_argument("--regex", metavar="PATTERN", help="a regular expression the whole answer matches")
+    constraint.add_argument(
+        "--choice",
+        metavar="TEXT",
+        action="append",
+        dest="choices",
+        help="a possible answer; repeat for each (the answer is exactly one of them)",
+    )
+    structured.add_argument(
+        "--lenient",
+        action="store_true",
+        help="(--json-schema) drop schema keywords that cannot be enforced, with a warning, "
+        "instead of refusing the schema",
+    )
     _add_config(gen)
     gen.add_argument("--model", help="(--local) model to load")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(--local) where the model runs")
@@ -179,6 +213,55 @@ def _input(args: argparse.Namespace) -> dict[str, object]:
     return {"messages": [{"role": "user", "content": args.prompt}]}
 
 
+def _json_schema(value: str) -> Any:
+    """--json-schema: inline JSON, or the path of a file holding it."""
+    text = value
+    if not value.lstrip().startswith(("{", "[")) and value.strip() not in ("true", "false"):
+        path = Path(value)
+        if not path.is_file():
+            raise InvalidArgument(f"--json-schema: {value!r} is neither a file nor inline JSON")
+        text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"--json-schema: not valid JSON: {exc}") from exc
+
+
+def _constraint(args: argparse.Namespace) -> tuple[str, Any] | None:
+    """(kind, spec) in LLMEngine.compile_constraint's terms, or None when unconstrained."""
+    if args.lenient and args.json_schema is None:
+        raise InvalidArgument("--lenient only applies to --json-schema")
+    if args.json_schema is not None:
+        return "json_schema", _json_schema(args.json_schema)
+    if args.grammar is not None:
+        try:
+            return "lark_grammar", args.grammar.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidArgument(f"--grammar: cannot read {args.grammar}: {exc}") from exc
+    if args.regex is not None:
+        return "regex", args.regex
+    if args.choices:
+        return "choices", list(args.choices)
+    return None
+
+
+_SDK_CONSTRAINT = {"json_schema": "json_schema", "lark_grammar": "grammar", "regex": "regex", "choices": "choices"}
+
+
+def _constraint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK's keyword arguments for the constraint flags."""
+    got = _constraint(args)
+    if got is None:
+        return {}
+    kind, spec = got
+    return {_SDK_CONSTRAINT[kind]: spec, "strict": not args.lenient}
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for w in warnings:
+        print(f"ragloom: warning: {w}", file=sys.stderr)
+
+
 def _print_usage(finish_reason: str | None, prompt: int, completion: int, cached: int) -> None:
     print(
         f"[finish_reason={finish_reason} prompt_tokens={prompt} completion_tokens={completion} cached_tokens={cached}]",
@@ -189,17 +272,20 @@ def _print_usage(finish_reason: str | None, prompt: int, completion: int, cached
 def _cmd_generate_remote(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
+    constraint = _constraint_kwargs(args)
     with Client(args.address, timeout=args.timeout) as client:
         if args.stream:
-            s = client.stream(**_input(args), **_sampling(args))  # type: ignore[arg-type]
+            s = client.stream(**_input(args), **_sampling(args), **constraint)  # type: ignore[arg-type]
             with s:
                 for chunk in s:
                     print(chunk.text, end="", flush=True)
             print()
             result = s.completion
         else:
-            result = client.generate(**_input(args), **_sampling(args))  # type: ignore[arg-type]
+            result = client.generate(**_input(args), **_sampling(args), **constraint)  # type: ignore[arg-type]
             print(result.text)
+    if result is not None:
+        _print_warnings(result.warnings)
     if args.usage and result is not None:
         u = result.usage
         _print_usage(result.finish_reason, u.prompt_tokens, u.completion_tokens, u.cached_tokens)
@@ -214,19 +300,24 @@ async def _generate_local(args: argparse.Namespace) -> int:
     from ragloom.generation.runner.engine import LLMEngine, Request
     from ragloom.generation.runner.params import SamplingParams
 
+    spec = _constraint(args)  # file and JSON errors before the model loads
     settings = load_settings(args.config, data_dir=args.data_dir, model=args.model, device=args.device)
     llm = await asyncio.to_thread(LLMEngine, settings)
     sampling = {k: v for k, v in _sampling(args).items() if v is not None}
     params = SamplingParams(**sampling)  # type: ignore[arg-type]
     params.validate(llm.vocab_size)
     ids = llm.encode(**_input(args))  # type: ignore[arg-type]
+    constraint = None
+    if spec is not None:
+        constraint = await asyncio.to_thread(llm.compile_constraint, *spec, strict=not args.lenient)
+        _print_warnings(constraint.warnings)
     engine = AsyncEngine(llm)
     await engine.start()
     last = None
     texts: list[str] = []
     try:
         async with asyncio.timeout(args.timeout):
-            async for out in engine.generate(Request(uuid.uuid4().hex, ids, params)):
+            async for out in engine.generate(Request(uuid.uuid4().hex, ids, params, constraint=constraint)):
                 if args.stream:
                     print(out.text, end="", flush=True)
                 texts.append(out.text)

@@ -7,6 +7,11 @@
             print(chunk.text, end="")
         print(s.finish_reason, s.usage)   # set once the stream is exhausted (s.completion too)
 
+        # structured output: a JSON Schema (dict, JSON text or a pydantic model class), a lark
+        # grammar, a regex or a list of choices; .parsed holds the parsed / validated value
+        person = c.generate("Describe Ada.", json_schema=Person, max_tokens=64).parsed
+        label = c.generate("Sentiment of 'great!':", choices=["positive", "negative"]).text
+
         c.create_collection("notes")
         c.upsert("notes", [{"id": "a", "text": "Paris is in France.", "metadata": {"lang": "en"}}])
         for hit in c.search("notes", "French capital", k=3, filter={"lang": "en"}):
@@ -19,6 +24,7 @@ Later services (ask, sql) add methods here; stubs are created lazily per service
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -66,6 +72,11 @@ class Completion(_Frozen):
     finish_reason: str  # "stop" | "length" | "abort"
     usage: Usage
     request_id: str
+    # strict=False: the JSON Schema keywords the server dropped; also a note when .parsed failed
+    warnings: list[str] = []
+    # json_schema=: the parsed output (json.loads, or the pydantic model's validated instance);
+    # None without a JSON Schema, or when the output did not finish ("length", "abort")
+    parsed: Any = None
 
 
 class StreamChunk(_Frozen):
@@ -157,6 +168,70 @@ def _error(exc: grpc.RpcError) -> RagloomError:
 
 # -- requests ----------------------------------------------------------------------------
 
+# what json_schema= accepts: a schema as a mapping, as JSON text, or a pydantic model class
+JsonSchema = Mapping[str, Any] | str | bool | type[BaseModel]
+
+
+def _is_model_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _schema_text(schema: JsonSchema) -> str:
+    if _is_model_class(schema):
+        return json.dumps(schema.model_json_schema())  # type: ignore[union-attr]
+    if isinstance(schema, str):
+        return schema  # sent as given: the server says where it is not valid JSON
+    if isinstance(schema, Mapping | bool):
+        try:
+            return json.dumps(schema if isinstance(schema, bool) else dict(schema))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"json_schema cannot be serialized as JSON: {exc}") from exc
+    raise InvalidArgument(
+        f"json_schema must be a dict, JSON text or a pydantic model class, got {type(schema).__name__}"
+    )
+
+
+def output_parser(json_schema: JsonSchema | None) -> Callable[[str], Any] | None:
+    """How Completion.parsed is made from the output text: json.loads, or the pydantic model's
+    model_validate_json; None for other constraints (their output is the text itself)."""
+    if json_schema is None:
+        return None
+    if _is_model_class(json_schema):
+        return json_schema.model_validate_json  # type: ignore[union-attr]
+    return json.loads
+
+
+def _set_constraint(
+    req: pb.GenerateRequest,
+    json_schema: JsonSchema | None,
+    grammar: str | None,
+    regex: str | None,
+    choices: Sequence[str] | None,
+    strict: bool | None,
+) -> None:
+    given = [n for n, v in (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
+                            ("choices", choices)) if v is not None]
+    if len(given) > 1:
+        raise InvalidArgument(f"give at most one constraint, got {' and '.join(given)}")
+    if json_schema is not None:
+        req.json_schema = _schema_text(json_schema)
+        if strict is not None:
+            req.strict = strict
+    elif grammar is not None:
+        if not isinstance(grammar, str):
+            raise InvalidArgument(f"grammar must be lark grammar text, got {type(grammar).__name__}")
+        req.lark_grammar = grammar
+    elif regex is not None:
+        if not isinstance(regex, str):
+            raise InvalidArgument(f"regex must be a string, got {type(regex).__name__}")
+        req.regex = regex
+    elif choices is not None:
+        if isinstance(choices, str) or not all(isinstance(c, str) for c in choices):
+            raise InvalidArgument("choices must be a list of strings")
+        if not choices:
+            raise InvalidArgument("choices is empty: give at least one choice")
+        req.choices.choices.extend(choices)
+
 
 def build_generate_request(
     prompt: str | None,
@@ -164,9 +239,16 @@ def build_generate_request(
     messages: Sequence[dict[str, str]] | None,
     request_id: str | None,
     model: str | None = None,
+    json_schema: JsonSchema | None = None,
+    grammar: str | None = None,
+    regex: str | None = None,
+    choices: Sequence[str] | None = None,
+    strict: bool | None = None,
     **sampling: Any,
 ) -> pb.GenerateRequest:
-    """Only arguments that were given go into the request (None = the server's default)."""
+    """Only arguments that were given go into the request (None = the server's default).
+
+    At most one of json_schema / grammar / regex / choices; strict applies to json_schema."""
     if (prompt is None) == (messages is None):
         raise TypeError("pass exactly one of prompt or messages")
     req = pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model or "")
@@ -175,6 +257,7 @@ def build_generate_request(
     else:
         assert messages is not None
         req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+    _set_constraint(req, json_schema, grammar, regex, choices, strict)
     for name, value in sampling.items():
         if value is None:
             continue
@@ -335,10 +418,11 @@ _UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async i
 
 
 class _StreamState:
-    """Accumulates chunks so the final Completion holds the full text."""
+    """Accumulates chunks so the final Completion holds the full text (and its parsed value)."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
         self.request_id = request_id
+        self.parse = parse
         self.texts: list[str] = []
         self.token_ids: list[int] = []
         self.completion: Completion | None = None
@@ -349,19 +433,31 @@ class _StreamState:
             self.token_ids.extend(msg.chunk.token_ids)
             return StreamChunk(text=msg.chunk.text, token_ids=list(msg.chunk.token_ids), usage=_usage(msg.chunk.usage))
         done = msg.complete
+        text = "".join(self.texts)
+        warnings = list(done.warnings)
+        parsed = None
+        if self.parse is not None and done.finish_reason == "stop":
+            try:
+                parsed = self.parse(text)
+            except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
+                # e.g. a stop string cut the JSON short, or strict=False dropped a keyword the
+                # pydantic model checks: the text is still there to inspect
+                warnings.append(f"the output did not parse: {exc}")
         self.completion = Completion(
-            text="".join(self.texts),
+            text=text,
             token_ids=self.token_ids,
             finish_reason=done.finish_reason,
             usage=_usage(done.usage),
             request_id=done.request_id or self.request_id,
+            warnings=warnings,
+            parsed=parsed,
         )
         return None
 
 
 class _StreamBase:
-    def __init__(self, request_id: str) -> None:
-        self._state = _StreamState(request_id)
+    def __init__(self, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
+        self._state = _StreamState(request_id, parse)
 
     @property
     def request_id(self) -> str:
@@ -385,8 +481,8 @@ class _StreamBase:
 class Stream(_StreamBase):
     """Iterate for StreamChunk items; then read .finish_reason / .usage / .completion."""
 
-    def __init__(self, call: Any, request_id: str) -> None:
-        super().__init__(request_id)
+    def __init__(self, call: Any, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
+        super().__init__(request_id, parse)
         self._call = call
 
     def __iter__(self) -> Iterator[StreamChunk]:
@@ -413,8 +509,8 @@ class Stream(_StreamBase):
 class AsyncStream(_StreamBase):
     """`async for` for StreamChunk items; then read .finish_reason / .usage / .completion."""
 
-    def __init__(self, call: Any, request_id: str) -> None:
-        super().__init__(request_id)
+    def __init__(self, call: Any, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
+        super().__init__(request_id, parse)
         self._call = call
 
     async def __aiter__(self) -> AsyncIterator[StreamChunk]:
@@ -475,7 +571,16 @@ _GENERATE_DOC = """\
         rendered with the model's chat template. Sampling arguments left as None use the
         server's defaults; temperature=0 is greedy. request_id defaults to a new UUID.
         timeout (seconds) overrides the client's; past it, DeadlineExceeded is raised and the
-        server aborts the request."""
+        server aborts the request.
+
+        Structured output (at most one; more raises InvalidArgument before any call):
+        json_schema: a dict, JSON text or a pydantic model class (its model_json_schema());
+        grammar: lark grammar text (LALR(1), rule `start`); regex: the whole output matches it;
+        choices: a list of strings, the output is exactly one of them. strict (json_schema):
+        True rejects a schema keyword the server cannot enforce (InvalidArgument naming it);
+        False drops it and lists it in Completion.warnings. With json_schema, Completion.parsed
+        is the parsed value (the pydantic instance for a model class) once finish_reason is
+        "stop"; if it does not parse, parsed stays None and warnings says why."""
 
 
 class Client(_Base):
@@ -512,6 +617,11 @@ class Client(_Base):
         stop: str | Sequence[str] | None = None,
         stop_token_ids: Sequence[int] | None = None,
         ignore_eos: bool | None = None,
+        json_schema: JsonSchema | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
+        choices: Sequence[str] | None = None,
+        strict: bool = True,
         model: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -529,6 +639,11 @@ class Client(_Base):
             stop=stop,
             stop_token_ids=stop_token_ids,
             ignore_eos=ignore_eos,
+            json_schema=json_schema,
+            grammar=grammar,
+            regex=regex,
+            choices=choices,
+            strict=strict,
             model=model,
             request_id=request_id,
             timeout=timeout,
@@ -555,6 +670,11 @@ class Client(_Base):
         stop: str | Sequence[str] | None = None,
         stop_token_ids: Sequence[int] | None = None,
         ignore_eos: bool | None = None,
+        json_schema: JsonSchema | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
+        choices: Sequence[str] | None = None,
+        strict: bool = True,
         model: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -564,6 +684,11 @@ class Client(_Base):
             messages=messages,
             request_id=request_id,
             model=model,
+            json_schema=json_schema,
+            grammar=grammar,
+            regex=regex,
+            choices=choices,
+            strict=strict,
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -576,7 +701,7 @@ class Client(_Base):
             ignore_eos=ignore_eos,
         )
         call = self._stub(pb_grpc.GenerationStub).Generate(req, timeout=self._timeout(timeout))
-        return Stream(call, req.request_id)
+        return Stream(call, req.request_id, output_parser(json_schema))
 
     generate.__doc__ = "Generate to completion and return a Completion.\n" + _GENERATE_DOC
     stream.__doc__ = "Start a streamed generation (see Stream).\n" + _GENERATE_DOC
@@ -720,6 +845,11 @@ class AsyncClient(_Base):
         stop: str | Sequence[str] | None = None,
         stop_token_ids: Sequence[int] | None = None,
         ignore_eos: bool | None = None,
+        json_schema: JsonSchema | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
+        choices: Sequence[str] | None = None,
+        strict: bool = True,
         model: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -737,6 +867,11 @@ class AsyncClient(_Base):
             stop=stop,
             stop_token_ids=stop_token_ids,
             ignore_eos=ignore_eos,
+            json_schema=json_schema,
+            grammar=grammar,
+            regex=regex,
+            choices=choices,
+            strict=strict,
             model=model,
             request_id=request_id,
             timeout=timeout,
@@ -763,6 +898,11 @@ class AsyncClient(_Base):
         stop: str | Sequence[str] | None = None,
         stop_token_ids: Sequence[int] | None = None,
         ignore_eos: bool | None = None,
+        json_schema: JsonSchema | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
+        choices: Sequence[str] | None = None,
+        strict: bool = True,
         model: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -772,6 +912,11 @@ class AsyncClient(_Base):
             messages=messages,
             request_id=request_id,
             model=model,
+            json_schema=json_schema,
+            grammar=grammar,
+            regex=regex,
+            choices=choices,
+            strict=strict,
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -784,7 +929,7 @@ class AsyncClient(_Base):
             ignore_eos=ignore_eos,
         )
         call = self._stub(pb_grpc.GenerationStub).Generate(req, timeout=self._timeout(timeout))
-        return AsyncStream(call, req.request_id)
+        return AsyncStream(call, req.request_id, output_parser(json_schema))
 
     generate.__doc__ = Client.generate.__doc__
     stream.__doc__ = Client.stream.__doc__

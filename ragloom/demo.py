@@ -78,6 +78,34 @@ def _chat_stream(demo: Demo) -> None:
     )
 
 
+# The structured-output step: the answer is constrained token by token to JSON valid for this.
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "city": {"type": "string", "maxLength": 24},
+    },
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+PERSON = "Marie is a 34-year-old chemist who lives in Lyon."
+
+
+def _json_schema(demo: Demo) -> None:
+    messages = [{"role": "user", "content": f"{PERSON}\nGive her name, age and city as JSON."}]
+    print(f"user: {messages[0]['content']!r}")
+    print(f"json_schema: {json.dumps(PERSON_SCHEMA)}")
+    result = demo.client.generate(messages=messages, json_schema=PERSON_SCHEMA, max_tokens=60, temperature=0)
+    print(f"assistant: {result.text}")
+    print(
+        f"finish_reason={result.finish_reason} completion_tokens={result.usage.completion_tokens} "
+        f"parsed={result.parsed!r}"
+    )
+    if result.finish_reason == "stop" and not isinstance(result.parsed, dict):
+        raise DemoError(f"the constrained answer did not parse as a JSON object: {result.text!r}")
+
+
 # A handful of short documents for the search step (installed with the package).
 SAMPLE_DOCS = Path(__file__).resolve().parent / "demo_data" / "sample.jsonl"
 DEMO_COLLECTION = "ragloom-demo"
@@ -112,6 +140,7 @@ def _search(demo: Demo) -> None:
 STEPS: list[Step] = [
     Step("health and load", _health),
     Step("streamed chat generation", _chat_stream),
+    Step("JSON Schema constrained answer", _json_schema),
     Step("collections and semantic search", _search),
 ]
 

@@ -1,23 +1,30 @@
 """The `ragloom.v1.Generation` servicer: protobuf in, engine Request out, engine Outputs back as a stream.
 
 All validation errors come from the libraries as RagloomError and are turned into status codes
-by `grpc_code()` here, in one place. Cancellation needs no code of its own: when the client
-cancels, disconnects or its deadline passes, grpc.aio cancels this handler, which cancels the
-`async for` over the engine stream, and the engine aborts the request and frees its KV blocks.
+by `failure_status()` (services/status.py), in one place. Cancellation needs no code of its own:
+when the client cancels, disconnects or its deadline passes, grpc.aio cancels this handler, which
+cancels the `async for` over the engine stream, and the engine aborts the request and frees its
+KV blocks.
+
+A `constraint` (JSON Schema, lark grammar, regex, choices) is compiled by the engine's cached
+compiler in a worker thread (`asyncio.to_thread`): compiling can take seconds, and neither the
+event loop nor the engine thread waits for it. Its strict=False warnings go into Complete.warnings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ragloom.errors import InvalidArgument, NotFound, Unimplemented
+from ragloom.errors import InvalidArgument, NotFound
+from ragloom.generation.constrain.processor import Constraint
 from ragloom.generation.runner.engine import Output, Request
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.services._proto import generation_pb2 as pb
@@ -49,6 +56,39 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
     return SamplingParams(**kwargs, stop=list(msg.stop), stop_token_ids=list(msg.stop_token_ids))  # type: ignore[arg-type]
 
 
+def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | None:
+    """(kind, spec, strict) for LLMEngine.compile_constraint, or None when unconstrained.
+
+    Checks what is cheap to check here (JSON syntax, empty specs); the compiler checks the rest."""
+    kind = msg.WhichOneof("constraint")
+    if kind is None:
+        return None
+    strict = msg.strict if msg.HasField("strict") else True
+    spec: Any
+    if kind == "json_schema":
+        try:
+            spec = json.loads(msg.json_schema)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
+        if not isinstance(spec, dict | bool):
+            raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+    elif kind == "lark_grammar":
+        if not msg.lark_grammar.strip():
+            raise InvalidArgument("lark_grammar is empty")
+        spec = msg.lark_grammar
+    elif kind == "regex":
+        if not msg.regex:
+            raise InvalidArgument("regex is empty")
+        spec = msg.regex
+    elif kind == "choices":
+        spec = list(msg.choices.choices)
+        if not spec:
+            raise InvalidArgument("choices is empty: give at least one choice")
+    else:  # a newer client's oneof member this server does not know
+        raise InvalidArgument(f"unknown constraint {kind!r}")
+    return kind, spec, strict
+
+
 def _usage(out: Output) -> pb.Usage:
     return pb.Usage(
         prompt_tokens=out.prompt_tokens,
@@ -64,12 +104,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     # -- request translation -------------------------------------------------------------
 
-    def _to_request(self, msg: pb.GenerateRequest) -> Request:
+    async def _to_request(self, msg: pb.GenerateRequest) -> Request:
         if msg.model and msg.model != self._model_id:
             raise NotFound(f"model {msg.model!r} is not served here (this server serves {self._model_id!r})")
-        constraint = msg.WhichOneof("constraint")
-        if constraint is not None:
-            raise Unimplemented(f"constrained decoding ({constraint}) is not available on this server yet")
+        constraint_spec = constraint_from_proto(msg)
         llm = self._engine.engine
         which = msg.WhichOneof("input")
         if which == "prompt":
@@ -85,10 +123,16 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             raise InvalidArgument("no input: set either prompt or messages")
         params = sampling_from_proto(msg.sampling)
         params.validate(llm.vocab_size)
+        constraint: Constraint | None = None
+        if constraint_spec is not None:
+            kind, spec, strict = constraint_spec
+            # compiling can take seconds: neither the event loop nor the engine thread waits for it
+            constraint = await asyncio.to_thread(llm.compile_constraint, kind, spec, strict=strict)
         return Request(
             request_id=msg.request_id or uuid.uuid4().hex,
             prompt_token_ids=token_ids,
             params=params,
+            constraint=constraint,
         )
 
     # -- RPCs ----------------------------------------------------------------------------
@@ -101,7 +145,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         # below must not swallow it as an "unexpected" error.
         failure: tuple[grpc.StatusCode, str] | None = None
         try:
-            req = self._to_request(request)
+            req = await self._to_request(request)
+            warnings = list(req.constraint.warnings) if req.constraint is not None else []
             request_id = req.request_id
             # aclosing: if gRPC cancels us while we are parked at a `yield`, closing this
             # generator closes the engine stream now (aborting the request), not at GC time.
@@ -117,6 +162,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                                 finish_reason=out.finish_reason or "stop",
                                 usage=_usage(out),
                                 request_id=request_id,
+                                warnings=warnings,
                             )
                         )
                         return

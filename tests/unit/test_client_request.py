@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
@@ -63,3 +65,70 @@ def test_rpc_errors_map_back_to_ragloom_errors(code: grpc.StatusCode, cls: type[
     rpc = _FakeRpcError(code, "boom")
     err = _error(rpc)
     assert type(err) is cls and str(err) == "boom" and err.__cause__ is rpc
+
+
+# -- constraints ---------------------------------------------------------------------------------
+
+
+def test_constraint_fields() -> None:
+    from pydantic import BaseModel
+
+    from ragloom.errors import InvalidArgument
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    req = build_generate_request("p", messages=None, request_id=None, json_schema={"type": "integer"})
+    assert req.WhichOneof("constraint") == "json_schema" and json.loads(req.json_schema) == {"type": "integer"}
+    assert not req.HasField("strict")  # unset: the server's default (strict)
+    req = build_generate_request("p", messages=None, request_id=None, json_schema='{"type": "string"}', strict=False)
+    assert req.json_schema == '{"type": "string"}' and req.HasField("strict") and req.strict is False
+    req = build_generate_request("p", messages=None, request_id=None, json_schema=Point, strict=True)
+    assert json.loads(req.json_schema) == Point.model_json_schema() and req.strict is True
+    req = build_generate_request("p", messages=None, request_id=None, grammar='start: "a"', strict=False)
+    assert req.lark_grammar == 'start: "a"' and not req.HasField("strict")  # strict is for json_schema only
+    req = build_generate_request("p", messages=None, request_id=None, regex="[0-9]+")
+    assert req.WhichOneof("constraint") == "regex" and req.regex == "[0-9]+"
+    req = build_generate_request("p", messages=None, request_id=None, choices=("yes", "no"))
+    assert list(req.choices.choices) == ["yes", "no"]
+    assert build_generate_request("p", messages=None, request_id=None).WhichOneof("constraint") is None
+    for bad in (
+        {"regex": "a", "choices": ["a"]},
+        {"json_schema": {}, "grammar": "start: x"},
+        {"choices": "yes"},  # a string is not a list of choices
+        {"choices": []},
+        {"choices": ["a", 1]},
+        {"json_schema": 3},
+        {"json_schema": {"default": object()}},  # not serializable as JSON
+    ):
+        with pytest.raises(InvalidArgument):
+            build_generate_request("p", messages=None, request_id=None, **bad)
+
+
+def test_completion_parsed_and_warnings() -> None:
+    from pydantic import BaseModel
+
+    from ragloom.client import _StreamState, output_parser
+    from ragloom.services._proto import generation_pb2 as pb
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    def run(parse: object, texts: list[str], finish_reason: str, warnings: tuple[str, ...] = ()) -> object:
+        state = _StreamState("r", parse)  # type: ignore[arg-type]
+        for t in texts:
+            state.feed(pb.GenerateResponse(chunk=pb.Chunk(text=t)))
+        state.feed(pb.GenerateResponse(complete=pb.Complete(finish_reason=finish_reason, warnings=warnings)))
+        assert state.completion is not None
+        return state.completion
+
+    c = run(output_parser({"type": "object"}), ['{"x": ', "1}"], "stop", ("dropped 'uniqueItems'",))
+    assert c.parsed == {"x": 1} and c.warnings == ["dropped 'uniqueItems'"]  # type: ignore[attr-defined]
+    c = run(output_parser(Point), ['{"x": 1, "y": 2}'], "stop")
+    assert c.parsed == Point(x=1, y=2)  # type: ignore[attr-defined]
+    assert run(output_parser(Point), ['{"x": 1, '], "length").parsed is None  # type: ignore[attr-defined]
+    c = run(output_parser(Point), ['{"x": 1}'], "stop")  # e.g. strict=False dropped what the model checks
+    assert c.parsed is None and "did not parse" in c.warnings[0]  # type: ignore[attr-defined]
+    assert run(output_parser(None), ["yes"], "stop").parsed is None  # type: ignore[attr-defined]
