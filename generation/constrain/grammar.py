@@ -6,7 +6,8 @@ while any candidate can take the next character; when none can, the highest-prio
 that is complete (lark priority, then string literals before regexes, then the longer pattern)
 is fed to the parser and the next lexeme starts with that character. An ignored terminal may not
 follow another one directly: that is what bounds whitespace (`%ignore WS` with WS = /[ \\n]{1,8}/
-allows at most 8 characters between two terminals).
+allows at most 8 characters between two terminals); nor may it come before the first terminal
+or after the last (a model would happily pad its output with newlines until max_tokens).
 
 Every state the matcher can reach is a viable prefix: terminal DFAs are pruned to states that can
 still accept, and "can the parser shift T" is decided by running LALR's reductions, not by the
@@ -36,6 +37,7 @@ from lark.lexer import PatternStr
 from ragloom.errors import GrammarError
 
 END = "$END"
+_MISSING = object()
 # A parser state is the LALR state stack; a lexer state is the live (terminal, dfa state) pairs.
 Stack = tuple[int, ...]
 Cands = tuple[tuple[int, int], ...]
@@ -159,8 +161,9 @@ class Grammar:
     def feed(self, stack: Stack, sym: str) -> Stack | None:
         """The stack after shifting terminal `sym` (reductions included); None if it cannot shift."""
         key = (stack, sym)
-        if key in self._feed:
-            return self._feed[key]
+        cached = self._feed.get(key, _MISSING)  # one lookup: another thread may clear the cache
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
         s = list(stack)
         result: Stack | None = None
         while True:
@@ -201,7 +204,10 @@ class Grammar:
 
     def start_cands(self, stack: Stack, after_ignored: bool) -> Cands:
         terms = self.acceptable(stack)[0]
-        ignored = () if after_ignored else tuple(sorted(self.ignored))
+        # Ignored terminals (whitespace) only between two terminals: never after one (bounded),
+        # before the first, or after the last, where they would only waste tokens.
+        edge = stack == self.initial[0] or not terms
+        ignored = () if after_ignored or edge else tuple(sorted(self.ignored))
         return tuple((t, 0) for t in sorted(set(terms) | set(ignored)))
 
     def complete(self, stack: Stack, cands: Cands) -> tuple[Stack, bool] | None:

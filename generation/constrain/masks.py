@@ -112,6 +112,8 @@ class TokenMasks:
     ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
         """Scan tokens `tok` from char offset `off` with lexer candidates `cands`:
         (tokens that stay inside the lexeme, [(completed terminal, its tokens, offset after it)])."""
+        if not cands or not len(tok):  # nothing can start here (e.g. only the end may follow)
+            return tok[:0], []
         rem = self.vocab.lengths[tok] - off
         runs = [(t, *self._run(t, q, tok, off, rem)) for t, q in cands]
         best = np.max([c for _, c, _ in runs], axis=0)

@@ -85,7 +85,7 @@ class GrammarMatcher:
         return len(self.states) - 1
 
     def mask(self) -> np.ndarray:
-        """Packed allowed-token bitset (masks.pack layout); only EOS once finished."""
+        """Packed allowed-token bitset (masks.pack layout); empty once EOS was accepted."""
         if self.finished:
             return np.zeros((self.vocab.size + 7) // 8, np.uint8)
         return self.constraint.masks.mask(self.state)
@@ -210,8 +210,8 @@ def compile_constraint(
     elapsed = time.monotonic() - started
     if elapsed > timeout_s:
         raise CompileTimeout(
-            f"compiling the {kind} constraint took {elapsed:.1f}s, over the {timeout_s:.0f}s limit; "
-            "simplify it (fewer alternatives, shallower nesting) or raise the limit"
+            f"compiling the {kind} constraint took {elapsed:.3g}s, over the {timeout_s:g}s limit "
+            "(setting constraint_timeout_s); simplify it (fewer alternatives, shallower nesting) or raise the limit"
         )
     constraint = Constraint(grammar, masks, kind, warnings, elapsed)
     log.info("compiled %s constraint: %d terminals in %.2fs", kind, len(grammar.terminals), elapsed)

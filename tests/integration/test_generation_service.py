@@ -31,7 +31,6 @@ from ragloom.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
 )
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
@@ -230,7 +229,7 @@ def test_raw_requests_without_input_or_with_constraint(served: Served) -> None:
         stub = pb_grpc.GenerationStub(channel)
         cases = [
             (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-            (pb.GenerateRequest(prompt=PROMPT, regex="[0-9]+"), grpc.StatusCode.UNIMPLEMENTED),
+            (pb.GenerateRequest(prompt=PROMPT, regex=r"(a)\1"), grpc.StatusCode.INVALID_ARGUMENT),  # backreference
             (pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_k=-1)), grpc.StatusCode.INVALID_ARGUMENT),
         ]
         for request, code in cases:
@@ -245,14 +244,14 @@ def test_raw_requests_without_input_or_with_constraint(served: Served) -> None:
         assert last.WhichOneof("response") == "complete" and len(last.complete.request_id) == 32
 
 
-def test_constraint_is_unimplemented_through_the_sdk_error_mapping(served: Served) -> None:
+def test_bad_constraint_maps_to_invalid_argument_through_the_sdk(served: Served) -> None:
     from ragloom.client import _error
 
     with grpc.insecure_channel(served.address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, json_schema="{}"), timeout=30))
-    assert isinstance(_error(info.value), Unimplemented)
+            list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, json_schema="{"), timeout=30))
+    assert isinstance(_error(info.value), InvalidArgument)
 
 
 def test_max_concurrent_rpcs_exceeded(served: Served, client: Client) -> None:
