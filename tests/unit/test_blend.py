@@ -124,3 +124,22 @@ def test_engine_runs_a_custom_prefill(engine, parts) -> None:
     assert text == plain.text  # exact reuse: same greedy continuation as a full prefill
     system, _, chunks, _, _ = parts
     assert cached == len(system) + len(chunks[0])
+
+
+def test_a_failing_custom_prefill_fails_only_its_request(engine) -> None:
+    ids = engine.encode(prompt="The capital of France is")
+
+    def broken(model) -> PrefillResult:
+        raise ValueError("stored KV unreadable")
+
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    engine.add_request(Request("broken", ids, params, prefill=broken))
+    engine.add_request(Request("fine", ids, params))
+    done = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.finish_reason
+    assert done == {"fine": "length"}
+    assert isinstance(engine.failures.pop("broken"), ValueError)
+    assert engine.kv.allocator.num_used == 0  # the failed request's blocks were freed
