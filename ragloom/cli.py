@@ -1,4 +1,4 @@
-"""The `ragloom` command: serve, generate, models, ingest, search, collections.
+"""The `ragloom` command: serve, generate, models, ingest, search, collections, ask.
 
 Errors print one line to stderr and exit 1 (2 for usage errors, from argparse); no tracebacks
 unless RAGLOOM_DEBUG=1.
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="run the gRPC server (Generation, Retrieval, health, reflection) until SIGTERM/Ctrl-C",
+        help="run the gRPC server (Generation, Retrieval, Rag, health, reflection) until SIGTERM/Ctrl-C",
         description="Load the model and serve the gRPC API. Prints 'ragloom: serving MODEL on HOST:PORT' "
         "once ready (with --port 0, the port actually bound).",
         epilog=_EPILOG,
@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="bundled model name or a local HF model folder (see `ragloom models`)")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    serve.add_argument(
+        "--chunk-kv-redis-url",
+        metavar="URL",
+        help="redis://host:port/db: share chunk KV for `ask` between replicas (default: memory and disk only)",
+    )
+    serve.add_argument("--chunk-kv-dir", type=Path, help="disk tier of chunk KV (default: <data dir>/chunk_kv)")
 
     gen = sub.add_parser(
         "generate",
@@ -144,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--chunk-tokens", type=int, help="(--create) tokens per chunk (server default 256)")
     ingest.add_argument("--chunk-overlap", type=int, help="(--create) tokens shared by neighbouring chunks (default 32)")
     ingest.add_argument("--batch-size", type=int, default=64, help="documents per upload message (default 64)")
+    ingest.add_argument(
+        "--precompute-kv",
+        action="store_true",
+        help="also have the server prefill and store each chunk's KV, so the first `ragloom ask` reuses it",
+    )
     ingest.add_argument("--timeout", type=float, help="give up after this many seconds")
     ingest.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -165,6 +176,43 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     search.add_argument("--json", action="store_true", help="print one JSON object per hit instead of text")
     search.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    ask = sub.add_parser(
+        "ask",
+        help="answer a question from a collection (RAG over cached chunk KV)",
+        description="Search COLLECTION for the K passages most similar to QUESTION, prefill them from the\n"
+        "server's chunk-KV cache (computing and storing what it lacks) and stream the answer. Then\n"
+        "print the cited passages and a usage line: prompt tokens, reused tokens (KV taken from the\n"
+        "cache), recomputed tokens, passages computed by this request, and cache tier hits.",
+        epilog="examples:\n"
+        "  ragloom ask kb 'How often do keys rotate?'\n"
+        "  ragloom ask kb 'Which city?' -k 3 --mode full --max-tokens 32\n"
+        "  ragloom ask kb 'Key facts as JSON' --json-schema '{\"type\": \"object\", \"properties\": "
+        "{\"city\": {\"type\": \"string\"}}}'\n\n" + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ask.add_argument("collection", help="the collection to answer from")
+    ask.add_argument("question", help="the question")
+    ask.add_argument("-k", type=int, default=5, help="passages to retrieve (default 5)")
+    ask.add_argument("--filter", help='metadata filter as a JSON object, as for `ragloom search`')
+    ask.add_argument(
+        "--mode",
+        choices=["full", "prefix", "blend", "epic"],
+        help="how the prompt's KV is built from cached chunks (server default: blend)",
+    )
+    ask.add_argument("--ratio", type=float, help="(blend) share of reused tokens to recompute, 0..1 (default 0.15)")
+    ask.add_argument(
+        "--json-schema",
+        metavar="SCHEMA",
+        help="a JSON Schema file, or the schema as inline JSON: the answer is JSON valid for it",
+    )
+    ask.add_argument("--system-prompt", help="replace the server's RAG instruction")
+    ask.add_argument("--max-tokens", type=int, help="most tokens to generate (server default 256)")
+    ask.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default 1.0)")
+    ask.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    ask.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    ask.add_argument("--timeout", type=float, help="give up after this many seconds")
+    ask.add_argument("--json", action="store_true", help="print the whole answer as one JSON object instead of text")
 
     cols = sub.add_parser(
         "collections",
@@ -193,6 +241,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         log_level=args.log_level,
+        chunk_kv_redis_url=args.chunk_kv_redis_url,
+        chunk_kv_disk_dir=args.chunk_kv_dir,
     )
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -461,8 +511,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             except AlreadyExists:
                 pass
         with tqdm(total=len(docs), unit="doc", desc="ingest", disable=args.quiet, file=sys.stderr) as bar:
-            result = client.upsert(args.collection, docs, batch_size=args.batch_size, progress=bar.update)
+            result = client.upsert(
+                args.collection, docs, batch_size=args.batch_size, progress=bar.update, precompute_kv=args.precompute_kv
+            )
     print(f"ingested {result.documents} documents ({result.chunks} chunks) into {args.collection!r}")
+    if args.precompute_kv:
+        print(f"precomputed the KV of {result.kv_precomputed} chunks (the others were cached already)")
     return 0
 
 
@@ -504,6 +558,54 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_line(usage: Any, finish_reason: str | None, mode: str) -> str:
+    tiers = ", ".join(f"{name} {n}" for name, n in sorted(usage.tier_hits.items())) or "none"
+    return (
+        f"[mode={mode} finish_reason={finish_reason} prompt_tokens={usage.prompt_tokens} "
+        f"reused_tokens={usage.reused_tokens} recomputed_tokens={usage.recomputed_tokens} "
+        f"completion_tokens={usage.completion_tokens} chunks_computed={usage.chunks_computed} tier_hits: {tiers}]"
+    )
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    schema = _json_schema(args.json_schema) if args.json_schema is not None else None
+    with Client(args.address, timeout=args.timeout) as client:
+        s = client.stream_ask(
+            args.question,
+            collection=args.collection,
+            k=args.k,
+            filter=_parse_filter(args.filter),
+            mode=args.mode,
+            recompute_ratio=args.ratio,
+            json_schema=schema,
+            system_prompt=args.system_prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+        with s:
+            for chunk in s:
+                if not args.json:
+                    print(chunk.text, end="", flush=True)
+        answer = s.answer
+    if answer is None:
+        raise RagloomError("the server ended the answer without a final message")
+    if args.json:
+        print(json.dumps(answer.model_dump(exclude={"token_ids"}), ensure_ascii=False))
+        return 0
+    print()
+    _print_warnings(answer.warnings)
+    if answer.passages:
+        print("\npassages:")
+    for rank, p in enumerate(answer.passages, 1):
+        print(f"  [{rank}] {p.score:.3f}  {p.id}  (chunk {p.chunk_id}, KV: {p.cache})")
+        print(f"      {_snippet(p.text, 160)}")
+    print(_usage_line(answer.usage, answer.finish_reason, answer.mode))
+    return 0
+
+
 def _cmd_collections(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
@@ -526,6 +628,7 @@ _COMMANDS = {
     "ingest": _cmd_ingest,
     "search": _cmd_search,
     "collections": _cmd_collections,
+    "ask": _cmd_ask,
 }
 
 

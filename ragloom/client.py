@@ -17,9 +17,13 @@
         for hit in c.search("notes", "French capital", k=3, filter={"lang": "en"}):
             print(hit.score, hit.id, hit.text, hit.metadata)
 
+        # RAG over the collection, prefilled from cached chunk KV
+        answer = c.ask("What is the capital of France?", collection="notes", k=3, max_tokens=32)
+        print(answer.text, [p.id for p in answer.passages], answer.usage.reused_tokens)
+
 Arguments left as None are left out of the request, so the server's defaults apply. gRPC
 errors are re-raised as ragloom errors (`ragloom.errors`) with the RpcError as `__cause__`.
-Later services (ask, sql) add methods here; stubs are created lazily per service.
+Later services (sql) add methods here; stubs are created lazily per service.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from pydantic import BaseModel, ConfigDict
 from ragloom.errors import InvalidArgument, RagloomError, from_grpc_code
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+from ragloom.services._proto import rag_pb2 as apb
+from ragloom.services._proto import rag_pb2_grpc as apb_grpc
 from ragloom.services._proto import retrieval_pb2 as rpb
 from ragloom.services._proto import retrieval_pb2_grpc as rpb_grpc
 from ragloom.structs import dict_to_struct, struct_to_dict
@@ -118,6 +124,78 @@ class Hit(_Frozen):
 class UpsertResult(_Frozen):
     documents: int  # stored, new or replaced
     chunks: int
+    kv_precomputed: int = 0  # precompute_kv=True: chunks whose KV the server computed and stored
+
+
+class Passage(_Frozen):
+    """A retrieved chunk as it went into an Ask's prompt."""
+
+    id: str  # the document id
+    chunk_id: str
+    score: float  # retrieval score, higher is more similar
+    text: str
+    metadata: dict[str, Any]
+    cache: str  # where its chunk KV came from: "memory" | "disk" | "redis" | "computed"
+    tokens: int = 0  # its tokens in the prompt
+
+
+class Citation(_Frozen):
+    id: str  # the document id
+    chunk_id: str
+    score: float
+    rank: int  # 1-based position in the prompt
+
+
+class AskUsage(_Frozen):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the chunk-KV store as is
+    recomputed_tokens: int = 0  # prompt tokens this request ran through every layer
+    chunks_computed: int = 0  # passages whose chunk KV this request computed (and stored)
+    tier_hits: dict[str, int] = {}  # tier name -> passages found there
+
+
+class Answer(_Frozen):
+    text: str
+    passages: list[Passage]  # in prompt order, best first
+    citations: list[Citation]
+    finish_reason: str  # "stop" | "length" | "abort"
+    usage: AskUsage
+    request_id: str
+    mode: str = ""  # the blend mode used: full | prefix | blend | epic
+    token_ids: list[int] = []
+    warnings: list[str] = []
+    # json_schema=: the parsed answer (json.loads, or the pydantic model's validated instance);
+    # None without a JSON Schema, or when the answer did not finish
+    parsed: Any = None
+
+
+class TierStats(_Frozen):
+    name: str
+    kind: str
+    available: bool
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    puts: int
+    evictions: int
+    errors: int
+    corrupt: int
+    mismatches: int
+    detail: dict[str, Any] = {}
+
+
+class CacheStats(_Frozen):
+    """The server's chunk-KV store counters (since it started)."""
+
+    hits: int
+    misses: int
+    redis_errors: int
+    tiers: list[TierStats]
+    codec_bits: int
+    codec_group_size: int
+    codec_entropy: bool
 
 
 def _usage(msg: pb.Usage) -> Usage:
@@ -156,6 +234,43 @@ def _collection(msg: rpb.CollectionInfo) -> CollectionInfo:
 
 def _hit(msg: rpb.Hit) -> Hit:
     return Hit(id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=struct_to_dict(msg.metadata))
+
+
+def _passage(msg: apb.Passage) -> Passage:
+    return Passage(
+        id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=struct_to_dict(msg.metadata),
+        cache=msg.cache, tokens=msg.tokens,
+    )
+
+
+def _ask_usage(msg: apb.AskUsage) -> AskUsage:
+    return AskUsage(
+        prompt_tokens=msg.prompt_tokens,
+        completion_tokens=msg.completion_tokens,
+        reused_tokens=msg.reused_tokens,
+        recomputed_tokens=msg.recomputed_tokens,
+        chunks_computed=msg.chunks_computed,
+        tier_hits=dict(msg.tier_hits),
+    )
+
+
+def _cache_stats(msg: apb.CacheStats) -> CacheStats:
+    return CacheStats(
+        hits=msg.hits,
+        misses=msg.misses,
+        redis_errors=msg.redis_errors,
+        tiers=[
+            TierStats(
+                name=t.name, kind=t.kind, available=t.available, entries=t.entries, bytes=t.bytes, hits=t.hits,
+                misses=t.misses, puts=t.puts, evictions=t.evictions, errors=t.errors, corrupt=t.corrupt,
+                mismatches=t.mismatches, detail=struct_to_dict(t.detail),
+            )
+            for t in msg.tiers
+        ],
+        codec_bits=msg.codec_bits,
+        codec_group_size=msg.codec_group_size,
+        codec_entropy=msg.codec_entropy,
+    )
 
 
 def _error(exc: grpc.RpcError) -> RagloomError:
@@ -297,6 +412,54 @@ def build_search_request(
     return req
 
 
+def build_ask_request(
+    question: str,
+    *,
+    collection: str,
+    k: int | None = None,
+    filter: Mapping[str, Any] | None = None,
+    mode: str | None = None,
+    recompute_ratio: float | None = None,
+    epic_tokens: int | None = None,
+    json_schema: JsonSchema | None = None,
+    strict: bool | None = None,
+    system_prompt: str | None = None,
+    request_id: str | None = None,
+    **sampling: Any,
+) -> apb.AskRequest:
+    """Only arguments that were given go into the request (None = the server's default)."""
+    if not isinstance(question, str):
+        raise InvalidArgument(f"question must be a string, got {type(question).__name__}")
+    if not isinstance(collection, str) or not collection:
+        raise InvalidArgument("collection must be a non-empty string: the collection to answer from")
+    req = apb.AskRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        question=question,
+        collection=collection,
+        k=k or 0,
+        mode=mode or "",
+        system_prompt=system_prompt or "",
+    )
+    if filter:
+        req.filter.CopyFrom(dict_to_struct(filter, "filter"))
+    if recompute_ratio is not None:
+        req.recompute_ratio = recompute_ratio
+    if epic_tokens is not None:
+        req.epic_tokens = epic_tokens
+    if json_schema is not None:
+        req.json_schema = _schema_text(json_schema)
+        if strict is not None:
+            req.strict = strict
+    for name, value in sampling.items():
+        if value is None:
+            continue
+        if name in ("stop", "stop_token_ids"):
+            getattr(req.sampling, name).extend([value] if isinstance(value, str) else value)
+        else:
+            setattr(req.sampling, name, value)
+    return req
+
+
 def _field(doc: Any, key: str, default: Any = None) -> Any:
     if isinstance(doc, Mapping):
         return doc.get(key, default)
@@ -336,10 +499,13 @@ class _UpsertFeed:
         create_if_missing: bool,
         progress: Callable[[int], None] | None,
         max_bytes: int = UPSERT_BATCH_BYTES,
+        precompute_kv: bool = False,
     ) -> None:
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-        self.header = rpb.UpsertRequest(collection=name, create_if_missing=create_if_missing)
+        self.header = rpb.UpsertRequest(
+            collection=name, create_if_missing=create_if_missing, precompute_kv=precompute_kv
+        )
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.progress = progress
@@ -405,14 +571,17 @@ class _UpsertFeed:
 
 
 def _upsert_result(msg: rpb.UpsertResponse) -> UpsertResult:
-    return UpsertResult(documents=msg.documents, chunks=msg.chunks)
+    return UpsertResult(documents=msg.documents, chunks=msg.chunks, kv_precomputed=msg.kv_precomputed)
 
 
 _UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async iterable) of mappings
         {"id": str, "text": str, "metadata": dict (optional), "vector": list[float] (optional)};
         streamed to the server in batches of batch_size, each stored as it arrives. A document
         whose id exists replaces it. create_if_missing creates the collection with default
-        options. progress(n) is called as each batch of n documents is sent. A document that
+        options. precompute_kv=True also has the server prefill and store the chunk KV of the
+        upserted chunks once they are stored (the call returns after that; see ask()), so
+        the first ask() over them already reuses it. progress(n) is called as each batch of n
+        documents is sent. A document that
         cannot be sent (no id, text not a string, metadata not JSON-like) raises InvalidArgument
         after the batches before it were stored."""
 
@@ -531,6 +700,137 @@ class AsyncStream(_StreamBase):
     async def __aexit__(self, *exc: object) -> None:
         if self._state.completion is None:
             self.cancel()
+
+
+class _AskState:
+    """Passages first, then answer chunks, then the final Answer."""
+
+    def __init__(self, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
+        self.request_id = request_id
+        self.parse = parse
+        self.passages: list[Passage] | None = None
+        self.texts: list[str] = []
+        self.token_ids: list[int] = []
+        self.answer: Answer | None = None
+
+    def feed(self, msg: apb.AskResponse) -> StreamChunk | None:
+        kind = msg.WhichOneof("response")
+        if kind == "passages":
+            self.passages = [_passage(p) for p in msg.passages.passages]
+            return None
+        if kind == "chunk":
+            self.texts.append(msg.chunk.text)
+            self.token_ids.extend(msg.chunk.token_ids)
+            return StreamChunk(text=msg.chunk.text, token_ids=list(msg.chunk.token_ids), usage=_usage(msg.chunk.usage))
+        if kind != "complete":  # a newer server's message this client does not know
+            return None
+        done = msg.complete
+        text = done.answer or "".join(self.texts)
+        warnings = list(done.warnings)
+        parsed = None
+        if self.parse is not None and done.finish_reason == "stop":
+            try:
+                parsed = self.parse(text)
+            except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
+                warnings.append(f"the answer did not parse: {exc}")
+        self.answer = Answer(
+            text=text,
+            passages=self.passages or [],
+            citations=[Citation(id=c.id, chunk_id=c.chunk_id, score=c.score, rank=c.rank) for c in done.citations],
+            finish_reason=done.finish_reason,
+            usage=_ask_usage(done.usage),
+            request_id=done.request_id or self.request_id,
+            mode=done.mode,
+            token_ids=self.token_ids,
+            warnings=warnings,
+            parsed=parsed,
+        )
+        return None
+
+
+class _AskStreamBase:
+    def __init__(self, call: Any, request_id: str, parse: Callable[[str], Any] | None = None) -> None:
+        self._call = call
+        self._state = _AskState(request_id, parse)
+
+    @property
+    def request_id(self) -> str:
+        return self._state.request_id
+
+    @property
+    def passages(self) -> list[Passage] | None:
+        """The retrieved passages; set before the first chunk is yielded."""
+        return self._state.passages
+
+    @property
+    def answer(self) -> Answer | None:
+        """The whole Answer (text, citations, usage) once the stream is exhausted."""
+        return self._state.answer
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._state.answer.finish_reason if self._state.answer else None
+
+    @property
+    def usage(self) -> AskUsage | None:
+        return self._state.answer.usage if self._state.answer else None
+
+    def cancel(self) -> None:
+        """Cancel the call; the server aborts the generation and frees its KV cache."""
+        self._call.cancel()
+
+
+class AskStream(_AskStreamBase):
+    """Iterate for the answer's StreamChunk items (.passages is set before the first); then read
+    .answer / .usage / .finish_reason."""
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        try:
+            for msg in self._call:
+                chunk = self._state.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    def __enter__(self) -> AskStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._state.answer is None:
+            self.cancel()
+
+
+class AsyncAskStream(_AskStreamBase):
+    """`async for` the answer's StreamChunk items; then read .answer / .usage / .finish_reason."""
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        try:
+            async for msg in self._call:
+                chunk = self._state.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    async def __aenter__(self) -> AsyncAskStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._state.answer is None:
+            self.cancel()
+
+
+_ASK_DOC = """        Search `collection` for the k passages (default 5) most similar to `question` (filter:
+        metadata, as in search()), put them into the prompt from their cached chunk KV (the
+        server computes and stores what it lacks) and answer. mode: "full" (recompute
+        everything), "prefix" (reuse the exact prefix only), "blend" (the server's default:
+        reuse every passage, recompute the recompute_ratio share of most deviating tokens,
+        default 0.15) or "epic" (recompute the first epic_tokens of each passage).
+        json_schema (a dict, JSON text or a pydantic model class) constrains the answer to JSON
+        valid for it; Answer.parsed then holds the parsed value. system_prompt replaces the
+        server's RAG instruction (chunk KV is cached per system prompt). Sampling arguments
+        left as None take the server's defaults; temperature=0 is greedy."""
 
 
 # -- clients -----------------------------------------------------------------------------
@@ -753,10 +1053,11 @@ class Client(_Base):
         *,
         batch_size: int = DEFAULT_UPSERT_BATCH,
         create_if_missing: bool = False,
+        precompute_kv: bool = False,
         progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
     ) -> UpsertResult:
-        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes)
+        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes, precompute_kv)
         stub = self._stub(rpb_grpc.RetrievalStub)
         try:
             resp = stub.Upsert(feed.requests(docs), timeout=self._timeout(timeout))
@@ -790,6 +1091,80 @@ class Client(_Base):
         req = build_search_request(name, query, k=k, filter=filter, oversample=oversample)
         stub = self._stub(rpb_grpc.RetrievalStub)
         return [_hit(h) for h in self._call(stub.Search, req, timeout).hits]
+
+    # -- rag -------------------------------------------------------------------------------
+
+    def ask(
+        self,
+        question: str,
+        *,
+        collection: str,
+        k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        recompute_ratio: float | None = None,
+        epic_tokens: int | None = None,
+        json_schema: JsonSchema | None = None,
+        strict: bool = True,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        s = self.stream_ask(
+            question, collection=collection, k=k, filter=filter, mode=mode, recompute_ratio=recompute_ratio,
+            epic_tokens=epic_tokens, json_schema=json_schema, strict=strict, system_prompt=system_prompt,
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+            request_id=request_id, timeout=timeout,
+        )
+        with s:
+            for _ in s:
+                pass
+        if s.answer is None:
+            raise RagloomError(f"ask {s.request_id} ended without a final message")
+        return s.answer
+
+    def stream_ask(
+        self,
+        question: str,
+        *,
+        collection: str,
+        k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        recompute_ratio: float | None = None,
+        epic_tokens: int | None = None,
+        json_schema: JsonSchema | None = None,
+        strict: bool = True,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AskStream:
+        req = build_ask_request(
+            question, collection=collection, k=k, filter=filter, mode=mode, recompute_ratio=recompute_ratio,
+            epic_tokens=epic_tokens, json_schema=json_schema, strict=strict, system_prompt=system_prompt,
+            request_id=request_id, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop,
+        )
+        call = self._stub(apb_grpc.RagStub).Ask(req, timeout=self._timeout(timeout))
+        return AskStream(call, req.request_id, output_parser(json_schema))
+
+    ask.__doc__ = "Answer a question from a collection; returns an Answer.\n" + _ASK_DOC
+    stream_ask.__doc__ = "Start a streamed ask (see AskStream).\n" + _ASK_DOC
+
+    def cache_stats(self, *, timeout: float | None = None) -> CacheStats:
+        """The server's chunk-KV store counters: hits/misses/bytes per tier, Redis errors."""
+        stub = self._stub(apb_grpc.RagStub)
+        return _cache_stats(self._call(stub.GetCacheStats, apb.GetCacheStatsRequest(), timeout))
 
     # -- health ------------------------------------------------------------------------------
 
@@ -976,10 +1351,11 @@ class AsyncClient(_Base):
         *,
         batch_size: int = DEFAULT_UPSERT_BATCH,
         create_if_missing: bool = False,
+        precompute_kv: bool = False,
         progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
     ) -> UpsertResult:
-        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes)
+        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes, precompute_kv)
         stub = self._stub(rpb_grpc.RetrievalStub)
         try:
             resp = await stub.Upsert(feed.arequests(docs), timeout=self._timeout(timeout))
@@ -1014,6 +1390,80 @@ class AsyncClient(_Base):
     upsert.__doc__ = Client.upsert.__doc__
     delete.__doc__ = Client.delete.__doc__
     search.__doc__ = Client.search.__doc__
+
+    # -- rag -------------------------------------------------------------------------------
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        collection: str,
+        k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        recompute_ratio: float | None = None,
+        epic_tokens: int | None = None,
+        json_schema: JsonSchema | None = None,
+        strict: bool = True,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        s = self.stream_ask(
+            question, collection=collection, k=k, filter=filter, mode=mode, recompute_ratio=recompute_ratio,
+            epic_tokens=epic_tokens, json_schema=json_schema, strict=strict, system_prompt=system_prompt,
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+            request_id=request_id, timeout=timeout,
+        )
+        async with s:
+            async for _ in s:
+                pass
+        if s.answer is None:
+            raise RagloomError(f"ask {s.request_id} ended without a final message")
+        return s.answer
+
+    def stream_ask(
+        self,
+        question: str,
+        *,
+        collection: str,
+        k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        recompute_ratio: float | None = None,
+        epic_tokens: int | None = None,
+        json_schema: JsonSchema | None = None,
+        strict: bool = True,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncAskStream:
+        req = build_ask_request(
+            question, collection=collection, k=k, filter=filter, mode=mode, recompute_ratio=recompute_ratio,
+            epic_tokens=epic_tokens, json_schema=json_schema, strict=strict, system_prompt=system_prompt,
+            request_id=request_id, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=stop,
+        )
+        call = self._stub(apb_grpc.RagStub).Ask(req, timeout=self._timeout(timeout))
+        return AsyncAskStream(call, req.request_id, output_parser(json_schema))
+
+    async def cache_stats(self, *, timeout: float | None = None) -> CacheStats:
+        stub = self._stub(apb_grpc.RagStub)
+        return _cache_stats(await self._call(stub.GetCacheStats, apb.GetCacheStatsRequest(), timeout))
+
+    ask.__doc__ = Client.ask.__doc__
+    stream_ask.__doc__ = Client.stream_ask.__doc__
+    cache_stats.__doc__ = Client.cache_stats.__doc__
 
     # -- health ------------------------------------------------------------------------------
 

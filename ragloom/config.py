@@ -58,6 +58,30 @@ class Settings(EngineSettings):
     )
     log_level: str = "INFO"
 
+    # -- chunk KV for Ask (cache/chunk_kv.py): memory -> disk -> Redis --------------------------
+    chunk_kv_memory_bytes: int = Field(
+        1 << 30, ge=0, description="memory tier of decoded chunk KV (LRU by bytes); 0 = no memory tier"
+    )
+    chunk_kv_disk_dir: Path | None = Field(None, description="disk tier folder; default: <data_dir>/chunk_kv")
+    chunk_kv_disk_bytes: int | None = Field(
+        None, ge=0, description="disk tier budget (LRU by last use); None = unbounded"
+    )
+    chunk_kv_redis_url: str | None = Field(
+        None, description="redis://host:port/db of a tier shared by replicas; None = no Redis tier"
+    )
+    chunk_kv_redis_prefix: str = Field("ragloom:chunk_kv:", description="key prefix of the Redis tier")
+    chunk_kv_redis_ttl_s: float | None = Field(None, gt=0, description="expiry of Redis entries; None = none")
+    # the codec's own defaults (cache/codec.py CodecConfig): KIVI-style 8-bit, groups of 32
+    chunk_kv_codec_bits: Literal[16, 8, 4, 2] = Field(8, description="bits per stored K/V value (16 = no quantization)")
+    chunk_kv_codec_group_size: int = Field(32, ge=1, le=65536, description="values sharing one scale and minimum")
+    chunk_kv_codec_entropy: bool = Field(False, description="zlib on top of the quantized codes (lossless)")
+    ask_mode: Literal["full", "prefix", "blend", "epic"] = Field(
+        "blend", description="how Ask builds the prompt's KV from stored chunks when a request names no mode"
+    )
+    ask_recompute_ratio: float = Field(
+        0.15, ge=0.0, le=1.0, description="blend mode: share of reused tokens recomputed when a request names none"
+    )
+
     config_file: ClassVar[Path | None] = None
 
     @classmethod

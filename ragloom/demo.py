@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ragloom.client import Client
+from ragloom.client import Answer, Client
 from ragloom.errors import NotFound, RagloomError
 
 READY_TIMEOUT_S = float(os.environ.get("RAGLOOM_DEMO_READY_TIMEOUT", "600"))  # first run converts the model
@@ -134,7 +134,39 @@ def _search(demo: Demo) -> None:
             print(f"  {rank}. {hit.score:.3f} {hit.id} [{hit.metadata.get('topic')}]: {hit.text[:80]}...")
     info = next(i for i in c.list_collections() if i.name == DEMO_COLLECTION)
     print(f"\n{info.name}: {info.documents} documents, {info.chunks} chunks, dim {info.dim}, model {info.model}")
-    c.delete_collection(DEMO_COLLECTION)
+    # the collection stays for the Ask step, which deletes it
+
+
+ASK_QUESTION = "Why cache each chunk's KV in retrieval-augmented generation?"
+
+
+def _print_answer(label: str, answer: Answer) -> None:
+    u = answer.usage
+    tiers = ", ".join(f"{name} {n}" for name, n in sorted(u.tier_hits.items())) or "none"
+    print(f"{label}: {answer.text.strip()}")
+    print(
+        f"  prompt_tokens={u.prompt_tokens} reused_tokens={u.reused_tokens} recomputed_tokens={u.recomputed_tokens}"
+        f" chunks_computed={u.chunks_computed} tier_hits: {tiers}"
+    )
+
+
+def _ask(demo: Demo) -> None:
+    c = demo.client
+    try:
+        print(f"ask: {ASK_QUESTION!r} (k=3, mode=blend)")
+        first = c.ask(ASK_QUESTION, collection=DEMO_COLLECTION, k=3, max_tokens=40, temperature=0)
+        for rank, p in enumerate(first.passages, 1):
+            print(f"  [{rank}] {p.score:.3f} {p.id} (chunk KV: {p.cache})")
+        _print_answer("answer", first)
+        # the same question again: every passage's KV now comes from the server's memory tier
+        second = c.ask(ASK_QUESTION, collection=DEMO_COLLECTION, k=3, max_tokens=40, temperature=0)
+        _print_answer("again", second)
+        if second.usage.tier_hits.get("memory", 0) != len(second.passages) or second.usage.reused_tokens == 0:
+            raise DemoError(f"the second ask did not reuse the cached chunk KV: {second.usage}")
+        stats = c.cache_stats()
+        print("chunk-KV store: " + ", ".join(f"{t.name} {t.entries} entries/{t.hits} hits" for t in stats.tiers))
+    finally:
+        c.delete_collection(DEMO_COLLECTION)
 
 
 STEPS: list[Step] = [
@@ -142,6 +174,7 @@ STEPS: list[Step] = [
     Step("streamed chat generation", _chat_stream),
     Step("JSON Schema constrained answer", _json_schema),
     Step("collections and semantic search", _search),
+    Step("answers from cached chunk KV (RAG)", _ask),
 ]
 
 

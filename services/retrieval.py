@@ -5,6 +5,10 @@ runs in a worker thread (`asyncio.to_thread`) and the event loop keeps serving o
 Errors come from the library as RagloomError and become status codes through `grpc_code()`,
 as in services/generation.py. A cancelled call stops waiting, but a call already running in a
 worker thread finishes there (an Upsert batch is stored or not as a whole).
+
+`Upsert(precompute_kv=true)` hands the upserted documents to a `precompute(collection, doc_ids)`
+callback once every batch is stored (the Rag service's, which prefills their chunk KV on the
+engine thread); a server without one (no model) refuses it with FAILED_PRECONDITION up front.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from ragloom.errors import AlreadyExists, InvalidArgument
+from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
@@ -75,9 +79,14 @@ def documents_from_proto(msgs: Sequence[pb.Document]) -> tuple[list[Document], n
     return docs, np.asarray([list(m.vector) for m in msgs], dtype=np.float32)
 
 
+# (collection, document ids) -> chunks whose KV was computed
+Precompute = Callable[[str, Sequence[str]], Awaitable[int]]
+
+
 class RetrievalServicer(pb_grpc.RetrievalServicer):
-    def __init__(self, collections: CollectionManager) -> None:
+    def __init__(self, collections: CollectionManager, precompute: Precompute | None = None) -> None:
         self._mgr = collections
+        self._precompute = precompute
 
     async def _guarded(self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_T]]) -> _T:
         """Run work(); ragloom errors become their status code, anything else INTERNAL."""
@@ -149,10 +158,15 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
         async def work() -> pb.UpsertResponse:
             totals = {"documents": 0, "chunks": 0}
             name: str | None = None
+            precompute = False
+            doc_ids: list[str] = []
             async for req in request_iterator:
                 if name is None:
                     if not req.collection:
                         raise InvalidArgument("the first UpsertRequest must name the collection")
+                    precompute = req.precompute_kv
+                    if precompute and self._precompute is None:
+                        raise FailedPrecondition("precompute_kv needs a server with a model loaded; this one has none")
                     name = req.collection
                     await self._open(name, req.create_if_missing)
                 elif req.collection and req.collection != name:
@@ -168,10 +182,16 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
                     result = await asyncio.to_thread(self._mgr.upsert_vectors, name, docs, vectors)
                 totals["documents"] += result.documents
                 totals["chunks"] += result.chunks
+                if precompute:
+                    doc_ids.extend(d.id for d in docs)
             if name is None:
                 raise InvalidArgument("empty Upsert stream: the first message must name the collection")
             log.info("Upsert %r: %d documents, %d chunks", name, totals["documents"], totals["chunks"])
-            return pb.UpsertResponse(**totals)
+            kv = 0
+            if precompute and doc_ids:
+                assert self._precompute is not None
+                kv = await self._precompute(name, doc_ids)
+            return pb.UpsertResponse(**totals, kv_precomputed=kv)
 
         return await self._guarded("Upsert", context, work)
 

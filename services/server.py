@@ -2,9 +2,10 @@
 
 `build_server(settings, engine, collections=...)` wires a server around an already running
 AsyncEngine and/or a CollectionManager (tests and embedding use it; each service is registered
-only when its backend is given); `serve(settings)` is what `ragloom serve` runs: load the model,
-open the collection store (the embedder loads on first use, so startup stays fast), serve until
-SIGTERM/SIGINT, drain, stop.
+only when its backend is given; Rag needs both, and a chunk-KV store, built from the settings'
+chunk_kv_* fields unless one is given); `serve(settings)` is what `ragloom serve` runs: load
+the model, open the collection store (the embedder loads on first use, so startup stays fast),
+serve until SIGTERM/SIGINT, drain, stop.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,13 +23,16 @@ from grpc_reflection.v1alpha import reflection
 
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
-from ragloom.services._proto import generation_pb2_grpc, retrieval_pb2_grpc
+from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval_pb2_grpc
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
+from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
+from ragloom.services.rag import RagServicer
 from ragloom.services.retrieval import SERVICE_NAME as RETRIEVAL_SERVICE
 from ragloom.services.retrieval import RetrievalServicer
 
 if TYPE_CHECKING:
+    from ragloom.cache.chunk_kv import ChunkKVStore
     from ragloom.generation.runner.async_engine import AsyncEngine
     from ragloom.retrieval.collections import CollectionManager
 
@@ -58,6 +62,9 @@ class RagloomServer:
     collections: CollectionManager | None = None
     # services that report readiness through grpc.health.v1; "" is overall liveness
     health_services: tuple[str, ...] = ("",)
+    rag: RagServicer | None = None
+    # the chunk-KV store build_server made (closed on stop); None when the caller gave one
+    owned_chunk_store: ChunkKVStore | None = None
 
     @property
     def address(self) -> str:
@@ -72,16 +79,61 @@ class RagloomServer:
         """Report NOT_SERVING first so load balancers stop routing, then drain in-flight calls."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.rag is not None:
+            log.info("chunk KV store at shutdown: %s", _stats_line(self.rag.store.stats()))
+        if self.owned_chunk_store is not None:
+            self.owned_chunk_store.close()
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    tiers = ", ".join(
+        f"{name} {t.get('hits', 0)} hits/{t.get('misses', 0)} misses/{t.get('bytes', 0)} B"
+        + ("" if t.get("available", True) else " (UNAVAILABLE)")
+        + (f"/{t['errors']} errors" if t.get("errors") else "")
+        for name, t in stats.get("tiers", {}).items()
+    )
+    return f"{stats.get('hits', 0)} hits, {stats.get('misses', 0)} misses; {tiers or 'no tiers'}"
+
+
+def build_chunk_store(settings: Settings, device: str | None = None) -> ChunkKVStore:
+    """memory -> disk -> Redis (when chunk_kv_redis_url is set), from the settings' chunk_kv_* fields."""
+    from ragloom.cache.chunk_kv import ChunkKVStore, ChunkKVStoreConfig
+
+    config = ChunkKVStoreConfig(
+        memory_bytes=settings.chunk_kv_memory_bytes,
+        memory_device=device or "cpu",
+        disk_dir=settings.chunk_kv_disk_dir,
+        disk_bytes=settings.chunk_kv_disk_bytes,
+        redis_url=settings.chunk_kv_redis_url,
+        redis_prefix=settings.chunk_kv_redis_prefix,
+        redis_ttl_s=settings.chunk_kv_redis_ttl_s,
+        codec_bits=settings.chunk_kv_codec_bits,
+        codec_group_size=settings.chunk_kv_codec_group_size,
+        codec_entropy=settings.chunk_kv_codec_entropy,
+    )
+    store = ChunkKVStore.from_config(config, data_dir=settings.data_dir)
+    log.info(
+        "chunk KV store: %s; codec %d-bit, group %d%s",
+        " -> ".join(f"{t.name}" for t in store.tiers) or "no tiers",
+        config.codec_bits, config.codec_group_size, ", zlib" if config.codec_entropy else "",
+    )
+    return store
 
 
 def build_server(
-    settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
+    settings: Settings,
+    engine: AsyncEngine | None,
+    *,
+    collections: CollectionManager | None = None,
+    chunk_store: ChunkKVStore | None = None,
 ) -> RagloomServer:
     """Assemble and bind a server on settings.host:settings.port (port 0 picks a free one).
 
-    Generation is served when engine is given, Retrieval when collections is; the caller owns
-    both (starts/shuts down the engine, closes the manager). Call it on the event loop that
-    will run the server: grpc.aio binds to the current loop.
+    Generation is served when engine is given, Retrieval when collections is, Rag (and
+    Upsert's precompute_kv) when both are; the caller owns both (starts/shuts down the engine,
+    closes the manager). Rag uses chunk_store, or a store built from the settings that the
+    server closes on stop. Call it on the event loop that will run the server: grpc.aio binds
+    to the current loop.
     """
     server = grpc.aio.server(
         options=server_options(settings),
@@ -92,8 +144,25 @@ def build_server(
     if engine is not None:
         generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
         services.append(GENERATION_SERVICE)
+    rag: RagServicer | None = None
+    owned: ChunkKVStore | None = None
+    if engine is not None and collections is not None:
+        from ragloom.cache.rag import RagPipeline
+
+        if chunk_store is None:
+            chunk_store = owned = build_chunk_store(settings, str(engine.engine.device))
+        rag = RagServicer(
+            engine,
+            collections,
+            RagPipeline(engine.engine, chunk_store),
+            default_mode=settings.ask_mode,
+            default_ratio=settings.ask_recompute_ratio,
+        )
+        rag_pb2_grpc.add_RagServicer_to_server(rag, server)
+        services.append(RAG_SERVICE)
     if collections is not None:
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(collections), server)
+        precompute = rag.precompute if rag is not None else None
+        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(collections, precompute), server)
         services.append(RETRIEVAL_SERVICE)
 
     # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
@@ -106,8 +175,12 @@ def build_server(
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        if owned is not None:
+            owned.close()
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     if port == 0:  # older grpc versions signal a failed bind this way
+        if owned is not None:
+            owned.close()
         raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port} (address in use?)")
     return RagloomServer(
         server=server,
@@ -117,14 +190,20 @@ def build_server(
         port=port,
         collections=collections,
         health_services=("", *services),
+        rag=rag,
+        owned_chunk_store=owned,
     )
 
 
 async def start_server(
-    settings: Settings, engine: AsyncEngine | None, *, collections: CollectionManager | None = None
+    settings: Settings,
+    engine: AsyncEngine | None,
+    *,
+    collections: CollectionManager | None = None,
+    chunk_store: ChunkKVStore | None = None,
 ) -> RagloomServer:
     """build_server + start, on the running loop."""
-    srv = build_server(settings, engine, collections=collections)
+    srv = build_server(settings, engine, collections=collections, chunk_store=chunk_store)
     await srv.start()
     return srv
 

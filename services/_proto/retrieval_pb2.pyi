@@ -87,22 +87,26 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "create_if_missing", "documents")
+    __slots__ = ("collection", "create_if_missing", "documents", "precompute_kv")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    PRECOMPUTE_KV_FIELD_NUMBER: _ClassVar[int]
     collection: str
     create_if_missing: bool
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, collection: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    precompute_kv: bool
+    def __init__(self, collection: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., precompute_kv: _Optional[bool] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("documents", "chunks")
+    __slots__ = ("documents", "chunks", "kv_precomputed")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    KV_PRECOMPUTED_FIELD_NUMBER: _ClassVar[int]
     documents: int
     chunks: int
-    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+    kv_precomputed: int
+    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., kv_precomputed: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

@@ -1,0 +1,303 @@
+"""The `ragloom.v1.Rag` servicer: Ask = search -> chunk KV (stored or computed) -> blend -> decode.
+
+One Ask runs in four stages, none of which blocks the event loop or the engine thread longer
+than it must:
+
+1. validation of everything cheap to check (question, mode, ratio, k, sampling), and the JSON
+   Schema compiled in a worker thread (as in services/generation.py);
+2. the collection searched in a worker thread (CollectionManager is synchronous);
+3. the plan (`RagPipeline.plan`) built in a worker thread: chunk-KV lookups and codec decoding
+   happen there; computing missing chunk KV and blending happen inside the engine's step;
+4. the passages streamed first, then the answer's tokens from `AsyncEngine.generate`, then one
+   AskComplete with citations and usage. The prefill numbers (reused / recomputed tokens,
+   chunks computed, tier hits) are final by the first token; `usage.done` says so.
+
+A collection with no (matching) chunks is answered without passages, with a warning, rather
+than refused: "nothing relevant found" is an answer the caller can show.
+
+Cancellation and deadlines are as in services/generation.py: grpc.aio cancels the handler,
+which closes the engine stream and aborts the request (freeing its KV blocks); a worker thread
+already searching or planning finishes on its own. The chunk-KV store never fails an Ask for a
+tier's sake: a Redis outage is logged by the tier, counted in GetCacheStats, and served from
+the other tiers (or recomputed).
+
+`precompute` (for `Upsert(precompute_kv=true)`) prefills and stores the chunk KV of stored
+chunks on the engine thread, a few passages per engine call so decoding requests interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ragloom.cache.blend import MODES
+from ragloom.cache.chunk_kv import ChunkKVStore
+from ragloom.cache.rag import DEFAULT_SYSTEM_PROMPT, AskPlan, PassageText, RagPipeline
+from ragloom.errors import InvalidArgument
+from ragloom.generation.constrain.processor import Constraint, GrammarProcessor
+from ragloom.generation.runner.engine import Output
+from ragloom.services._proto import generation_pb2 as gpb
+from ragloom.services._proto import rag_pb2 as pb
+from ragloom.services._proto import rag_pb2_grpc as pb_grpc
+from ragloom.services.generation import sampling_from_proto
+from ragloom.services.status import failure_status
+from ragloom.structs import dict_to_struct, struct_to_dict
+
+if TYPE_CHECKING:
+    from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.retrieval.collections import CollectionManager, Hit
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rag"].full_name  # "ragloom.v1.Rag"
+
+DEFAULT_K = 5
+DEFAULT_EPIC_TOKENS = 16
+# passages per engine call while precomputing: decode steps of running requests go in between
+PRECOMPUTE_BATCH = 4
+COMPUTED = "computed"  # Passage.cache for a chunk whose KV this request prefills
+
+
+def chunk_texts(collections: CollectionManager, name: str, doc_ids: Sequence[str] | None = None) -> list[str]:
+    """The stored chunk texts of a collection (of the given documents only, when doc_ids is given),
+    in document and chunk order: exactly the texts search returns as Hit.text."""
+    from sqlalchemy import select
+
+    from ragloom.retrieval.store import ChunkRow, CollectionRow, DocumentRow
+
+    collections.get_collection(name)  # NotFound for an unknown collection
+    texts: list[str] = []
+    with collections.store.session() as s:
+        coll = s.scalars(select(CollectionRow.id).where(CollectionRow.name == name)).one()
+        query = (
+            select(ChunkRow.text)
+            .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+            .where(ChunkRow.collection_id == coll)
+            .order_by(DocumentRow.doc_id, ChunkRow.idx)
+        )
+        if doc_ids is None:
+            texts.extend(s.scalars(query))
+        else:
+            ids = list(dict.fromkeys(doc_ids))
+            for start in range(0, len(ids), 500):
+                texts.extend(s.scalars(query.where(DocumentRow.doc_id.in_(ids[start : start + 500]))))
+    return texts
+
+
+def _tier_stats(name: str, st: dict[str, Any]) -> pb.TierStats:
+    ints = {k: int(v) for k, v in st.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return pb.TierStats(
+        name=name,
+        kind=str(st.get("kind", "")),
+        available=bool(st.get("available", True)),
+        entries=ints.get("entries", 0),
+        bytes=ints.get("bytes", 0),
+        hits=ints.get("hits", 0),
+        misses=ints.get("misses", 0),
+        puts=ints.get("puts", 0),
+        evictions=ints.get("evictions", 0),
+        errors=ints.get("errors", 0),
+        corrupt=ints.get("corrupt", 0),
+        mismatches=ints.get("mismatches", 0),
+        detail=dict_to_struct({k: v for k, v in st.items() if v is None or isinstance(v, str | int | float | bool)}),
+    )
+
+
+def stats_to_proto(stats: dict[str, Any]) -> pb.CacheStats:
+    codec = stats.get("codec", {})
+    return pb.CacheStats(
+        hits=int(stats.get("hits", 0)),
+        misses=int(stats.get("misses", 0)),
+        redis_errors=int(stats.get("redis_errors", 0)),
+        tiers=[_tier_stats(name, st) for name, st in stats.get("tiers", {}).items()],
+        codec_bits=int(codec.get("bits", 0)),
+        codec_group_size=int(codec.get("group_size", 0)),
+        codec_entropy=bool(codec.get("entropy", False)),
+    )
+
+
+def _gen_usage(out: Output) -> gpb.Usage:
+    return gpb.Usage(
+        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens
+    )
+
+
+class RagServicer(pb_grpc.RagServicer):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        collections: CollectionManager,
+        pipeline: RagPipeline,
+        *,
+        default_mode: str = "blend",
+        default_ratio: float = 0.15,
+    ) -> None:
+        if default_mode not in MODES:
+            raise InvalidArgument(f"ask mode must be one of {', '.join(MODES)}; got {default_mode!r}")
+        self._engine = engine
+        self._mgr = collections
+        self.pipeline = pipeline
+        self.default_mode = default_mode
+        self.default_ratio = default_ratio
+
+    @property
+    def store(self) -> ChunkKVStore:
+        return self.pipeline.store
+
+    # -- request translation -------------------------------------------------------------
+
+    def _check(self, msg: pb.AskRequest) -> tuple[str, float, int, int]:
+        """(mode, ratio, k, epic_tokens), or InvalidArgument naming the first bad field."""
+        if not msg.question.strip():
+            raise InvalidArgument("the question is empty")
+        if not msg.collection:
+            raise InvalidArgument("collection is empty: name the collection to answer from")
+        mode = msg.mode or self.default_mode
+        if mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)} (or empty for the default); got {mode!r}")
+        ratio = msg.recompute_ratio if msg.HasField("recompute_ratio") else self.default_ratio
+        if not 0.0 <= ratio <= 1.0:  # also NaN
+            raise InvalidArgument(f"recompute_ratio must be in [0, 1], got {ratio}")
+        if msg.k < 0:
+            raise InvalidArgument(f"k must be >= 0 (0 = {DEFAULT_K}), got {msg.k}")
+        epic = msg.epic_tokens if msg.HasField("epic_tokens") else DEFAULT_EPIC_TOKENS
+        if epic < 0:
+            raise InvalidArgument(f"epic_tokens must be >= 0, got {epic}")
+        return mode, ratio, msg.k or DEFAULT_K, epic
+
+    async def _constraint(self, msg: pb.AskRequest) -> Constraint | None:
+        if not msg.HasField("json_schema"):
+            return None
+        try:
+            spec = json.loads(msg.json_schema)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
+        if not isinstance(spec, dict | bool):
+            raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+        strict = msg.strict if msg.HasField("strict") else True
+        llm = self._engine.engine
+        # compiling can take seconds: neither the event loop nor the engine thread waits for it
+        return await asyncio.to_thread(llm.compile_constraint, "json_schema", spec, strict=strict)
+
+    async def _plan(self, msg: pb.AskRequest, request_id: str) -> tuple[AskPlan, str, Constraint | None, list[Hit], list[int]]:
+        """The plan, the mode in use, the constraint, the hits (in prompt order) and each passage's tokens."""
+        mode, ratio, k, epic = self._check(msg)
+        llm = self._engine.engine
+        params = sampling_from_proto(msg.sampling)
+        params.validate(llm.vocab_size)
+        constraint = await self._constraint(msg)
+        hits = await asyncio.to_thread(
+            self._mgr.search, msg.collection, msg.question, k=k, filter=struct_to_dict(msg.filter) or None
+        )
+        passages = [PassageText(h.id, h.text, float(h.score), dict(h.metadata)) for h in hits]
+        processors = [GrammarProcessor(constraint, llm.tokenizer)] if constraint is not None else None
+        system_prompt = msg.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+        def build() -> tuple[AskPlan, list[int]]:
+            plan = self.pipeline.plan(
+                msg.question, passages, params, request_id=request_id, mode=mode, ratio=ratio, epic_tokens=epic,
+                system_prompt=system_prompt, processors=processors,
+            )
+            # refused here, before any message goes out, rather than by generate() mid-stream
+            llm.validate(plan.request)
+            return plan, [len(self.pipeline.passage_tokens(p.text)) for p in passages]
+
+        plan, sizes = await asyncio.to_thread(build)
+        return plan, mode, constraint, hits, sizes
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def Ask(self, request: pb.AskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AskResponse]:
+        request_id = request.request_id or uuid.uuid4().hex
+        what = f"Ask {request_id}"
+        # context.abort() raises, so it is called outside the try (as in generation.py)
+        failure: tuple[grpc.StatusCode, str] | None = None
+        try:
+            plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
+            warnings = list(constraint.warnings) if constraint is not None else []
+            if not plan.passages:
+                warnings.append(f"no passages of collection {request.collection!r} matched; answered without context")
+            cited = []
+            passages_msg = pb.Passages()
+            for rank, (hit, tier, size) in enumerate(zip(hits, plan.tiers, sizes), 1):
+                passages_msg.passages.append(
+                    pb.Passage(
+                        id=hit.id, chunk_id=hit.chunk_id, score=hit.score, text=hit.text,
+                        metadata=dict_to_struct(hit.metadata), cache=tier or COMPUTED, tokens=size,
+                    )
+                )
+                cited.append(pb.Citation(id=hit.id, chunk_id=hit.chunk_id, score=hit.score, rank=rank))
+            yield pb.AskResponse(passages=passages_msg)
+
+            texts: list[str] = []
+            async with contextlib.aclosing(self._engine.generate(plan.request)) as outputs:
+                async for out in outputs:
+                    if out.text or out.token_ids:
+                        texts.append(out.text)
+                        yield pb.AskResponse(
+                            chunk=gpb.Chunk(text=out.text, token_ids=out.token_ids, usage=_gen_usage(out))
+                        )
+                    if out.finished:
+                        usage = plan.usage
+                        if out.finish_reason != "abort" and not usage.done.is_set():
+                            # set on the engine thread before the first token; only a race could get here
+                            await asyncio.to_thread(usage.done.wait, 5.0)
+                        ask_usage = pb.AskUsage(
+                            prompt_tokens=usage.prompt_tokens,
+                            completion_tokens=out.completion_tokens,
+                            reused_tokens=usage.reused_tokens,
+                            recomputed_tokens=usage.recomputed_tokens,
+                            chunks_computed=usage.chunks_computed,
+                            tier_hits=dict(usage.tier_hits),
+                        )
+                        log.info(
+                            "%s: %d passages from %r, mode %s: %d prompt tokens (%d reused, %d recomputed), "
+                            "%d chunks computed, tier hits %s; %d tokens, %s",
+                            what, len(plan.passages), request.collection, mode, usage.prompt_tokens,
+                            usage.reused_tokens, usage.recomputed_tokens, usage.chunks_computed,
+                            dict(usage.tier_hits), out.completion_tokens, out.finish_reason,
+                        )
+                        yield pb.AskResponse(
+                            complete=pb.AskComplete(
+                                answer="".join(texts),
+                                citations=cited,
+                                finish_reason=out.finish_reason or "stop",
+                                usage=ask_usage,
+                                request_id=request_id,
+                                warnings=warnings,
+                                mode=mode,
+                            )
+                        )
+                        return
+            raise RuntimeError(f"engine stream for {request_id} ended without finishing")
+        except asyncio.CancelledError:
+            log.info("%s: cancelled by the client or its deadline", what)
+            raise
+        except Exception as exc:
+            failure = failure_status(exc, what)
+        if failure is not None:
+            await context.abort(*failure)
+
+    async def GetCacheStats(self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext) -> pb.CacheStats:
+        return stats_to_proto(await asyncio.to_thread(self.store.stats))
+
+    # -- ingest-time precompute ----------------------------------------------------------
+
+    async def precompute(self, collection: str, doc_ids: Sequence[str] | None = None) -> int:
+        """Prefill and store the chunk KV of the collection's chunks (of doc_ids only, when given)
+        that are not stored yet, for Asks with the default system prompt. Returns how many were
+        computed."""
+        texts = await asyncio.to_thread(chunk_texts, self._mgr, collection, doc_ids)
+        computed = 0
+        for start in range(0, len(texts), PRECOMPUTE_BATCH):
+            batch = texts[start : start + PRECOMPUTE_BATCH]
+            computed += await self._engine.run(lambda eng, b=batch: self.pipeline.precompute(eng.model, b))
+        log.info("precomputed the chunk KV of %d of %d chunks of %r", computed, len(texts), collection)
+        return computed
