@@ -57,6 +57,7 @@ class BlendResult:
     logits: torch.Tensor  # [vocab] float32, for the last prompt token
     reused: int  # prompt tokens whose KV came from storage in the last layer
     recomputed: int  # prompt tokens computed through the last layer
+    reused_mask: torch.Tensor  # bool [T] on CPU: which tokens those reused ones are
 
 
 def rotate_keys(model: LlamaModel, k: torch.Tensor, delta: int) -> torch.Tensor:
@@ -166,7 +167,9 @@ def blend(
     weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
     logits = F.linear(last, weight).float()[0]
     recomputed = len(active_idx)
-    return BlendResult(k_all, v_all, logits, reused=n - recomputed, recomputed=recomputed)
+    reused_mask = torch.ones(n, dtype=torch.bool)
+    reused_mask[active_idx.cpu()] = False
+    return BlendResult(k_all, v_all, logits, reused=n - recomputed, recomputed=recomputed, reused_mask=reused_mask)
 
 
 @torch.inference_mode()

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ragloom.cache.blend import MODES, Segment, blend, prefill_kv
 from ragloom.cache.chunk_kv import ChunkKV, ChunkKVStore, chunk_key, dtype_name
 from ragloom.errors import InvalidArgument
@@ -151,7 +153,8 @@ class RagPipeline:
         usage = AskUsage(prompt_tokens=len(prompt))
         if mode != "full":
             head_entry, _ = self.store.get(head_key, self.model_id, self.dtype)
-            for i, key in enumerate(keys):
+            # prefix mode can use only the first passage (exact after the head): fetch no more
+            for i, key in enumerate(keys[:1] if mode == "prefix" else keys):
                 entries[i], tiers[i] = self.store.get(key, self.model_id, self.dtype)
                 if tiers[i] is not None:
                     usage.tier_hits[tiers[i]] = usage.tier_hits.get(tiers[i], 0) + 1  # type: ignore[index]
@@ -175,6 +178,7 @@ class RagPipeline:
             res = blend(model, [Segment(head + [t for c in chunks for t in c] + question_ids)], mode="full")
             usage.recomputed_tokens, usage.reused_tokens = res.recomputed, res.reused
             return PrefillResult(res.k, res.v, res.logits, res.reused)
+        from_store = [head_entry is not None]  # per segment: its KV was stored before this request
         if head_entry is None:
             hk, hv = prefill_kv(model, Segment([]), head)
             head_entry = self._put(head_key, head, hk, hv, 0)
@@ -182,6 +186,10 @@ class RagPipeline:
         segments = [ctx]
         for i, (tokens, key) in enumerate(zip(chunks, keys)):
             entry = entries[i]
+            from_store.append(entry is not None)
+            if mode == "prefix" and i > 0:  # recomputed in place anyway: nothing to fetch or store
+                segments.append(Segment(tokens))
+                continue
             if entry is None:
                 chunk_ctx = self._chunk_context(model, ctx)
                 k, v = prefill_kv(model, chunk_ctx, tokens)
@@ -190,9 +198,14 @@ class RagPipeline:
             # the first passage sits right after the head, where its KV was computed: exact
             segments.append(Segment(tokens, entry.k, entry.v, entry.start_pos, exact=i == 0 and entry.start_pos == len(head)))
         segments.append(Segment(question_ids))
+        from_store.append(False)
         res = blend(model, segments, mode=mode, ratio=ratio, epic_tokens=epic_tokens)  # type: ignore[arg-type]
-        usage.recomputed_tokens, usage.reused_tokens = res.recomputed, res.reused
-        return PrefillResult(res.k, res.v, res.logits, res.reused)
+        # "reused" counts only KV that existed before this request; a passage computed just now
+        # for the store was computed, whatever the blend then kept of it.
+        stored = torch.tensor([f for seg, f in zip(segments, from_store) for _ in seg.token_ids], dtype=torch.bool)
+        usage.recomputed_tokens = res.recomputed
+        usage.reused_tokens = int((res.reused_mask & stored).sum())
+        return PrefillResult(res.k, res.v, res.logits, usage.reused_tokens)
 
     def _put(self, key: str, tokens: list[int], k: Any, v: Any, start_pos: int) -> ChunkKV:
         entry = ChunkKV(key, list(tokens), k, v, start_pos, self.model_id, self.dtype)

@@ -98,7 +98,8 @@ def test_prefix_mode_reuses_the_exact_prefix_and_answers_as_full(engine) -> None
     assert pipeline.precompute(engine.model, [p.text for p in PASSAGES]) == 0  # already stored
 
     prefix = _plan(pipeline, "prefix", mode="prefix")
-    assert prefix.tiers == ["memory"] * len(PASSAGES)
+    # prefix mode can use only the first passage (exact right after the head); it fetches no more
+    assert prefix.tiers == ["memory"] + [None] * (len(PASSAGES) - 1)
     head, _ = pipeline.head_and_tail(DEFAULT_SYSTEM_PROMPT)
     prefix_answer = _run(engine, prefix.request)
     assert prefix.usage.reused_tokens == len(head) + len(pipeline.passage_tokens(PASSAGES[0].text))
