@@ -58,9 +58,10 @@ def load_beir(folder: Path) -> tuple[list[dict], dict[str, str], dict[str, dict[
     return corpus, queries, qrels
 
 
-def cached_embeddings(name: str, texts: list[str], model: str) -> np.ndarray:
+def cached_embeddings(name: str, texts: list[str], model: str, dataset: str = "scifact") -> np.ndarray:
+    """Embeddings of `texts`, cached as CACHE/<dataset>-<model>-<name>.npy (recomputed if the count differs)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"scifact-{model}-{name}.npy"
+    path = CACHE / f"{dataset}-{model}-{name}.npy"
     if path.exists():
         v = np.load(path)
         if v.shape[0] == len(texts):

@@ -30,8 +30,8 @@ from sqlalchemy import delete, func, select
 from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ragloom.retrieval.chunking import Chunk, chunk_text, content_hash
 from ragloom.retrieval.embed import Embedder
-from ragloom.retrieval.index import KINDS, VectorIndex
-from ragloom.retrieval.search import DEFAULT_OVERSAMPLE, search, validate_filter
+from ragloom.retrieval.index import KINDS, VectorIndex, resolve_kind, saved_kind
+from ragloom.retrieval.search import search, validate_filter
 from ragloom.retrieval.store import (
     ChunkRow,
     CollectionRow,
@@ -73,11 +73,12 @@ class CollectionInfo:
     model: str
     documents: int
     chunks: int
-    index: str
+    index: str  # the kind in use ("flat" | "ivf"); for "auto", what the last build chose
     created_at: datetime
     chunk_tokens: int = 256
     chunk_overlap: int = 32
     metadata: dict[str, Any] = field(default_factory=dict)
+    index_requested: str = "auto"  # as given on create: "auto" | "flat" | "ivf"
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,17 @@ class CollectionManager:
         chunks = session.scalar(select(func.count()).select_from(ChunkRow).where(ChunkRow.collection_id == row.id))
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         return CollectionInfo(
-            row.name, row.dim, row.model, int(docs or 0), int(chunks or 0), row.index_kind, created,
-            row.chunk_tokens, row.chunk_overlap, dict(row.meta or {}),
+            row.name, row.dim, row.model, int(docs or 0), int(chunks or 0), self._kind_in_use(row, int(chunks or 0)),
+            created, row.chunk_tokens, row.chunk_overlap, dict(row.meta or {}), row.index_kind,
         )
+
+    def _kind_in_use(self, row: CollectionRow, chunks: int) -> str:
+        """The index kind searches use: the loaded index's, else the saved manifest's, else what a
+        build of `chunks` vectors would pick. Never loads or rebuilds an index (listing stays cheap)."""
+        idx = self._indexes.get(row.name)
+        if idx is not None and idx.folder == self._folder(row):
+            return idx.kind
+        return saved_kind(self._folder(row)) or resolve_kind(row.index_kind, chunks)
 
     # ------------------------------------------------------------------ collections
 
@@ -414,7 +423,7 @@ class CollectionManager:
                     fetch(slots)
                     return np.array([int(x) in cache and matches(cache[int(x)][3] or {}, flt) for x in slots])
 
-            scored = search(idx, q, k, oversample or DEFAULT_OVERSAMPLE, keep)
+            scored = search(idx, q, k, oversample, keep)  # None: default_oversample(size)
             fetch(np.array([h.slot for h in scored], np.int64))
             hits = []
             for h in scored:

@@ -44,6 +44,7 @@ def info_to_proto(info: CollectionInfo) -> pb.CollectionInfo:
         documents=int(info.documents),
         chunks=int(info.chunks),
         index=info.index or "",
+        index_requested=info.index_requested or "",
         chunk_tokens=info.chunk_tokens,
         chunk_overlap=info.chunk_overlap,
         metadata=dict_to_struct(info.metadata),
@@ -115,7 +116,7 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             if request.HasField("metadata"):
                 options["metadata"] = struct_to_dict(request.metadata)
             info = await asyncio.to_thread(self._mgr.create_collection, request.name, **options)
-            log.info("created collection %r (index=%s, dim=%s)", info.name, info.index, info.dim)
+            log.info("created collection %r (index=%s, dim=%s)", info.name, info.index_requested, info.dim)
             return pb.CreateCollectionResponse(collection=info_to_proto(info))
 
         return await self._guarded("CreateCollection", context, work)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "model", "documents", "chunks", "index", "created_at", "chunk_tokens", "chunk_overlap", "metadata")
+    __slots__ = ("name", "dim", "model", "documents", "chunks", "index", "created_at", "chunk_tokens", "chunk_overlap", "metadata", "index_requested")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class CollectionInfo(_message.Message):
     CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     model: str
@@ -32,7 +33,8 @@ class CollectionInfo(_message.Message):
     chunk_tokens: int
     chunk_overlap: int
     metadata: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., documents: _Optional[int] = ..., chunks: _Optional[int] = ..., index: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunk_tokens: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    index_requested: str
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., model: _Optional[str] = ..., documents: _Optional[int] = ..., chunks: _Optional[int] = ..., index: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunk_tokens: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., index_requested: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "index", "chunk_tokens", "chunk_overlap", "metadata")

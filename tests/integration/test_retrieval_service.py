@@ -116,7 +116,8 @@ def sample(client: Client, request: pytest.FixtureRequest) -> Iterator[str]:
 def test_collection_lifecycle(client: Client) -> None:
     info = client.create_collection("life", chunk_tokens=64, chunk_overlap=8, metadata={"owner": "tests", "v": 2})
     assert (info.name, info.dim, info.documents, info.chunks) == ("life", DIM, 0, 0)
-    assert info.model and info.index and info.created_at is not None and info.created_at.tzinfo is not None
+    assert info.model and info.created_at is not None and info.created_at.tzinfo is not None
+    assert info.index == "flat"  # the kind in use ("auto" resolves to flat for a small collection)
     assert (info.chunk_tokens, info.chunk_overlap) == (64, 8)
     assert info.metadata == {"owner": "tests", "v": 2}  # a whole number comes back as int
     with pytest.raises(AlreadyExists):
@@ -313,6 +314,12 @@ def test_raw_stream_protocol_errors(served: Served, sample: str) -> None:
         # unset k means 10, not 0
         hits = stub.Search(pb.SearchRequest(collection=sample, query="anything"), timeout=30).hits
         assert len(hits) == len(_sample_docs())
+        # CollectionInfo.index is the kind in use; the requested one travels beside it
+        listed = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
+        assert (listed[sample].index, listed[sample].index_requested) == ("flat", "auto")
+        made = stub.CreateCollection(pb.CreateCollectionRequest(name="forced-flat", index="flat"), timeout=30)
+        assert (made.collection.index, made.collection.index_requested) == ("flat", "flat")
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name="forced-flat"), timeout=30)
 
 
 # -- persistence, health, reflection -----------------------------------------------------------

@@ -177,6 +177,34 @@ def test_upsert_vectors_and_search_vector(mgr, embedder):
     assert hits[0].id == "qcd" and abs(hits[0].score - 1.0) < 0.02
 
 
+def test_info_reports_the_index_kind_in_use(tmp_path, embedder, monkeypatch):
+    import ragloom.retrieval.index as index_mod
+    from ragloom.services.retrieval import info_to_proto
+
+    monkeypatch.setattr(index_mod, "AUTO_IVF_THRESHOLD", 300)  # "auto" switches to IVF at 300 vectors
+    m = CollectionManager(tmp_path / "kinds", embedder=embedder)
+    info = m.create_collection("small")
+    assert (info.index, info.index_requested) == ("flat", "auto")
+    m.upsert_vectors("small", DOCS, embedder.encode([d.text for d in DOCS]))
+    assert (m.get_collection("small").index, m.get_collection("small").index_requested) == ("flat", "auto")
+
+    m.create_collection("big")
+    x = np.random.default_rng(0).standard_normal((400, 384)).astype(np.float32)
+    m.upsert_vectors("big", [Document(f"d{i}", f"text {i}") for i in range(400)], x)
+    assert (m.get_collection("big").index, m.get_collection("big").index_requested) == ("ivf", "auto")
+    assert m.search_vector("big", x[7], k=1)[0].id == "d7"
+    m.create_collection("forced", index="flat")
+    kinds = {c.name: (c.index, c.index_requested) for c in m.list_collections()}
+    assert kinds == {"big": ("ivf", "auto"), "forced": ("flat", "flat"), "small": ("flat", "auto")}
+    msg = info_to_proto(m.get_collection("big"))
+    assert (msg.index, msg.index_requested) == ("ivf", "auto")
+    m.close()
+    # A fresh manager has no index in memory: the saved manifest says what is in use.
+    again = CollectionManager(tmp_path / "kinds", embedder=embedder)
+    assert again.get_collection("big").index == "ivf"
+    again.close()
+
+
 def test_long_documents_are_chunked_with_overlap(tmp_path, embedder):
     m = CollectionManager(tmp_path / "long", embedder=embedder)
     m.create_collection("l", chunk_tokens=32, chunk_overlap=8)

@@ -149,3 +149,61 @@ def test_metadata_filter_semantics():
     assert matches(md, {"lang": {"$ne": "de"}}) and matches(md, {"x": {"$nin": [1]}})
     assert not matches(md, {"missing": "x"}) and not matches(md, {"missing": {"$in": ["x"]}})
     assert matches(md, {"lang": "en", "year": {"$in": [2020]}}) and not matches(md, {"lang": "en", "year": 1})
+
+
+def test_cuda_search_branch_runs_the_torch_kernel_on_cpu_tensors(built, monkeypatch):
+    """VectorIndex's device branch (codes and ids pulled out of the faiss IDMap after removals,
+    searched by the torch popcount kernel, ids mapped back to slots), with the kernel's tensors
+    on the CPU: the same distances and slots as faiss' own search."""
+    from ragloom.retrieval import gpu
+
+    idx, x = built
+    idx.remove(np.arange(0, 50))
+    extra = _unit(2, seed=30)
+    idx.add(np.array([400, 401]), extra)
+    q = np.concatenate([binarize(_unit(4, seed=31)), binarize(extra)])
+    want_d, want_i = idx.binary_search(q, 20)
+
+    made = []
+    real = gpu.TorchBinaryFlat
+
+    def on_cpu(codes, ids, device):
+        made.append(device)
+        return real(codes, ids, "cpu")
+
+    monkeypatch.setattr(gpu, "has_faiss_gpu", lambda: False)
+    monkeypatch.setattr(gpu, "TorchBinaryFlat", on_cpu)
+    idx.device = "cuda"
+    got_d, got_i = idx.binary_search(q, 20)
+    assert made == ["cuda"]  # the device branch ran
+    assert (got_d == want_d).all()
+    codes = binarize(np.concatenate([x, extra]))  # slot s -> row s (400, 401 are the extras)
+    ref = hamming(q, codes)
+    for r in range(len(q)):
+        assert len(set(got_i[r])) == 20 and not np.isin(got_i[r], np.arange(50)).any()
+        assert (ref[r, got_i[r]] == got_d[r]).all()  # each slot really is at that distance
+    assert got_i[4, 0] == 400 and got_i[5, 0] == 401
+    # Two-stage search on the device branch equals the CPU one when every vector is rescored.
+    qv = _unit(1, seed=32)[0]
+    on_device = search(idx, qv, k=10, oversample=40)
+    idx.device = "cpu"
+    assert search(idx, qv, k=10, oversample=40) == on_device
+    # A change drops the device mirror; the next search rebuilds it from the new state.
+    idx.device = "cuda"
+    idx.remove(np.array([400]))
+    assert 400 not in idx.binary_search(q, 20)[1] and made == ["cuda", "cuda"]
+
+
+def test_default_oversample_and_nprobe_grow_with_the_collection(built, monkeypatch):
+    from ragloom.retrieval.index import default_nprobe
+    from ragloom.retrieval.search import default_oversample
+
+    assert [default_oversample(n) for n in (0, 5_000, 10_000, 100_000, 1_000_000, 10**8)] == [10, 10, 10, 32, 100, 100]
+    assert [default_nprobe(nlist) for nlist in (1, 10, 32, 200, 1024)] == [1, 10, 32, 32, 128]
+    idx, _ = built
+    asked = []
+    real = idx.binary_search
+    monkeypatch.setattr(idx, "binary_search", lambda codes, n: asked.append(n) or real(codes, n))
+    search(idx, _unit(1, seed=40)[0], k=3)  # oversample None -> default for 400 vectors
+    search(idx, _unit(1, seed=40)[0], k=3, oversample=2)
+    assert asked == [3 * default_oversample(400), 6]
