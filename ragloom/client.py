@@ -106,11 +106,12 @@ class CollectionInfo(_Frozen):
     model: str  # embedding model id
     documents: int
     chunks: int
-    index: str
+    index: str  # the index kind in use: flat | ivf
     created_at: datetime | None = None
     chunk_tokens: int = 0
     chunk_overlap: int = 0
     metadata: dict[str, Any] = {}
+    index_requested: str = "auto"  # the setting the collection was created with
 
 
 class Hit(_Frozen):
@@ -229,6 +230,7 @@ def _collection(msg: rpb.CollectionInfo) -> CollectionInfo:
         chunk_tokens=msg.chunk_tokens,
         chunk_overlap=msg.chunk_overlap,
         metadata=struct_to_dict(msg.metadata),
+        index_requested=msg.index_requested or msg.index,
     )
 
 

@@ -117,7 +117,7 @@ def test_collection_lifecycle(client: Client) -> None:
     info = client.create_collection("life", chunk_tokens=64, chunk_overlap=8, metadata={"owner": "tests", "v": 2})
     assert (info.name, info.dim, info.documents, info.chunks) == ("life", DIM, 0, 0)
     assert info.model and info.created_at is not None and info.created_at.tzinfo is not None
-    assert info.index == "flat"  # the kind in use ("auto" resolves to flat for a small collection)
+    assert info.index == "flat" and info.index_requested == "auto"  # "auto" resolves to flat for a small collection
     assert (info.chunk_tokens, info.chunk_overlap) == (64, 8)
     assert info.metadata == {"owner": "tests", "v": 2}  # a whole number comes back as int
     with pytest.raises(AlreadyExists):
