@@ -53,7 +53,7 @@ from ragloom.errors import CompileTimeout, GrammarError, UnsupportedKeyword
 from . import regex as R
 from .regex import ANYSTR, DFA, EMPTY, EPS, VRe, alt, cat, lit, rep
 
-__all__ = ["JsonGrammar", "schema_to_grammar", "canonical_dumps", "FORMATS"]
+__all__ = ["JsonGrammar", "UnsatisfiableSchema", "schema_to_grammar", "canonical_dumps", "FORMATS"]
 
 
 @dataclass
@@ -65,6 +65,10 @@ class JsonGrammar:
 # ==================================================================================================
 # Internal error used while building: a keyword that cannot be expressed
 # ==================================================================================================
+
+
+class UnsatisfiableSchema(GrammarError):
+    """The schema accepts no JSON value at all (e.g. `false`, an empty enum, contradictory keywords)."""
 
 
 class _Refuse(Exception):
@@ -894,6 +898,7 @@ class _Compiler:
         formats: str,
         deadline: float | None,
         dropped: frozenset[tuple[int, str]] = frozenset(),
+        ignored: frozenset[str] = frozenset(),
     ) -> None:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON Schema must be an object or a boolean")
@@ -912,7 +917,9 @@ class _Compiler:
         self._in_progress: set[Key] = set()
         self._dfa_cache: dict[VRe, DFA] = {}
         self.union_sites: list[tuple[int, str]] = []
+        self._not_ok: set[Key] = set()
         self.dropped = dropped  # (sid, keyword) pairs dropped after an LALR conflict (strict=False)
+        self.ignored = ignored  # keywords dropped everywhere after an emission-time refusal (strict=False)
         self.root_key = self.key_of(schema, self.reg.root_base)
 
     # ---------------------------------------------------------------- helpers
@@ -1030,7 +1037,7 @@ class _Compiler:
         if not isinstance(schema, dict):
             raise GrammarError(f"a subschema must be an object or a boolean, got {schema!r}")
         node = ANY
-        s = schema
+        s = {k: v for k, v in schema.items() if k not in self.ignored} if self.ignored else schema
 
         def sub(v: Any) -> Key:
             return self.key_of(v, base)
@@ -1077,7 +1084,10 @@ class _Compiler:
             vals = s["enum"]
             if not isinstance(vals, list):
                 raise GrammarError("enum must be an array")
-            node = self.n_and(node, self.enum_node(vals))
+            en = self.enum_node(vals)
+            if len(en.objs) > 1 or len(en.arrs) > 1:
+                self.union_sites.append((sid, "enum"))
+            node = self.n_and(node, en)
 
         # ---- numbers
         nkw = [
@@ -1108,7 +1118,7 @@ class _Compiler:
                 "maxContains",
             )
         ):
-            n = self.array_node(s, sub)
+            n = self.array_node(s, sub, sid)
             if n is not None:
                 node = self.n_and(node, n)
 
@@ -1167,6 +1177,8 @@ class _Compiler:
                 node = self.n_and(node, n)
         if "not" in s and not dropped("not"):
             n = guard("not", lambda: self.n_not(self.node(sub(s["not"])), "not"))
+            if n is not None and (len(n.objs) > 1 or len(n.arrs) > 1):
+                self.union_sites.append((sid, "not"))
             if n is not None:
                 node = self.n_and(node, n)
         if "if" in s and ("then" in s or "else" in s) and not dropped("if"):
@@ -1302,7 +1314,7 @@ class _Compiler:
             return None
         return st
 
-    def array_node(self, s: dict, sub: Callable[[Any], Key]) -> Node | None:
+    def array_node(self, s: dict, sub: Callable[[Any], Key], sid: int) -> Node | None:
         prefix: tuple[Key, ...] = ()
         if "prefixItems" in s:
             if not isinstance(s["prefixItems"], list):
@@ -1330,7 +1342,7 @@ class _Compiler:
             prefix = ()
         contains: Key | None = None
         cmin, cmax = 1, None
-        if "contains" in s:
+        if "contains" in s and (sid, "contains") not in self.dropped:
             try:
                 contains, cmin, cmax = self.contains_parts(s, sub)
             except _Refuse as e:
@@ -1340,6 +1352,7 @@ class _Compiler:
             return _only(arrs=(ArrSet(prefix, items, mn, mx),))
         if contains == FALSE and cmin > 0:
             return _only(arrs=())
+        self.union_sites.append((sid, "contains"))
         return _only(arrs=(ArrSet(prefix, items, mn, mx, contains, cmin, cmax),))
 
     def contains_parts(self, s: dict, sub: Callable[[Any], Key]) -> tuple[Key | None, int, int | None]:
@@ -1356,7 +1369,7 @@ class _Compiler:
             raise _Refuse("minContains" if cmin > 64 else "maxContains", "contains counts above 64")
         if c != TRUE and c != FALSE:
             try:
-                self.n_not(self.node(c), "contains")
+                self.check_complementable(c, "contains")
             except _Refuse as e:
                 raise _Refuse("contains", e.message) from None
         return c, cmin, cmax
@@ -1838,6 +1851,18 @@ class _Compiler:
     def str_vre(self, st: StrSet) -> VRe:
         return R.vre_with_length(st.lang, st.minlen, st.maxlen)
 
+    def check_complementable(self, k: Key, kw: str) -> None:
+        """Raise _Refuse unless the complement of k can be expressed. Recursive schemas are handled
+        coinductively: a key already under check counts as complementable."""
+        if k in self._not_ok:
+            return
+        self._not_ok.add(k)
+        try:
+            self.n_not(self.node(k), kw)
+        except BaseException:
+            self._not_ok.discard(k)
+            raise
+
     def n_not(self, a: Node, kw: str) -> Node:
         """The complement of a node, where it can be expressed exactly."""
         self.check_deadline()
@@ -1890,7 +1915,7 @@ class _Compiler:
             if e == TRUE:
                 continue
             pre = tuple([TRUE] * i + [k_not(e)])
-            self.n_not(self.node(e), kw)  # make sure the child complement exists
+            self.check_complementable(e, kw)
             out.append(ArrSet(pre, TRUE, i + 1, None))
         return out
 
@@ -1921,7 +1946,7 @@ class _Compiler:
         for name, k in x.props:
             if k == TRUE:
                 continue
-            self.n_not(self.node(k), kw)
+            self.check_complementable(k, kw)
             out.append(ObjSet(((name, k_not(k)),), frozenset({name}), ((ANYSTR, TRUE),)))
         return out
 
@@ -2389,7 +2414,7 @@ class _Emitter:
     def text(self) -> str:
         root = self.vname(self.c.root_key)
         if root not in self.rules:
-            raise GrammarError("the schema accepts no JSON value")
+            raise UnsatisfiableSchema("the schema accepts no JSON value (its keywords contradict each other)")
         used_terms: set[str] = set()
         lines = [f"start: {root}"]
         for name, alts in self.rules.items():
@@ -2489,10 +2514,14 @@ def schema_to_grammar(
         raise GrammarError("max_whitespace must be >= 0")
     doc = _load(schema)
     if doc is False:
-        raise GrammarError("the schema `false` accepts no JSON value")
+        raise UnsatisfiableSchema("the schema `false` accepts no JSON value")
     dropped: frozenset[tuple[int, str]] = frozenset()
-    for _attempt in range(8):
-        comp = _Compiler(doc, strict=strict, formats=formats, deadline=deadline, dropped=dropped)
+    ignored: frozenset[str] = frozenset()
+    notes: list[str] = []
+    for _attempt in range(12):
+        comp = _Compiler(
+            doc, strict=strict, formats=formats, deadline=deadline, dropped=dropped, ignored=ignored
+        )
         try:
             em = _Emitter(comp, max_whitespace)
             em.collect()
@@ -2501,13 +2530,14 @@ def schema_to_grammar(
             em.prune()
             text = em.text()
         except _Refuse as e:
-            if strict:
+            if strict or e.keyword in ignored:
                 raise UnsupportedKeyword(
                     e.keyword, f"unsupported JSON Schema keyword {e.keyword!r}: {e.message}"
                 ) from None
-            raise UnsupportedKeyword(
-                e.keyword, f"cannot compile the schema ({e.keyword}): {e.message}"
-            ) from None
+            # strict=False: drop the keyword everywhere and try again
+            ignored = ignored | {e.keyword}
+            notes.append(f"dropped keyword {e.keyword!r}: {e.message}")
+            continue
         except R.TooComplex as e:
             raise GrammarError(f"the schema is too complex to compile: {e}") from None
         except RecursionError:
@@ -2526,15 +2556,17 @@ def schema_to_grammar(
             else:
                 raise
         if problem is None:
-            return JsonGrammar(text, comp.warnings)
+            return JsonGrammar(text, notes + [w for w in comp.warnings if w not in notes])
         sites = [s for s in comp.union_sites if s not in dropped]
-        kw = sites[0][1] if sites else "anyOf"
+        kws = list(dict.fromkeys(k for _sid, k in sites)) or ["anyOf"]
+        kw = kws[0]
         if strict or not sites:
-            raise UnsupportedKeyword(kw, f"unsupported JSON Schema keyword {kw!r}: {problem}")
+            also = f" (alternatives also come from {', '.join(kws[1:])})" if len(kws) > 1 else ""
+            raise UnsupportedKeyword(kw, f"unsupported JSON Schema keyword {kw!r}: {problem}{also}")
         dropped = dropped | frozenset(sites)
-        for _sid, k in sites:
-            comp.warn(f"dropped keyword {k!r}: {problem}")
-    raise UnsupportedKeyword(kw, f"unsupported JSON Schema keyword {kw!r}: {problem}")
+        for k in dict.fromkeys(k for _sid, k in sites):
+            notes.append(f"dropped keyword {k!r}: {problem}")
+    raise GrammarError("the schema could not be compiled even after dropping the unsupported keywords")
 
 
 # ==================================================================================================
@@ -2543,18 +2575,18 @@ def schema_to_grammar(
 
 
 def _num_text(v: Any) -> str:
+    """Integral values as integers, others positionally, both from the shortest repr of a float (the
+    same decimal reading the compiler gives to numeric keywords)."""
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
         if v != v or v in (float("inf"), float("-inf")):
             raise ValueError("JSON has no NaN or infinity")
-        if v.is_integer():
-            return str(int(v))
         d = Decimal(repr(v))
     else:
         d = Decimal(v)
-        if d == d.to_integral_value():
-            return str(int(d))
+    if d == d.to_integral_value():
+        return str(int(d))
     t = format(d, "f")
     if "." in t:
         t = t.rstrip("0").rstrip(".")

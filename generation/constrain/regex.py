@@ -464,7 +464,9 @@ def words(ws: Iterable[str]) -> VRe:
 
 
 def not_words(ws: Iterable[str]) -> VRe:
-    """Every string except the ones in `ws` (a finite set), built from the trie in linear size."""
+    """Every string except the ones in `ws` (a finite set): the proper prefixes of the words that are not
+    words themselves, or a deviation from the trie (a known prefix, then a character that leaves it)
+    followed by anything. Linear in the trie, with a single "anything" tail."""
     trie: dict = {}
     END = ""
     for w in ws:
@@ -473,19 +475,27 @@ def not_words(ws: Iterable[str]) -> VRe:
             node = node.setdefault(c, {})
         node[END] = True
 
-    def build(node: dict) -> VRe:
+    prefixes: list[str] = []
+
+    def collect(node: dict, path: str) -> None:
+        if END not in node:
+            prefixes.append(path)
+        for c, child in node.items():
+            if c != END:
+                collect(child, path + c)
+
+    def deviate(node: dict) -> VRe:
         kids = [c for c in node if c != END]
         alts: list[VRe] = []
-        if END not in node:
-            alts.append(EPS)
         others = cs_minus(UNIVERSE, cs_of("".join(kids)))
         if others:
-            alts.append(cat(Chars(others), ANYSTR))
+            alts.append(Chars(others))
         for c in kids:
-            alts.append(cat(lit(c), build(node[c])))
+            alts.append(cat(lit(c), deviate(node[c])))
         return alt(*alts)
 
-    return build(trie)
+    collect(trie, "")
+    return alt(words(prefixes), cat(deviate(trie), ANYSTR))
 
 
 # --------------------------------------------------------------------------------------------------
