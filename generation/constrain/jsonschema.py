@@ -1479,7 +1479,8 @@ class _Compiler:
             if kw == "dependentRequired":
                 if not isinstance(dep, list):
                     raise GrammarError("dependentRequired values must be arrays")
-                present = ObjSet(tuple((x, TRUE) for x in [name, *dep]), frozenset([name, *dep]))
+                names = list(dict.fromkeys([name, *dep]))
+                present = ObjSet(tuple((x, TRUE) for x in names), frozenset(names))
                 present_node = _only(objs=(present,))
             else:
                 pn = self.node(sub(dep))
@@ -2117,9 +2118,8 @@ class _Emitter:
         out = []
         for a in n.arrs:
             ks = list(a.prefix) + [a.items]
-            if a.contains is None:
-                out.extend(ks)
-            else:
+            out.extend(ks)
+            if a.contains is not None:
                 for k in ks:
                     out.append(k_and(k, a.contains))
                     out.append(k_and(k, k_not(a.contains)))
@@ -2638,7 +2638,15 @@ def canonical_dumps(instance: Any, schema: dict | bool | str, *, indent: int | N
                     out.append(",")
                 if nl:
                     out.append("\n" + " " * (indent * (depth + 1)))  # type: ignore[operator]
-                emit(e, arr.elem(i) if arr is not None else None, depth + 1)
+                ek = arr.elem(i) if arr is not None else None
+                if arr is not None and ek is not None and arr.contains is not None and comp is not None:
+                    # the grammar splits the items into matching / not matching `contains`
+                    try:
+                        hit = comp.accepts(arr.contains, e)
+                    except Exception:
+                        hit = False
+                    ek = k_and(ek, arr.contains if hit else k_not(arr.contains))
+                emit(e, ek, depth + 1)
             if nl:
                 out.append("\n" + " " * (indent * depth))  # type: ignore[operator]
             out.append("]")

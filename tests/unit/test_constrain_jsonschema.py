@@ -482,3 +482,96 @@ def test_choices_to_grammar():
     for bad in ([], ["a", "a"], "abc", [1]):
         with pytest.raises(GrammarError):
             choices_to_grammar(bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------
+# differential test: random schemas and values, the `jsonschema` package as judge
+# ---------------------------------------------------------------------------------------------------
+
+_KEYS = ["a", "b", "c"]
+
+
+def _random_schema(rng: random.Random, depth: int = 0):
+    if depth > 2 or rng.random() < 0.2:
+        return rng.choice([True, {}, {"type": "integer"}, {"type": "string"}, {"const": rng.choice([1, "a", None])}])
+    s: dict = {}
+    for _ in range(rng.randint(1, 3)):
+        k = rng.choice(["type", "enum", "minimum", "maximum", "exclusiveMinimum", "multipleOf", "minLength",
+                        "maxLength", "pattern", "items", "prefixItems", "minItems", "maxItems", "properties",
+                        "required", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "if", "contains",
+                        "propertyNames", "patternProperties", "maxProperties", "dependentRequired", "const"])
+        sub = lambda: _random_schema(rng, depth + 1)  # noqa: E731
+        if k == "type":
+            s[k] = rng.choice(["integer", "number", "string", "array", "object", "null", ["string", "integer"]])
+        elif k == "enum":
+            s[k] = rng.sample([1, 2, "a", "b", None, [1], {"a": 1}, True, 2.5], rng.randint(1, 4))
+        elif k == "const":
+            s[k] = rng.choice([1, "a", [1, "a"], {"a": 1}, None, 0.5])
+        elif k in ("minimum", "maximum", "exclusiveMinimum"):
+            s[k] = rng.choice([0, 1, -1, 2.5, 10, -0.5])
+        elif k == "multipleOf":
+            s[k] = rng.choice([1, 2, 0.5, 3])
+        elif k in ("minLength", "maxLength", "minItems", "maxItems", "maxProperties"):
+            s[k] = rng.randint(0, 3)
+        elif k == "pattern":
+            s[k] = rng.choice(["^a", "b$", "a|b", "^[ab]*$", "x?y", "^$"])
+        elif k in ("items", "not", "contains"):
+            s[k] = sub()
+        elif k == "prefixItems":
+            s[k] = [sub() for _ in range(rng.randint(1, 2))]
+        elif k == "properties":
+            s[k] = {name: sub() for name in rng.sample(_KEYS, rng.randint(1, 2))}
+        elif k == "required":
+            s[k] = rng.sample(_KEYS, rng.randint(1, 2))
+        elif k == "additionalProperties":
+            s[k] = rng.choice([False, True, {"type": "integer"}])
+        elif k in ("anyOf", "oneOf", "allOf"):
+            s[k] = [sub() for _ in range(rng.randint(1, 3))]
+        elif k == "propertyNames":
+            s[k] = rng.choice([{"maxLength": 1}, {"enum": ["a", "b"]}, {"pattern": "^[ab]"}])
+        elif k == "if":
+            s["if"], s["then"] = sub(), sub()
+        elif k == "patternProperties":
+            s[k] = {rng.choice(["^a", "b"]): sub()}
+        elif k == "dependentRequired":
+            s[k] = {rng.choice(_KEYS): rng.sample(_KEYS, 1)}
+    return s
+
+
+def _random_value(rng: random.Random, depth: int = 0):
+    r = rng.random() * (0.6 if depth > 2 else 1.0)
+    if r < 0.1:
+        return None
+    if r < 0.2:
+        return rng.choice([True, False])
+    if r < 0.35:
+        return rng.choice([0, 1, 2, 3, -1, 4, 10, 2.5, 0.5, -0.5, 1.0, 6])
+    if r < 0.55:
+        return rng.choice(["", "a", "b", "ab", "ba", "abc", "xy", "y", "aab"])
+    if r < 0.75:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {k: _random_value(rng, depth + 1) for k in rng.sample([*_KEYS, "d"], rng.randint(0, 3))}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_schemas_agree_with_jsonschema(seed):
+    jsonschema = pytest.importorskip("jsonschema")
+    rng = random.Random(seed)
+    compiled = 0
+    for _ in range(40):
+        schema = _random_schema(rng)
+        validator = jsonschema.Draft202012Validator(schema)
+        try:
+            g = engine(schema)
+        except UnsupportedKeyword as e:
+            assert e.keyword in str(e)
+            continue
+        except UnsatisfiableSchema:
+            assert not any(validator.is_valid(_random_value(rng)) for _ in range(20)), schema
+            continue
+        compiled += 1
+        for _ in range(25):
+            value = _random_value(rng)
+            text = canonical_dumps(value, schema)
+            assert g.accepts_text(text) == validator.is_valid(value), (schema, value, text)
+    assert compiled >= 25
