@@ -33,8 +33,8 @@ proto: $(STAMP)
 	$(BIN)/python -m ragloom.services.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check ragloom generation retrieval services tests benchmarks
-	$(BIN)/mypy ragloom generation retrieval services
+	$(BIN)/ruff check ragloom generation retrieval services cache tests benchmarks
+	$(BIN)/mypy ragloom generation retrieval services cache
 
 serve: $(STAMP)
 	$(BIN)/ragloom serve

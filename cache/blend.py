@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ragloom.generation.runner.model import LlamaModel, attend, rms_norm
+from ragloom.generation.runner.model import DecoderLayer, LlamaModel, attend, rms_norm
 from ragloom.generation.runner.rope import apply_rotary
 
 Mode = Literal["full", "prefix", "blend", "epic"]
@@ -71,7 +71,7 @@ def rotate_keys(model: LlamaModel, k: torch.Tensor, delta: int) -> torch.Tensor:
     return apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
 
 
-def _mlp(layer: torch.nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor:
+def _mlp(layer: DecoderLayer, x: torch.Tensor, eps: float) -> torch.Tensor:
     gate, up = layer.gate_up(rms_norm(x, layer.post_norm, eps)).chunk(2, dim=-1)
     return x + layer.down(F.silu(gate) * up)
 

@@ -155,9 +155,10 @@ class RagPipeline:
             head_entry, _ = self.store.get(head_key, self.model_id, self.dtype)
             # prefix mode can use only the first passage (exact after the head): fetch no more
             for i, key in enumerate(keys[:1] if mode == "prefix" else keys):
-                entries[i], tiers[i] = self.store.get(key, self.model_id, self.dtype)
-                if tiers[i] is not None:
-                    usage.tier_hits[tiers[i]] = usage.tier_hits.get(tiers[i], 0) + 1  # type: ignore[index]
+                entries[i], tier = self.store.get(key, self.model_id, self.dtype)
+                tiers[i] = tier
+                if tier is not None:
+                    usage.tier_hits[tier] = usage.tier_hits.get(tier, 0) + 1
 
         def prefill(model: LlamaModel) -> PrefillResult:
             try:

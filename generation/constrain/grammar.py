@@ -76,18 +76,18 @@ class TerminalDFA:
     @classmethod
     def regex(cls, name: str, pattern: str, priority: int) -> TerminalDFA:
         try:
-            fsm = interegular.parse_pattern(pattern).to_fsm()
+            fsm: Any = interegular.parse_pattern(pattern).to_fsm()
         except Exception as e:  # interegular raises several types for unsupported syntax
             raise GrammarError(f"terminal {name}: regex /{pattern}/ is not supported ({e})") from e
         symbols = fsm.alphabet._symbol_mapping
         n_classes = len(set(symbols.values()))
-        class_of = {c: s for c, s in symbols.items() if c is not anything_else}
+        class_of: dict[str, int] = {c: int(sym) for c, sym in symbols.items() if isinstance(c, str)}
         other = symbols.get(anything_else, n_classes)
         members: dict[int, set[str]] = {}
-        for c, s in class_of.items():
-            members.setdefault(s, set()).add(c)
+        for c, sym in class_of.items():
+            members.setdefault(sym, set()).add(c)
         class_chars: list[frozenset[str] | None] = [
-            None if s == other else frozenset(members.get(s, ())) for s in range(max(n_classes, other + 1))
+            None if sym == other else frozenset(members.get(sym, ())) for sym in range(max(n_classes, other + 1))
         ]
         # relabel states 0..n-1 (initial first) and drop the ones that can no longer accept
         order = [fsm.initial] + [s for s in fsm.states if s != fsm.initial]
@@ -96,18 +96,18 @@ class TerminalDFA:
         changed = True
         while changed:
             changed = False
-            for s in order:
-                if s not in live and any(t in live for t in fsm.map.get(s, {}).values()):
-                    live.add(s)
+            for st in order:
+                if st not in live and any(t in live for t in fsm.map.get(st, {}).values()):
+                    live.add(st)
                     changed = True
         if fsm.initial not in live:
             raise GrammarError(f"terminal {name}: regex /{pattern}/ matches nothing")
         trans = np.full((len(order), len(class_chars)), -1, np.int32)
-        for s, row in fsm.map.items():
+        for st, row in fsm.map.items():
             for sym, t in row.items():
-                if s in live and t in live:
-                    trans[idx[s], sym] = idx[t]
-        accepting = np.array([s in fsm.finals for s in order], bool)
+                if st in live and t in live:
+                    trans[idx[st], sym] = idx[t]
+        accepting = np.array([st in fsm.finals for st in order], bool)
         if accepting[0]:
             raise GrammarError(f"terminal {name}: regex /{pattern}/ matches the empty string")
         return cls(name, trans, accepting, class_of, other, class_chars, priority, False, len(pattern))
@@ -275,7 +275,7 @@ class Grammar:
 
     def forced_text(self, state: State, limit: int = 64) -> str:
         """The characters the grammar forces from here (one choice each, and no end possible)."""
-        out = []
+        out: list[str] = []
         while len(out) < limit and not self.can_end(state):
             chars = self.next_chars(state)
             if chars is None or len(chars) != 1:

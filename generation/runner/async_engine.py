@@ -136,9 +136,9 @@ class AsyncEngine:
             try:
                 result = command.fn(self.engine)
             except BaseException as exc:  # handed to the caller, never kills the loop
-                loop.call_soon_threadsafe(lambda e=exc: future.done() or future.set_exception(e))
+                loop.call_soon_threadsafe(_settle, future, None, exc)
             else:
-                loop.call_soon_threadsafe(lambda r=result: future.done() or future.set_result(r))
+                loop.call_soon_threadsafe(_settle, future, result, None)
         elif isinstance(command, _Add):
             try:
                 self.engine.add_request(command.request)
@@ -186,8 +186,8 @@ class AsyncEngine:
             for out in outputs:
                 self._deliver(out.request_id, out)
             while self.engine.failures:
-                request_id, exc = self.engine.failures.popitem()
-                self._deliver(request_id, exc)
+                request_id, failure = self.engine.failures.popitem()
+                self._deliver(request_id, failure)
             self._loads = self.engine.loads()
         log.info("engine loop stopped")
 
@@ -195,6 +195,15 @@ class AsyncEngine:
         for request_id in list(self._streams):
             self.engine.abort(request_id)
             self._deliver(request_id, EngineFailure(f"generation failed: {exc}"))
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller gave up (cancelled) meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _aborted(request_id: str) -> Output:
