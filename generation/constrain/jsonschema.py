@@ -2490,6 +2490,10 @@ def _check_collisions(em: _Emitter, states: list[set[str]]) -> tuple[str, str] |
 # ==================================================================================================
 
 
+#: run the LALR/lexer-collision check even for grammars that are deterministic by construction (tests)
+ALWAYS_CHECK_LALR = False
+
+
 def _load(schema: dict | bool | str) -> Any:
     if isinstance(schema, str):
         try:
@@ -2543,6 +2547,12 @@ def schema_to_grammar(
         except RecursionError:
             raise GrammarError("the schema is nested too deeply") from None
         problem: str | None = None
+        if not comp.union_sites and not ALWAYS_CHECK_LALR:
+            # without alternative arrays/objects the grammar is deterministic by construction: every value
+            # position has one terminal per JSON type, and key terminals are disjoint (declared names are
+            # cut out of the other regions). The engine builds the LALR tables anyway.
+            return JsonGrammar(text, notes + [w for w in comp.warnings if w not in notes])
+        comp.check_deadline()
         try:
             states = _lalr_states(text)
             pair = _check_collisions(em, states)

@@ -575,3 +575,18 @@ def test_random_schemas_agree_with_jsonschema(seed):
             text = canonical_dumps(value, schema)
             assert g.accepts_text(text) == validator.is_valid(value), (schema, value, text)
     assert compiled >= 25
+
+
+def test_deterministic_grammars_pass_the_lalr_and_collision_check(monkeypatch):
+    """Grammars without alternative arrays/objects skip the LALR check: they are deterministic by
+    construction. Forcing the check confirms it on a few shapes."""
+    monkeypatch.setattr(J, "ALWAYS_CHECK_LALR", True)
+    for schema in [
+        True,
+        {"type": "object", "properties": {"a": {"type": "integer"}, "b": {}}, "patternProperties": {"^x": {}},
+         "additionalProperties": {"type": "string"}, "propertyNames": {"maxLength": 3}, "maxProperties": 3},
+        {"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "number"}, "minItems": 2},
+        {"$defs": {"t": {"type": "array", "items": {"$ref": "#/$defs/t"}}}, "$ref": "#/$defs/t"},
+        {"anyOf": [{"type": "string", "pattern": "^a"}, {"type": "integer"}, {"type": "string", "maxLength": 2}]},
+    ]:
+        schema_to_grammar(schema)
