@@ -31,8 +31,26 @@ if/then/else (when the schema involved can be complemented), $ref/$defs (local J
 `$id`-relative references in the same document; recursion), dependentRequired and dependentSchemas (by case
 split, small counts), unevaluatedProperties/unevaluatedItems when no anyOf/oneOf/if/not decides what is
 evaluated. Annotations ($schema, $id, $comment, title, description, default, examples, deprecated,
-readOnly, writeOnly, $anchor, content*) are ignored. Anything else that constrains is refused with
-`UnsupportedKeyword` naming it (or dropped with a warning when `strict=False`).
+readOnly, writeOnly, $anchor, content*) are ignored; unknown keywords are ignored with a warning; the draft
+2019-09 `dependencies` is read as dependentRequired/dependentSchemas. Anything else that constrains is
+refused with `UnsupportedKeyword` naming it (or dropped with a warning when `strict=False`): uniqueItems:
+true, $dynamicRef, remote $ref, custom metaschemas, complements that cannot be expressed, alternatives
+(anyOf/oneOf/enum/not/if/contains/dependent*) that LALR(1) or the lexer cannot tell apart. A schema no value
+satisfies raises `UnsatisfiableSchema`.
+
+Formats: `formats="assert"` asserts exactly date, ipv4, ipv6, uuid, uri, uri-reference, email (RFC 5321
+dot-atom or quoted local part; domain of RFC 1123 labels or an IPv4/IPv6 literal), duration,
+json-pointer and relative-json-pointer, and refuses hostname, idn-*, iri*, uri-template, regex, and
+date-time/time (RFC 3339 leap seconds tie second 60 to the offset: an ~11k-state automaton).
+`formats="subset"` accepts date-time/time without leap seconds (a sound subset: every accepted string is
+valid). `formats="annotate"` ignores `format` (draft 2020-12's default vocabulary). Unknown formats are
+annotations (a warning).
+
+Grammar shape: one rule per distinct value set (identical subschemas share rules), object and array rules
+as right-recursive chains (O(properties x count bound) rules), hash-consed helper rules. Grammars whose
+values have at most one array and one object alternative are deterministic by construction; the others
+are checked with lark's LALR analysis plus a lexer check (no two overlapping terminals acceptable in the
+same parser state) and refused naming the keyword that introduced the alternatives.
 """
 
 from __future__ import annotations
@@ -746,7 +764,8 @@ _RELATIVE = (
     rf"(?://{_AUTHORITY}{_PATH_ABEMPTY}|{_PATH_ABSOLUTE}|{_PATH_NOSCHEME}|)(?:\?{_QUERY})?(?:#{_QUERY})?"
 )
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+# RFC 5321 sub-domain = Let-dig [Ldh-str] (the ABNF has no length limit; those are in section 4.5.3.1)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _EMAIL = (
     rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
     rf"@(?:{_LABEL}(?:\.{_LABEL})*|\[{_IPV4}\]|\[IPv6:{_IPV6}\])"
