@@ -19,6 +19,7 @@ vocabulary); unpacking on the logits' device is a shift and an AND, on CPU or CU
 
 from __future__ import annotations
 
+import codecs
 from collections import OrderedDict
 
 import numpy as np
@@ -81,7 +82,7 @@ class TokenMasks:
         ]
         self.all_tokens = np.nonzero(vocab.valid)[0]
         self._scans: OrderedDict[Cands, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
-        self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
+        self._masks: OrderedDict[tuple[State, bytes], np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.hits = 0
         self.misses = 0
@@ -160,28 +161,57 @@ class TokenMasks:
 
     # ---- masks -------------------------------------------------------------------------------
 
-    def allowed(self, state: State) -> np.ndarray:
+    def allowed(self, state: State, pending: bytes = b"") -> np.ndarray:
         """bool [V]: the tokens that keep `state` a viable prefix, plus EOS where it may end."""
-        return unpack(self.mask(state), self.vocab.size)
+        return unpack(self.mask(state, pending), self.vocab.size)
 
-    def mask(self, state: State) -> np.ndarray:
-        """Packed mask for `state` (see pack())."""
-        got = self._masks.get(state)
+    def mask(self, state: State, pending: bytes = b"") -> np.ndarray:
+        """Packed mask for `state` (see pack()). `pending` holds the first bytes of a character
+        that partial tokens have started and not finished: then only bytes completing it fit."""
+        key = (state, pending)
+        got = self._masks.get(key)
         if got is not None:
             self.hits += 1
-            self._masks.move_to_end(state)
+            self._masks.move_to_end(key)
             return got
         self.misses += 1
         stack, cands = state
         out = np.zeros(self.vocab.size, bool)
-        if cands:
-            self._allowed(stack, cands, out)
-        else:
-            self._allowed(stack, self.grammar.start_cands(stack, False), out)
-        if self.grammar.can_end(state):
-            out[self.eos_ids] = True
+        if not pending:
+            if cands:
+                self._allowed(stack, cands, out)
+            else:
+                self._allowed(stack, self.grammar.start_cands(stack, False), out)
+            if self.grammar.can_end(state):
+                out[self.eos_ids] = True
+        for tid, raw in self.vocab.partial.items():
+            out[tid] = advance_bytes(self.grammar, state, pending, raw) is not None
         packed = pack(out)
-        self._masks[state] = packed
+        self._masks[key] = packed
         if len(self._masks) > self.cache_size:
             self._masks.popitem(last=False)
         return packed
+
+
+def advance_bytes(grammar: Grammar, state: State, pending: bytes, raw: bytes) -> tuple[State, bytes] | None:
+    """Feed raw token bytes after `pending` ones: the complete characters go to the grammar, an
+    unfinished one stays pending. None when the bytes are not UTF-8 or the grammar refuses.
+
+    A pending character is allowed when some character the grammar may take next starts with
+    those bytes; where the next characters are an open set (inside a JSON string), any is assumed
+    to fit, and the exact check happens when the character is complete.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(pending + raw, final=False)
+    except UnicodeDecodeError:
+        return None
+    tail = decoder.getstate()[0]
+    nxt = grammar.advance(state, text) if text else state
+    if nxt is None:
+        return None
+    if tail:
+        chars = grammar.next_chars(nxt)
+        if chars is not None and not any(c.encode().startswith(tail) for c in chars):
+            return None
+    return nxt, tail

@@ -23,7 +23,7 @@ import torch
 
 from ragloom.errors import CompileTimeout, InvalidArgument
 from ragloom.generation.constrain.grammar import Grammar, State, compile_grammar
-from ragloom.generation.constrain.masks import TokenMasks, apply_mask
+from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
 
 log = logging.getLogger(__name__)
@@ -47,32 +47,42 @@ class GrammarMatcher:
     def __init__(self, constraint: Constraint) -> None:
         self.constraint = constraint
         self.grammar = constraint.grammar
+        self.masks = constraint.masks
         self.vocab = constraint.masks.vocab
         self.eos_ids = frozenset(constraint.masks.eos_ids)
-        self.states: list[State] = [self.grammar.initial]
+        # per accepted token: (grammar state, bytes of a character not finished yet)
+        self.states: list[tuple[State, bytes]] = [(self.grammar.initial, b"")]
         self.finished = False  # EOS accepted
 
     @property
     def state(self) -> State:
-        return self.states[-1]
+        return self.states[-1][0]
 
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token; False (and no change) if the grammar does not allow it here."""
         if self.finished:
             return False
+        state, pending = self.states[-1]
         if token_id in self.eos_ids:
-            if not self.grammar.can_end(self.state):
+            if pending or not self.grammar.can_end(state):
                 return False
             self.finished = True
-            self.states.append(self.state)
+            self.states.append(self.states[-1])
             return True
         text = self.vocab.texts[token_id] if 0 <= token_id < self.vocab.size else None
-        if not text:
+        if text and not pending:
+            nxt = self.grammar.advance(state, text)
+            if nxt is None:
+                return False
+            self.states.append((nxt, b""))
+            return True
+        raw = self.vocab.partial.get(token_id) if not text else text.encode()
+        if raw is None:
             return False
-        nxt = self.grammar.advance(self.state, text)
-        if nxt is None:
+        got = advance_bytes(self.grammar, state, pending, raw)
+        if got is None:
             return False
-        self.states.append(nxt)
+        self.states.append(got)
         return True
 
     def rollback(self, num_tokens: int) -> None:
@@ -88,17 +98,20 @@ class GrammarMatcher:
         """Packed allowed-token bitset (masks.pack layout); empty once EOS was accepted."""
         if self.finished:
             return np.zeros((self.vocab.size + 7) // 8, np.uint8)
-        return self.constraint.masks.mask(self.state)
+        state, pending = self.states[-1]
+        return self.masks.mask(state, pending)
 
     def is_allowed(self, token_id: int) -> bool:
         m = self.mask()
         return bool((m[token_id >> 3] >> (token_id & 7)) & 1)
 
     def can_end(self) -> bool:
-        return self.grammar.can_end(self.state)
+        state, pending = self.states[-1]
+        return not pending and self.grammar.can_end(state)
 
     def forced_text(self, limit: int = 64) -> str:
-        return "" if self.finished else self.grammar.forced_text(self.state, limit)
+        state, pending = self.states[-1]
+        return "" if self.finished or pending else self.grammar.forced_text(state, limit)
 
 
 class GrammarProcessor:
@@ -165,7 +178,8 @@ def _grammar_text(kind: str, spec: Any, strict: bool, deadline: float) -> tuple[
     if kind == "json_schema":
         from ragloom.generation.constrain.jsonschema import schema_to_grammar
 
-        jg = schema_to_grammar(spec, strict=strict, deadline=deadline)
+        # "subset": date-time and time exactly but without leap seconds (every string accepted is valid)
+        jg = schema_to_grammar(spec, strict=strict, deadline=deadline, formats="subset")
         return jg.grammar, jg.warnings
     if kind == "regex":
         from ragloom.generation.constrain.regex import regex_to_grammar

@@ -3,8 +3,9 @@
 A grammar matches characters, the model emits token ids, so each id needs its exact decoded text
 (with its leading space). Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM) stores bytes as printable
 characters; SentencePiece (Llama 2, Mistral) writes spaces as '▁' and raw bytes as <0xNN>.
-A token whose bytes are not complete UTF-8 on their own (half of a multi-byte character) is never
-allowed under a constraint: non-ASCII text must come from tokens that hold whole characters.
+A token whose bytes are not complete UTF-8 on their own (part of a multi-byte character, as
+byte-level BPE splits emoji and rare CJK characters) is kept apart as raw bytes (`partial`); the
+matcher joins such bytes into characters before the grammar sees them (processor.py).
 Special tokens (EOS, chat markers) are never part of the text either; EOS is allowed separately
 where the grammar accepts.
 """
@@ -83,19 +84,22 @@ class TokenVocab:
     starts: np.ndarray  # int64 [size]
     lengths: np.ndarray  # int64 [size]
     valid: np.ndarray  # bool [size]
+    partial: dict[int, bytes]  # tokens holding part of a multi-byte character: their raw bytes
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, vocab_size: int) -> TokenVocab:
         texts: list[str | None] = []
-        for b in token_bytes(tokenizer, vocab_size):
+        partial: dict[int, bytes] = {}
+        for tid, b in enumerate(token_bytes(tokenizer, vocab_size)):
             try:
                 texts.append(b.decode("utf-8") if b else None)
             except UnicodeDecodeError:
                 texts.append(None)
-        return cls.from_texts(texts)
+                partial[tid] = b  # type: ignore[assignment]
+        return cls.from_texts(texts, partial)
 
     @classmethod
-    def from_texts(cls, texts: list[str | None]) -> TokenVocab:
+    def from_texts(cls, texts: list[str | None], partial: dict[int, bytes] | None = None) -> TokenVocab:
         char_index: dict[str, int] = {}
         flat: list[int] = []
         starts = np.zeros(len(texts), np.int64)
@@ -117,6 +121,7 @@ class TokenVocab:
             starts=starts,
             lengths=lengths,
             valid=lengths > 0,
+            partial=dict(partial or {}),
         )
 
 

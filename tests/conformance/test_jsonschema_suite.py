@@ -12,8 +12,10 @@ For every schema the compiler either compiles it or refuses it: `UnsupportedKeyw
 valid instance for it). For every compiled schema, every instance is written in the engine's canonical
 form (`canonical_dumps`: declared properties first in declared order, then the rest), compact and
 indented by 2 (when the indentation stays within the whitespace bound), and fed to the grammar engine
-(`Grammar.accepts_text`): it must be accepted exactly when the suite says it is valid. A wrong answer is a
-failure; all failures of a file are collected and listed together.
+twice: as text (`Grammar.accepts_text`) and token by token as the bundled model's tokenizer splits it
+(each token must be in the mask computed for the state before it, and EOS in the mask at the end). Both
+must accept it exactly when the suite says it is valid. A wrong answer is a failure; all failures of a
+file are collected and listed together.
 
 The per-file counts (compiled / refused / valid accepted / invalid rejected / failures) are printed as a
 table (visible with `pytest -s`). A few files run in the default test run; the whole suite is marked
@@ -32,6 +34,9 @@ import pytest
 from ragloom.errors import GrammarError, UnsupportedKeyword
 from ragloom.generation.constrain.grammar import Grammar
 from ragloom.generation.constrain.jsonschema import UnsatisfiableSchema, canonical_dumps, schema_to_grammar
+from ragloom.generation.constrain.masks import TokenMasks
+from ragloom.generation.constrain.processor import Constraint
+from ragloom.generation.constrain.vocab import vocab_for
 
 SUITE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsonschema-test-suite"
 DRAFT = SUITE / "tests" / "draft2020-12"
@@ -70,6 +75,33 @@ def _params() -> list:
     ]
 
 
+_TOKENIZER: list = []
+
+
+def _tokenizer():
+    """The bundled model's tokenizer (the token-by-token check walks its vocabulary)."""
+    if not _TOKENIZER:
+        from transformers import AutoTokenizer
+
+        from ragloom.config import EngineSettings
+        from ragloom.models import resolve_model
+
+        settings = EngineSettings()
+        _TOKENIZER.append(AutoTokenizer.from_pretrained(resolve_model(settings.model, settings.data_dir)))
+    return _TOKENIZER[0]
+
+
+def accepts_tokens(grammar: Grammar, masks: TokenMasks, ids: list[int], eos: int) -> bool:
+    """Feed the instance token by token: each token must be in the mask of the state before it, and
+    EOS must be allowed at the end (what constrained decoding would let the model write)."""
+    matcher = Constraint(grammar, masks, "json_schema").matcher()
+    for tid in ids:
+        if not matcher.is_allowed(tid):
+            return False
+        assert matcher.accept_token(tid), f"mask allowed token {tid} that the matcher refuses"
+    return matcher.is_allowed(eos)
+
+
 def _max_ws_run(text: str) -> int:
     runs = re.findall(r"[ \t\n\r]+", text)
     return max((len(r) for r in runs), default=0)
@@ -103,6 +135,9 @@ def run_file(name: str, formats: str) -> tuple[dict[str, int], list[str]]:
             continue
         counts["compiled"] += 1
         grammar = Grammar.from_lark(jg.grammar)
+        tok = _tokenizer()
+        vocab = vocab_for(tok, len(tok))
+        masks = TokenMasks(grammar, vocab, frozenset({tok.eos_token_id}))
         for t in case["tests"]:
             wrong = None
             for indent in (None, 2):
@@ -111,6 +146,10 @@ def run_file(name: str, formats: str) -> tuple[dict[str, int], list[str]]:
                     continue
                 if grammar.accepts_text(text) != t["valid"]:
                     wrong = text
+                    break
+                ids = tok.encode(text, add_special_tokens=False)
+                if accepts_tokens(grammar, masks, ids, tok.eos_token_id) != t["valid"]:
+                    wrong = f"(token by token) {text}"
                     break
             if wrong is not None:
                 verdict = "rejected a valid" if t["valid"] else "accepted an invalid"

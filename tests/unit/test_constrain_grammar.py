@@ -10,7 +10,7 @@ import torch
 
 from ragloom.errors import GrammarError
 from ragloom.generation.constrain.grammar import Grammar
-from ragloom.generation.constrain.masks import TokenMasks, apply_mask, pack, packed_to_bool, unpack
+from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask, pack, packed_to_bool, unpack
 from ragloom.generation.constrain.processor import Constraint
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
 
@@ -134,7 +134,11 @@ def test_masks_equal_brute_force_on_the_real_vocab(json_grammar: Grammar, tokeni
         assert allowed[tid]
         for j in sample:
             text = vocab.texts[j]
-            assert allowed[j] == (bool(text) and json_grammar.advance(state, text) is not None), (state, text)
+            if j in vocab.partial:  # part of a multi-byte character: joined into characters first
+                expected = advance_bytes(json_grammar, state, b"", vocab.partial[j]) is not None
+            else:
+                expected = bool(text) and json_grammar.advance(state, text) is not None
+            assert allowed[j] == expected, (state, text)
         state = json_grammar.advance(state, vocab.texts[tid])
     assert masks.allowed(state)[0]  # a complete value: EOS allowed
 
@@ -165,3 +169,19 @@ def test_pack_and_apply_mask() -> None:
     logits = torch.zeros(24)  # padded vocabulary: ids 21..23 are never allowed
     out = apply_mask(logits, packed)
     assert torch.isfinite(out).nonzero().flatten().tolist() == [0, 7, 8, 20]
+
+
+def test_characters_split_across_tokens(tokenizer) -> None:
+    """Byte-level BPE splits an emoji into tokens that are not UTF-8 on their own: the matcher joins
+    them, inside a string where any character fits, and refuses them where no such character can."""
+    grammar = Grammar.from_lark(JSON)
+    vocab = vocab_for(tokenizer, 49152)
+    c = Constraint(grammar, TokenMasks(grammar, vocab, frozenset({tokenizer.eos_token_id})), "lark_grammar")
+    ids = tokenizer.encode('["💩 ok"]', add_special_tokens=False)
+    assert any(t in vocab.partial for t in ids)
+    m = c.matcher()
+    for t in ids:
+        assert m.is_allowed(t) and m.accept_token(t)
+    assert m.is_allowed(tokenizer.eos_token_id)
+    start = c.matcher()
+    assert not any(start.is_allowed(t) for t in vocab.partial)  # a JSON value cannot start with one
