@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ragloom.errors import CompileTimeout, InvalidArgument
+from ragloom.errors import CompileTimeout, GrammarError, InvalidArgument
 from ragloom.generation.constrain.grammar import Grammar, State, compile_grammar
 from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
@@ -218,6 +218,9 @@ def compile_constraint(
     deadline = started + timeout_s
     text, warnings = _grammar_text(kind, spec, strict, deadline)
     grammar = compile_grammar(text)
+    if not grammar.start_cands(grammar.initial[0], False):
+        what = "only the empty string" if grammar.can_end(grammar.initial) else "nothing"
+        raise GrammarError(f"the {kind} constraint matches {what}: there is nothing to generate")
     vocab: TokenVocab = vocab_for(tokenizer, vocab_size)
     masks = TokenMasks(grammar, vocab, eos_ids)
     masks.mask(grammar.initial)  # the first mask is part of compiling (time-to-first-mask)

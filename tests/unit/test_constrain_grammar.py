@@ -10,7 +10,14 @@ import torch
 
 from ragloom.errors import GrammarError
 from ragloom.generation.constrain.grammar import Grammar
-from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask, pack, packed_to_bool, unpack
+from ragloom.generation.constrain.masks import (
+    TokenMasks,
+    advance_bytes,
+    apply_mask,
+    pack,
+    packed_to_bool,
+    unpack,
+)
 from ragloom.generation.constrain.processor import Constraint
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
 
