@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 
 import pytest
@@ -265,8 +264,11 @@ def test_redis_down_is_a_miss_not_an_error(tmp_path, caplog):
     dead = RedisTier(DEAD_REDIS_URL, retry_interval_s=0.0)
     store = ChunkKVStore([MemoryTier(1 << 20), DiskTier(tmp_path / "kv"), dead], CodecConfig(bits=8))
     e = make_entry(10)
+    # a dead Redis cannot stall a request: short socket timeouts and no client-side retries
+    kwargs = dead._client.connection_pool.connection_kwargs
+    assert kwargs["socket_connect_timeout"] <= 0.2 and kwargs["socket_timeout"] <= 1.0
+    assert dead._client.connection_pool.connection_kwargs["retry"]._retries == 0
     with caplog.at_level(logging.WARNING, logger="ragloom.cache.chunk_kv"):
-        started = time.perf_counter()
         store.put(e)  # memory and disk still get it
         assert store.get(e.key, MODEL, "float32")[1] == "memory"
         store.tiers[0].clear()
@@ -276,8 +278,6 @@ def test_redis_down_is_a_miss_not_an_error(tmp_path, caplog):
         assert not store.contains(e.key)
         store.delete(e.key)
         store.clear()
-        elapsed = time.perf_counter() - started
-    assert elapsed < 5
     st = store.stats()
     assert st["redis_errors"] >= 4 and st["tiers"]["redis"]["outages"] == 1
     assert st["tiers"]["redis"]["available"] is False

@@ -245,7 +245,9 @@ def test_bad_inputs_get_the_right_codes_and_the_server_keeps_serving(served: Ser
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no collection named
     # a deadline that passes mid-answer: DEADLINE_EXCEEDED, and the request is aborted
     with pytest.raises(DeadlineExceeded):
-        client.ask(QUESTION, collection="kb", k=3, max_tokens=400, temperature=0, timeout=1.0)
+        # the schema forbids stopping before 150 items (300+ tokens), so the answer runs far past 1 s
+        client.ask(QUESTION, collection="kb", k=3, max_tokens=400, temperature=0, timeout=1.0,
+                   json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 150})
     _wait_idle(client)
     assert client.ask(QUESTION, collection="kb", k=1, **FEW).text  # still serving
 
