@@ -17,14 +17,20 @@ Not supported: Earley-only (ambiguous or non-LALR(1)) grammars, which lark repor
 regex features interegular cannot compile (lookarounds, backreferences); terminals that can run
 into each other in the grammar (a+ followed by a+), which lark's own lexer cannot split either.
 Token-level masks are built on top of this in masks.py.
+
+Word boundaries: a grammar that declares `%declare WORD_BOUNDARY` (sql.py's) does not let a lexeme
+that may end with a word character (letter, digit, `_`) be followed directly by a word character:
+`SELECTname` or `5AND` would lex as two tokens here but as one identifier in a database's lexer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import interegular
@@ -32,16 +38,22 @@ import lark
 import numpy as np
 from interegular.fsm import anything_else
 from lark.exceptions import LarkError
-from lark.lexer import PatternStr
+from lark.lexer import Lexer, PatternStr, TerminalDef
+from lark.load_grammar import load_grammar
 
 from ragloom.errors import GrammarError
 
 END = "$END"
+_WORD_BOUNDARY = re.compile(r"^%declare\b[^\n]*\bWORD_BOUNDARY\b", re.M)
 _MISSING = object()
 # A parser state is the LALR state stack; a lexer state is the live (terminal, dfa state) pairs.
 Stack = tuple[int, ...]
 Cands = tuple[tuple[int, int], ...]
 State = tuple[Stack, Cands]  # empty Cands = no lexeme started yet (only before the first char)
+
+
+def is_word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
 
 
 @dataclass
@@ -61,6 +73,14 @@ class TerminalDFA:
     def step(self, q: int, ch: str) -> int:
         return int(self.trans[q, self.class_of.get(ch, self.other_class)])
 
+    def may_end_with_word_char(self) -> bool:
+        for cls, chars in enumerate(self.class_chars):  # None = other chars, which may be letters
+            if chars is None or any(is_word_char(c) for c in chars):
+                targets = self.trans[:, cls]
+                if self.accepting[targets[targets >= 0]].any():
+                    return True
+        return False
+
     @classmethod
     def literal(cls, name: str, text: str, priority: int) -> TerminalDFA:
         chars = sorted(set(text))
@@ -76,51 +96,146 @@ class TerminalDFA:
     @classmethod
     def regex(cls, name: str, pattern: str, priority: int) -> TerminalDFA:
         try:
-            fsm: Any = interegular.parse_pattern(pattern).to_fsm()
-        except Exception as e:  # interegular raises several types for unsupported syntax
-            raise GrammarError(f"terminal {name}: regex /{pattern}/ is not supported ({e})") from e
-        symbols = fsm.alphabet._symbol_mapping
-        n_classes = len(set(symbols.values()))
-        class_of: dict[str, int] = {c: int(sym) for c, sym in symbols.items() if isinstance(c, str)}
-        other = symbols.get(anything_else, n_classes)
-        members: dict[int, set[str]] = {}
-        for c, sym in class_of.items():
-            members.setdefault(sym, set()).add(c)
-        class_chars: list[frozenset[str] | None] = [
-            None if sym == other else frozenset(members.get(sym, ())) for sym in range(max(n_classes, other + 1))
-        ]
-        # relabel states 0..n-1 (initial first) and drop the ones that can no longer accept
-        order = [fsm.initial] + [s for s in fsm.states if s != fsm.initial]
-        idx = {s: i for i, s in enumerate(order)}
-        live = set(fsm.finals)
-        changed = True
-        while changed:
-            changed = False
-            for st in order:
-                if st not in live and any(t in live for t in fsm.map.get(st, {}).values()):
-                    live.add(st)
-                    changed = True
-        if fsm.initial not in live:
-            raise GrammarError(f"terminal {name}: regex /{pattern}/ matches nothing")
-        trans = np.full((len(order), len(class_chars)), -1, np.int32)
-        for st, row in fsm.map.items():
-            for sym, t in row.items():
-                if st in live and t in live:
-                    trans[idx[st], sym] = idx[t]
-        accepting = np.array([st in fsm.finals for st in order], bool)
-        if accepting[0]:
-            raise GrammarError(f"terminal {name}: regex /{pattern}/ matches the empty string")
+            trans, accepting, class_of, other, class_chars = _regex_tables(pattern)
+        except ValueError as e:
+            raise GrammarError(f"terminal {name}: regex /{pattern}/ {e}") from e.__cause__
         return cls(name, trans, accepting, class_of, other, class_chars, priority, False, len(pattern))
+
+
+Tables = tuple[np.ndarray, np.ndarray, dict[str, int], int, list[frozenset[str] | None]]
+_SPECIAL = set("()[]{}|*+?.^$\\")
+
+
+def _literal_alternatives(pattern: str) -> list[list[tuple[str, bool]]] | None:
+    """The alternatives of a regex that lark wrote for an alternation of (case-insensitive) strings,
+    `(?:(?i:author)\\.(?i:name)|book)`, as (character, ignore case) sequences; None for any other regex."""
+    body = pattern[3:-1] if pattern.startswith("(?:") and pattern.endswith(")") else pattern
+    alts: list[list[tuple[str, bool]]] = [[]]
+    ci = False
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if not ci and body.startswith("(?i:", i):
+            ci, i = True, i + 4
+        elif ci and c == ")":
+            ci, i = False, i + 1
+        elif not ci and c == "|":
+            alts.append([])
+            i += 1
+        elif c == "\\" and i + 1 < len(body) and not body[i + 1].isalnum():  # re.escape'd
+            alts[-1].append((body[i + 1], ci))
+            i += 2
+        elif c in _SPECIAL or (ci and not c.isascii()):  # classes, groups, non-ASCII case folding
+            return None
+        else:
+            alts[-1].append((c, ci))
+            i += 1
+    return None if ci or not all(alts) else alts
+
+
+def _alternation_tables(alts: list[list[tuple[str, bool]]]) -> Tables:
+    """DFA tables for alternatives of literal characters: subset construction over the positions,
+    linear in their total length (interegular takes a second for a hundred column names)."""
+    start = frozenset((i, 0) for i in range(len(alts)))
+    states = {start: 0}
+    rows: list[dict[str, frozenset[tuple[int, int]]]] = []
+    todo = deque([start])
+    while todo:
+        cur = todo.popleft()
+        moves: dict[str, set[tuple[int, int]]] = {}
+        for i, pos in cur:
+            if pos < len(alts[i]):
+                ch, ci = alts[i][pos]
+                for c in {ch.lower(), ch.upper()} if ci else {ch}:
+                    moves.setdefault(c, set()).add((i, pos + 1))
+        row = {c: frozenset(nxt) for c, nxt in moves.items()}
+        for nxt in row.values():
+            if nxt not in states:
+                states[nxt] = len(states)
+                todo.append(nxt)
+        rows.append(row)
+    chars = sorted({c for row in rows for c in row})
+    class_of = {c: k for k, c in enumerate(chars)}
+    trans = np.full((len(states), len(chars) + 1), -1, np.int32)
+    for q, row in enumerate(rows):
+        for c, nxt in row.items():
+            trans[q, class_of[c]] = states[nxt]
+    accepting = np.zeros(len(states), bool)
+    for st, q in states.items():
+        accepting[q] = any(pos == len(alts[i]) for i, pos in st)
+    return trans, accepting, class_of, len(chars), [frozenset(c) for c in chars] + [None]
+
+
+# Cached by pattern: grammars built per request (one per schema, sql.py) share most of their terminals,
+# and interegular takes tens of milliseconds for some of them. The tables are never written to.
+@lru_cache(maxsize=2048)
+def _regex_tables(pattern: str) -> Tables:
+    alts = _literal_alternatives(pattern)
+    tables = _alternation_tables(alts) if alts is not None else _interegular_tables(pattern)
+    tables[0].setflags(write=False)
+    tables[1].setflags(write=False)
+    return tables
+
+
+def _interegular_tables(pattern: str) -> Tables:
+    try:
+        fsm: Any = interegular.parse_pattern(pattern).to_fsm()
+    except Exception as e:  # interegular raises several types for unsupported syntax
+        raise ValueError(f"is not supported ({e})") from e
+    symbols = fsm.alphabet._symbol_mapping
+    n_classes = len(set(symbols.values()))
+    class_of: dict[str, int] = {c: int(sym) for c, sym in symbols.items() if isinstance(c, str)}
+    other = symbols.get(anything_else, n_classes)
+    members: dict[int, set[str]] = {}
+    for c, sym in class_of.items():
+        members.setdefault(sym, set()).add(c)
+    class_chars: list[frozenset[str] | None] = [
+        None if sym == other else frozenset(members.get(sym, ())) for sym in range(max(n_classes, other + 1))
+    ]
+    # relabel states 0..n-1 (initial first) and drop the ones that can no longer accept
+    order = [fsm.initial] + [s for s in fsm.states if s != fsm.initial]
+    idx = {s: i for i, s in enumerate(order)}
+    live = set(fsm.finals)
+    changed = True
+    while changed:
+        changed = False
+        for st in order:
+            if st not in live and any(t in live for t in fsm.map.get(st, {}).values()):
+                live.add(st)
+                changed = True
+    if fsm.initial not in live:
+        raise ValueError("matches nothing")
+    trans = np.full((len(order), len(class_chars)), -1, np.int32)
+    for st, row in fsm.map.items():
+        for sym, t in row.items():
+            if st in live and t in live:
+                trans[idx[st], sym] = idx[t]
+    accepting = np.array([st in fsm.finals for st in order], bool)
+    if accepting[0]:
+        raise ValueError("matches the empty string")
+    return trans, accepting, class_of, other, class_chars
+
+
+class _NoLexer(Lexer):
+    """lark wants a lexer; the Grammar is its own. lark's contextual lexer would build one lexer per
+    parser state and check every pair of regex terminals for collisions with interegular (seconds
+    for the SQL grammars), only to warn about overlaps that the Grammar resolves by priority."""
+
+    def __init__(self, conf: Any) -> None:
+        pass
+
+    def lex(self, lexer_state: Any, parser_state: Any) -> Any:
+        raise NotImplementedError
 
 
 class Grammar:
     """A compiled lark grammar: parser tables, terminal DFAs, and char-level matching."""
 
-    def __init__(self, parser: lark.Lark, text: str) -> None:
+    def __init__(self, terminals: list[TerminalDef], ignore_tokens: list[str], table: Any, text: str) -> None:
         self.text = text
         self.key = hashlib.sha256(text.encode()).hexdigest()
         self.terminals: list[TerminalDFA] = []
-        for t in parser.terminals:
+        for t in terminals:
             p = t.pattern
             if isinstance(p, PatternStr) and not p.flags:
                 dfa = TerminalDFA.literal(t.name, p.value, t.priority)
@@ -128,14 +243,15 @@ class Grammar:
                 dfa = TerminalDFA.regex(t.name, p.to_regexp(), t.priority)
             self.terminals.append(dfa)
         self.index = {t.name: i for i, t in enumerate(self.terminals)}
-        self.ignored = frozenset(self.index[n] for n in parser.ignore_tokens if n in self.index)
+        self.word_boundaries = bool(_WORD_BOUNDARY.search(text))
+        self.ends_word = [self.word_boundaries and t.may_end_with_word_char() for t in self.terminals]
+        self.ignored = frozenset(self.index[n] for n in ignore_tokens if n in self.index)
         # lower rank wins when several candidates complete at the same character
         ranked = sorted(range(len(self.terminals)), key=lambda i: (
             -self.terminals[i].priority, not self.terminals[i].is_literal, -self.terminals[i].width, i))
         self.rank = [0] * len(self.terminals)
         for r, i in enumerate(ranked):
             self.rank[i] = r
-        table = parser.parser.parser.parser.parse_table
         self.actions: dict[int, dict[str, tuple[bool, Any]]] = {}
         for state, row in table.states.items():
             self.actions[state] = {
@@ -147,14 +263,29 @@ class Grammar:
         self.end_state: int = table.end_states[start]
         self._feed: dict[tuple[Stack, str], Stack | None] = {}
         self._acceptable: dict[Stack, tuple[tuple[int, ...], bool]] = {}
+        self._next_chars: dict[State, frozenset[str] | None] = {}
 
     @classmethod
     def from_lark(cls, text: str) -> Grammar:
         try:
-            parser = lark.Lark(text, parser="lalr", lexer="contextual", start="start")
+            rules_only, _ = load_grammar(text, "<grammar>", [], False)
+            terminals, rules, ignore_tokens = rules_only.compile(["start"], set())
+            # LALR tables depend on the rules alone: grammars that differ only in their terminals'
+            # patterns (sql.py's, one per schema) share them, and building them takes ~0.5 s.
+            key = hashlib.sha256(repr([
+                (r.origin.name, [s.name for s in r.expansion], r.options.priority) for r in rules
+            ]).encode()).hexdigest()
+            with _CACHE_LOCK:
+                table = _TABLES.get(key)
+            if table is None:
+                table = lark.Lark(text, parser="lalr", lexer=_NoLexer, start="start").parser.parser.parser.parse_table
+                with _CACHE_LOCK:
+                    _TABLES[key] = table
+                    while len(_TABLES) > 64:
+                        _TABLES.popitem(last=False)
         except LarkError as e:
             raise GrammarError(f"grammar does not compile as LALR(1) lark: {e}") from e
-        return cls(parser, text)
+        return cls(terminals, ignore_tokens, table, text)
 
     # ---- parser --------------------------------------------------------------------------------
 
@@ -210,12 +341,21 @@ class Grammar:
         ignored = () if after_ignored or edge else tuple(sorted(self.ignored))
         return tuple((t, 0) for t in sorted(set(terms) | set(ignored)))
 
+    def completed(self, cands: Cands) -> int | None:
+        """The terminal the current lexeme is if it ends here, or None."""
+        done = [t for t, q in cands if self.terminals[t].accepting[q]]
+        return min(done, key=self.rank.__getitem__) if done else None
+
+    def _ends_word(self, cands: Cands) -> bool:
+        """Word boundaries: the lexeme ending here may end with a word character."""
+        t = self.completed(cands)
+        return t is not None and self.ends_word[t]
+
     def complete(self, stack: Stack, cands: Cands) -> tuple[Stack, bool] | None:
         """End the current lexeme: (stack after feeding it, whether it was ignored), or None."""
-        done = [t for t, q in cands if self.terminals[t].accepting[q]]
-        if not done:
+        t = self.completed(cands)
+        if t is None:
             return None
-        t = min(done, key=self.rank.__getitem__)
         if t in self.ignored:
             return stack, True
         after = self.feed(stack, self.terminals[t].name)
@@ -231,7 +371,7 @@ class Grammar:
             if nxt:
                 return stack, nxt
             done = self.complete(stack, cands)
-            if done is None:
+            if done is None or (is_word_char(ch) and self._ends_word(cands)):
                 return None
             stack, after_ignored = done
         nxt = tuple((t, q2) for t, q in self.start_cands(stack, after_ignored)
@@ -257,20 +397,32 @@ class Grammar:
 
     def next_chars(self, state: State) -> frozenset[str] | None:
         """The characters that may come next; None when that set is open (any other char)."""
+        got = self._next_chars.get(state, _MISSING)  # a mask asks once per partial-UTF-8 token
+        if got is _MISSING:
+            got = self._compute_next_chars(state)
+            if len(self._next_chars) > 20_000:
+                self._next_chars.clear()
+            self._next_chars[state] = got
+        return got  # type: ignore[return-value]
+
+    def _compute_next_chars(self, state: State) -> frozenset[str] | None:
         stack, cands = state
         out: set[str] = set()
         starts: Cands = self.start_cands(stack, False) if not cands else ()
+        glued = False  # the next lexeme may not start with a word character
         if cands:
             done = self.complete(stack, cands)
             if done is not None:
                 starts = self.start_cands(done[0], done[1])
-        for t, q in cands + starts:
-            dfa = self.terminals[t]
-            for cls in np.nonzero(dfa.trans[q] >= 0)[0]:
-                chars = dfa.class_chars[cls]
-                if chars is None:
-                    return None
-                out |= chars
+                glued = self._ends_word(cands)
+        for group, no_word in ((cands, False), (starts, glued)):
+            for t, q in group:
+                dfa = self.terminals[t]
+                for cls in np.nonzero(dfa.trans[q] >= 0)[0]:
+                    chars = dfa.class_chars[cls]
+                    if chars is None:
+                        return None
+                    out |= {c for c in chars if not is_word_char(c)} if no_word else chars
         return frozenset(out)
 
     def forced_text(self, state: State, limit: int = 64) -> str:
@@ -297,6 +449,7 @@ class Grammar:
 
 
 _CACHE: OrderedDict[str, Grammar] = OrderedDict()
+_TABLES: OrderedDict[str, Any] = OrderedDict()  # lark LALR parse tables by rule set
 _CACHE_LOCK = threading.Lock()
 
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State
+from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State, is_word_char
 from ragloom.generation.constrain.vocab import TokenVocab
 
 
@@ -81,7 +81,10 @@ class TokenMasks:
             np.array([dfa.class_of.get(c, dfa.other_class) for c in alphabet], np.int32) for dfa in grammar.terminals
         ]
         self.all_tokens = np.nonzero(vocab.valid)[0]
+        self.word_char = np.array([is_word_char(c) for c in alphabet], bool)
         self._scans: OrderedDict[Cands, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
+        # scans of the tokens that went on past a lexeme, by how they got there (see _continue)
+        self._continued: OrderedDict[tuple, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
         self._masks: OrderedDict[tuple[State, bytes], np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.hits = 0
@@ -139,10 +142,17 @@ class TokenMasks:
         inside, groups = scan
         out[inside] = True
         for t, tok, off in groups:
-            self._continue(stack, t, tok, off, out)
+            self._continue(stack, t, tok, off, out, (cands, t))
 
-    def _continue(self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, out: np.ndarray) -> None:
-        """Tokens whose current lexeme completed as terminal t, `off` chars into each token."""
+    def _continue(
+        self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, out: np.ndarray, path: tuple
+    ) -> None:
+        """Tokens whose current lexeme completed as terminal t, `off` chars into each token.
+
+        `path` (the candidates of the first scan, then the terminal and the next candidates at each
+        step) determines `tok` and `off`, so the scan from here is cached by it: states with other
+        parser stacks but the same lexemes in the way reuse it (the grammar's follow sets are large
+        in SQL: every keyword and name that may come after a table name, say)."""
         g = self.grammar
         if t in g.ignored:
             stack2, after_ignored = stack, True
@@ -154,10 +164,19 @@ class TokenMasks:
         start = g.start_cands(stack2, after_ignored)
         if not start:
             return
-        inside, groups = self._scan(start, tok, off)
+        key = (path, start)
+        scan = self._continued.get(key)
+        if scan is None:
+            if g.ends_word[t]:  # word boundaries: no word character right after this lexeme
+                keep = ~self.word_char[self.vocab.chars[self.vocab.starts[tok] + off]]
+                tok, off = tok[keep], off[keep]
+            scan = self._continued[key] = self._scan(start, tok, off)
+            if len(self._continued) > 1024:
+                self._continued.popitem(last=False)
+        inside, groups = scan
         out[inside] = True
         for t2, tok2, off2 in groups:
-            self._continue(stack2, t2, tok2, off2, out)
+            self._continue(stack2, t2, tok2, off2, out, (key, t2))
 
     # ---- masks -------------------------------------------------------------------------------
 

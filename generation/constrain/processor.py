@@ -35,7 +35,7 @@ class Constraint:
 
     grammar: Grammar
     masks: TokenMasks
-    kind: str  # "json_schema" | "lark_grammar" | "regex" | "choices"
+    kind: str  # "json_schema" | "lark_grammar" | "regex" | "choices" | "sql"
     warnings: list[str] = field(default_factory=list)
     compile_seconds: float = 0.0
 
@@ -189,6 +189,13 @@ def _grammar_text(kind: str, spec: Any, strict: bool, deadline: float) -> tuple[
         from ragloom.generation.constrain.regex import choices_to_grammar
 
         return choices_to_grammar(list(spec)), []
+    if kind == "sql":
+        from ragloom.generation.constrain.sql import sql_grammar
+
+        # spec: {"tables": {table: [columns]}, "dialect": "sqlite", "max_limit": optional int}
+        if not isinstance(spec, dict) or not isinstance(spec.get("tables"), dict):
+            raise GrammarError('sql constraint spec must be {"tables": {table: [columns]}, "dialect": ...}')
+        return sql_grammar(spec["tables"], spec.get("dialect", "sqlite"), max_limit=spec.get("max_limit")), []
     raise InvalidArgument(f"unknown constraint kind {kind!r}")
 
 

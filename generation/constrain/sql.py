@@ -1,0 +1,320 @@
+"""A SQL grammar generated per request from a (linked) schema: constrained decoding that can only name
+real tables and columns (PICARD-style guards, enforced while decoding rather than checked afterwards).
+
+`sql_grammar(tables, dialect)` returns lark grammar text (LALR(1), for grammar.compile_grammar) for one
+read-only query in a useful analytic subset of the dialect (sqlite, postgres, mysql, duckdb):
+
+- `SELECT [DISTINCT]` with `*`, `table.*`, expressions and `AS alias` output aliases;
+- `FROM` one table, comma joins, `[INNER] JOIN .. ON`, `LEFT [OUTER] JOIN .. ON`, `CROSS JOIN`;
+- `WHERE`, `GROUP BY` (expressions, positions or output aliases) with `HAVING`, `ORDER BY` (the same, plus
+  `ASC|DESC`, and `NULLS FIRST|LAST` except in mysql), `LIMIT n [OFFSET m]`; `UNION [ALL]`,
+  `INTERSECT`, `EXCEPT` between selects;
+- expressions: `AND OR NOT`, comparisons, `[NOT] LIKE`, `[NOT] IN (list | subquery)`,
+  `[NOT] BETWEEN a AND b`, `IS [NOT] NULL`, `EXISTS (subquery)`, scalar subqueries, `+ - * / %`,
+  `||` (not in mysql, where it means OR), `CASE [x] WHEN .. THEN .. [ELSE ..] END`, `CAST(x AS type)` with
+  the dialect's types, `COUNT(*)`, `COUNT|SUM|AVG|MIN|MAX([DISTINCT] x)`, the dialect's common scalar and
+  date functions (with their arities) and its `EXTRACT`/`INTERVAL` forms;
+- literals: numbers, single-quoted strings (at most 100 characters, `''` escapes, no newline or backslash),
+  `NULL`, `TRUE`, `FALSE`, `CURRENT_DATE`, `CURRENT_TIMESTAMP`; an optional trailing `;`.
+
+What makes it a guard: a table is one of `tables`; a column is either bare (any column of the given
+tables) or `table.column` (no spaces around the dot), where the column must belong to that table: one
+terminal lists exactly the valid pairs. Table aliases are not part of the grammar, so that every
+qualified reference can be checked; neither are subqueries in FROM, CTEs and window functions (they keep
+it LALR(1) and the model's choices narrow), nor comments or a second statement. What a context-free
+grammar cannot check: that a bare column belongs to a table in FROM, that a table is not joined twice,
+that an output alias used in GROUP BY / ORDER BY was defined (an alias there is any lower-case
+identifier but a few reserved words), types and aggregation rules. The guard and the database catch
+those, and the self-correction round sees their error.
+
+The rules do not depend on the schema, only the four name terminals do (see sql_grammar), so that
+grammar.py compiles a new schema's grammar with the dialect's cached LALR tables (~0.2 s, not ~1 s).
+
+Names are spelled as the dialect reads them: a plain identifier bare (case-insensitively where the
+dialect folds case: sqlite, duckdb, mysql columns; exactly in postgres, which folds unquoted names to
+lower case, and for mysql tables, which are case-sensitive on Linux servers), anything else quoted
+(spaces, reserved words, upper case in postgres) with the dialect's quote (backticks in mysql). Names
+are bare names in the connection's default schema, not schema-qualified.
+
+Keywords are case-insensitive; whitespace is a bounded `%ignore`d terminal, and the grammar declares
+word boundaries (grammar.py) so that `SELECTname` or `5AND` never lex as two tokens the database would
+read as one. Function-call terminals include their `(` (`count(`): a column may then be named like a
+function (`count`, `date`, `year`) without quoting, and maximal munch tells them apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from ragloom.errors import GrammarError
+from ragloom.generation.constrain import regex as R
+from ragloom.generation.constrain.jsonschema import int_range
+
+DIALECTS = ("sqlite", "postgres", "mysql", "duckdb")
+
+MAX_STRING = 100  # characters in a string literal: a small model must not write essays between quotes
+MAX_WS = 8  # whitespace characters between two tokens (%ignore'd, so it has to be bounded)
+
+# Words that may not be bare identifiers in at least one dialect, plus every keyword that can start an
+# expression (where column names are lexed too). Quoting a name needlessly only changes its spelling.
+RESERVED = frozenset(
+    """all alter analyse analyze and any array as asc asymmetric between both by case cast check collate
+    column constraint create cross current_date current_time current_timestamp current_user default
+    delete desc distinct div do drop else end except exists false fetch for foreign from full grant
+    group groups having ilike in index inner insert intersect interval into is join key lateral leading
+    left like limit localtime localtimestamp mod natural not null offset on only or order outer over
+    partition placing primary range rank read references returning right row rows select session_user
+    set similar some symmetric table then to trailing true union unique update usage user using values
+    variadic when where window with""".split()
+)
+
+# name -> (fewest, most arguments; None = any number)
+_COMMON: dict[str, tuple[int, int | None]] = {
+    "lower": (1, 1), "upper": (1, 1), "length": (1, 1), "round": (1, 2), "abs": (1, 1), "nullif": (2, 2),
+}
+_PG_LIKE: dict[str, tuple[int, int | None]] = {
+    **_COMMON, "coalesce": (1, None), "date_trunc": (2, 2), "date_part": (2, 2), "now": (0, 0),
+    "substring": (2, 3), "concat": (1, None),
+}
+FUNCTIONS: dict[str, dict[str, tuple[int, int | None]]] = {
+    "sqlite": {
+        **_COMMON, "coalesce": (2, None), "ifnull": (2, 2), "strftime": (2, None), "date": (1, None),
+        "datetime": (1, None), "julianday": (1, None), "substr": (2, 3), "instr": (2, 2), "replace": (3, 3),
+        "trim": (1, 2),
+    },
+    "postgres": {**_PG_LIKE, "to_char": (2, 2)},
+    "duckdb": {**_PG_LIKE, "strftime": (2, 2)},
+    "mysql": {
+        **_COMMON, "coalesce": (1, None), "ifnull": (2, 2), "concat": (1, None), "substring": (2, 3),
+        "date_format": (2, 2), "datediff": (2, 2), "date_add": (2, 2), "date_sub": (2, 2), "curdate": (0, 0),
+        "now": (0, 0), "year": (1, 1), "month": (1, 1), "day": (1, 1),
+    },
+}
+# CAST target types; a tuple is a multi-word type, "decimal"/"numeric" take an optional (p[, s])
+TYPES: dict[str, list[str | tuple[str, ...]]] = {
+    "sqlite": ["integer", "real", "text", "numeric"],
+    "postgres": ["integer", "bigint", "numeric", "decimal", "real", ("double", "precision"), "float", "text",
+                 "varchar", "date", "timestamp", "boolean"],
+    "duckdb": ["integer", "bigint", "numeric", "decimal", "real", "double", "float", "text", "varchar", "date",
+               "timestamp", "boolean"],
+    # MySQL's CAST takes its own type names (no INTEGER or TEXT)
+    "mysql": ["signed", "unsigned", "decimal", "char", "date", "datetime", "double"],
+}
+_UNITS = ["year", "quarter", "month", "week", "day", "hour", "minute", "second"]
+EXTRACT_FIELDS: dict[str, list[str]] = {
+    "postgres": [*_UNITS, "dow", "doy", "epoch"],
+    "duckdb": [*_UNITS, "dow", "doy", "epoch"],
+    "mysql": _UNITS,
+}
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_CORE = r"""
+start: query [";"]
+query: select (set_op select)* [order_by] [limit]
+!set_op: "union"i ["all"i] | "intersect"i | "except"i
+select: "select"i [DISTINCT] select_list [from_clause]
+select_list: "*" | select_item ("," select_item)*
+select_item: expr ["as"i alias] | table_star
+from_clause: "from"i table join* ["where"i expr] [group_by]
+join: "," table
+    | "cross"i "join"i table
+    | ["inner"i] "join"i table "on"i expr
+    | "left"i ["outer"i] "join"i table "on"i expr
+group_by: "group"i "by"i group_item ("," group_item)* ["having"i expr]
+?group_item: expr | alias
+order_by: "order"i "by"i order_item ("," order_item)*
+order_item: (expr | alias) [DIRECTION] {nulls}
+DIRECTION: "asc"i | "desc"i
+limit: "limit"i {limit_int} ["offset"i INT]
+alias: ALIAS
+DISTINCT: "distinct"i
+
+?expr: or_expr
+?or_expr: and_expr | or_expr "or"i and_expr
+?and_expr: not_expr | and_expr "and"i not_expr
+?not_expr: predicate | "not"i not_expr -> not_
+// operands of comparisons are at concatenation level: BETWEEN's AND cannot be read as the boolean one
+?predicate: concat
+    | concat COMPARE concat -> compare
+    | concat [NOT] "like"i concat -> like
+    | concat [NOT] "in"i "(" (query | expr ("," expr)*) ")" -> in_
+    | concat [NOT] "between"i concat "and"i concat -> between
+    | concat "is"i [NOT] "null"i -> is_null
+    | "exists"i "(" query ")" -> exists
+NOT: "not"i
+COMPARE: "=" | "!=" | "<>" | "<" | "<=" | ">" | ">="
+{concat}
+// `a - -1` is not allowed: `--` would start a comment in the database
+?sum: product | sum PLUS product | sum MINUS product_nn
+?product: unary | product MUL unary
+?product_nn: atom | product_nn MUL unary
+?unary: atom | MINUS atom -> neg
+PLUS: "+"
+MINUS: "-"
+MUL: "*" | "/" | "%"
+?atom: literal | "(" expr ")" | "(" query ")" -> subquery | case | cast | aggregate | function{atoms}
+literal: NUMBER | STRING | "null"i | "true"i | "false"i | "current_date"i | "current_timestamp"i
+case: "case"i [expr] when+ ["else"i expr] "end"i
+when: "when"i expr "then"i expr
+cast: "cast("i expr "as"i type_name ")"
+aggregate: "count("i "*" ")" | "count("i [DISTINCT] expr ")" | AGGREGATE [DISTINCT] expr ")"
+AGGREGATE: "sum("i | "avg("i | "min("i | "max("i
+"""
+
+_TERMINALS = r"""
+// ALIAS loses every tie: a keyword or a name spelled the same is that keyword or name
+ALIAS.-1: {alias}
+NUMBER: /[0-9]{{1,18}}(\.[0-9]{{1,18}})?/
+INT: /0|[1-9][0-9]{{0,17}}/
+STRING: /'([^'\n\r\\]|''){{0,{max_string}}}'/
+WS: /[ \t\n]{{1,{max_ws}}}/
+%ignore WS
+// grammar.py: two word-like tokens (keywords, names, numbers) need whitespace between them
+%declare WORD_BOUNDARY
+"""
+
+
+def _quote(name: str, dialect: str) -> str:
+    q = "`" if dialect == "mysql" else '"'
+    return q + name.replace(q, q + q) + q
+
+
+def _needs_quotes(name: str, dialect: str) -> bool:
+    if not _PLAIN.fullmatch(name) or name.lower() in RESERVED:
+        return True
+    return dialect == "postgres" and name != name.lower()  # unquoted, postgres would look up lower case
+
+
+def _spelling(name: str, dialect: str, fold: bool) -> str:
+    """The lark pattern of one table or column name: quoted exactly as stored, or bare."""
+    if _needs_quotes(name, dialect):
+        return R.lark_literal(_quote(name, dialect))
+    return R.lark_literal(name) + ("i" if fold else "")
+
+
+def _alias_terminal(excluded: set[str]) -> str:
+    """Lower-case identifiers other than `excluded`: a trie of the excluded words, where every way of
+    leaving it (ending early, or a character it does not continue with) is an alias."""
+    first = R.cs_union(R.cs_range("a", "z"), R.cs_of("_"))
+    rest = R.cs_union(first, R.DIGIT)
+    trie: dict = {}
+    for w in sorted(excluded):
+        node = trie
+        for c in w:
+            node = node.setdefault(c, {})
+        node[""] = True
+
+    def leave(node: dict, root: bool) -> R.VRe:
+        kids = [c for c in node if c]
+        alts: list[R.VRe] = [] if root or "" in node else [R.EPS]
+        others = R.cs_minus(first if root else rest, R.cs_of("".join(kids)))
+        if others:
+            alts.append(R.cat(R.chars(others), R.rep(R.chars(rest), 0, None)))
+        alts += [R.cat(R.lit(c), leave(node[c], False)) for c in kids]
+        return R.alt(*alts)
+
+    return R.lark_regexp(R.render(leave(trie, True)))
+
+
+# Aliases that a database would refuse after AS (in one dialect or another) and that a model might
+# plausibly pick, plus the clause keywords. Kept short: interegular's cost grows with every word.
+ALIAS_EXCLUDED = frozenset("all asc desc end from group key limit order rank rows user values where".split())
+_ALIAS = _alias_terminal(set(ALIAS_EXCLUDED))
+
+
+def _arguments(lo: int, hi: int | None) -> str:
+    """`expr "," expr ["," expr]` for lo..hi arguments (hi None: any number)."""
+    if lo == 0:
+        assert hi == 0, "optional first arguments are not needed yet"
+        return ""
+    args = " ".join(["expr"] + ['"," expr'] * (lo - 1))
+    if hi is None:
+        return args + ' ("," expr)*'
+    tail = ""
+    for _ in range(hi - lo):  # nested, not in a row: ["," e] ["," e] would be ambiguous
+        tail = f' ["," expr{tail}]'
+    return args + tail
+
+
+def _function_rules(dialect: str) -> list[str]:
+    alts = []
+    for name, (lo, hi) in sorted(FUNCTIONS[dialect].items()):
+        alts.append(" ".join(part for part in (f'"{name}("i', _arguments(lo, hi), '")"') if part))
+    rules = ["function: " + "\n    | ".join(alts)]
+    types = []
+    for t in TYPES[dialect]:
+        if isinstance(t, tuple):
+            types.append(" ".join(f'"{w}"i' for w in t))
+        elif t in ("decimal", "numeric"):
+            types.append(f'"{t}"i ["(" INT ["," INT] ")"]')
+        else:
+            types.append(f'"{t}"i')
+    rules.append("type_name: " + " | ".join(types))
+    if dialect in EXTRACT_FIELDS:
+        rules.append('extract: "extract("i FIELD "from"i expr ")"')
+        rules.append("FIELD: " + " | ".join(f'"{f}"i' for f in EXTRACT_FIELDS[dialect]))
+    if dialect == "mysql":
+        rules.append('interval: "interval"i sum UNIT')  # INTERVAL 7 DAY
+        rules.append("UNIT: " + " | ".join(f'"{u}"i' for u in _UNITS))
+    elif dialect in ("postgres", "duckdb"):
+        rules.append('interval: "interval"i STRING')  # INTERVAL '7 days'
+    return rules
+
+
+def sql_grammar(tables: Mapping[str, Sequence[str]], dialect: str, *, max_limit: int | None = None) -> str:
+    """Lark grammar text for one SELECT over `tables` ({table: [column, ...]}) in `dialect`.
+
+    `max_limit` bounds the LIMIT literal to 0..max_limit (the guard enforces the row limit anyway).
+    Raises GrammarError for an unknown dialect or no tables.
+    """
+    if dialect not in DIALECTS:
+        raise GrammarError(f"unknown SQL dialect {dialect!r} (one of {', '.join(DIALECTS)})")
+    if not tables:
+        raise GrammarError("a SQL grammar needs at least one table")
+    if max_limit is not None and max_limit < 0:
+        raise GrammarError("max_limit must be >= 0")
+    fold = dialect != "postgres"
+    fold_tables = fold and dialect != "mysql"  # mysql table names are case-sensitive on Linux
+
+    # The schema lives in four terminals, the rules do not depend on it: TABLE (FROM, JOIN), COLUMN
+    # (any column of any table), QUALIFIED (`table.column` for the columns of that table only) and
+    # TABLE_STAR (`table.*`). They never compete for the same text (a qualified name has a dot, and
+    # TABLE is never expected where the others are), so maximal munch tells them apart.
+    spell = {t: _spelling(t, dialect, fold_tables) for t in tables}
+    table_alts = list(dict.fromkeys(spell.values()))
+    column_alts = list(dict.fromkeys(_spelling(c, dialect, fold) for cols in tables.values() for c in cols))
+    qualified_alts = list(dict.fromkeys(
+        f'{spell[t]} "." {_spelling(c, dialect, fold)}' for t, cols in tables.items() for c in cols
+    ))
+    star_alts = list(dict.fromkeys(f'{spell[t]} "." "*"' for t in tables))
+    # names outrank keywords (never needed, quoting keeps them apart) and ALIAS (`ORDER BY name` is the
+    # column when there is one)
+    lines = ["TABLE.1: " + "\n    | ".join(table_alts), "TABLE_STAR.1: " + "\n    | ".join(star_alts)]
+    atoms = ""
+    if column_alts:
+        lines.append("COLUMN.1: " + "\n    | ".join(column_alts))
+        lines.append("QUALIFIED.1: " + "\n    | ".join(qualified_alts))
+        atoms += " | column"
+    if dialect in EXTRACT_FIELDS:
+        atoms += " | extract"
+    if dialect != "sqlite":
+        atoms += " | interval"
+
+    limit_int = "INT"
+    if max_limit is not None:
+        limit_int = "LIMIT_INT"
+        lines.append(f"LIMIT_INT: {R.lark_regexp(R.render(int_range(0, max_limit)))}")
+    core = _CORE.format(
+        nulls='["nulls"i ("first"i | "last"i)]' if dialect != "mysql" else "",
+        limit_int=limit_int,
+        concat="?concat: sum" + (' | concat "||" sum' if dialect != "mysql" else ""),
+        atoms=atoms,
+    )
+    rules = ["table: TABLE", "table_star: TABLE_STAR"]
+    if column_alts:
+        rules.append("column: COLUMN | QUALIFIED")
+    rules += _function_rules(dialect)
+    terminals = _TERMINALS.format(alias=_ALIAS, max_string=MAX_STRING, max_ws=MAX_WS)
+    return core + "\n".join(rules) + "\n" + "\n".join(lines) + "\n" + terminals
