@@ -33,8 +33,8 @@ proto: $(STAMP)
 	$(BIN)/python -m ragloom.services.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check ragloom generation retrieval services cache tests benchmarks
-	$(BIN)/mypy ragloom generation retrieval services cache
+	$(BIN)/ruff check ragloom generation retrieval services cache connectors tests benchmarks
+	$(BIN)/mypy ragloom generation retrieval services cache connectors
 
 serve: $(STAMP)
 	$(BIN)/ragloom serve

@@ -222,6 +222,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     cols.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     cols.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    connect = sub.add_parser(
+        "connect",
+        help="register a database or data file on a server",
+        description="Register a database or files under NAME on the server. The server opens it read-only,\n"
+        "introspects its tables (columns, keys, samples, row counts) and keeps the registration\n"
+        "across restarts. Passwords are never printed or logged.",
+        epilog="examples:\n"
+        "  ragloom connect shop sqlite:///data/shop.db\n"
+        "  ragloom connect sales postgresql://reader@db.internal:5432/sales\n"
+        "  ragloom connect crm mysql://root@127.0.0.1:3306/crm      (MariaDB too)\n"
+        "  ragloom connect files ./exports/                        (CSV, Parquet, .xlsx: one table per file)\n\n"
+        + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    connect.add_argument("name", help="the connector's name: letters, digits, _ . -")
+    connect.add_argument("url", help="a database URL, or a path to a file or folder of files")
+    connect.add_argument("--replace", action="store_true", help="replace an existing connector of that name")
+    connect.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    connect.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    conns = sub.add_parser(
+        "connectors",
+        help="list the connectors on a server, or show one's schema",
+        description="List registered connectors; with NAME, print that connector's tables and columns.",
+        epilog=_EPILOG,
+    )
+    conns.add_argument("name", nargs="?", help="show this connector's schema")
+    conns.add_argument("--remove", action="store_true", help="unregister NAME (the database is not touched)")
+    conns.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    conns.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    sql = sub.add_parser(
+        "sql",
+        help="answer a question over a connector with SQL (text-to-SQL), or run guarded SQL",
+        description="Ask QUESTION over connector NAME: the server links the relevant tables and columns,\n"
+        "has the model write SQL under a grammar of that schema (only real tables and columns),\n"
+        "checks it (one read-only SELECT, row limit), runs it read-only and, if it fails, corrects\n"
+        "it once. Prints the SQL and the rows. With --execute, QUESTION is SQL you wrote: it goes\n"
+        "through the same guard (writes and DDL are refused).",
+        epilog="examples:\n"
+        "  ragloom sql shop 'How many orders were placed per country?'\n"
+        "  ragloom sql shop 'Top 3 customers by revenue' --no-grammar\n"
+        "  ragloom sql shop --execute 'SELECT country, count(*) FROM customers GROUP BY country'\n\n" + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sql.add_argument("name", help="the connector")
+    sql.add_argument("question", help="the question (or, with --execute, the SQL)")
+    sql.add_argument("--execute", action="store_true", help="QUESTION is SQL to run as is (guarded)")
+    sql.add_argument("--mode", choices=["sql", "table", "auto"],
+                     help="sql (default): rows of a query; table: a text answer from small tables' rows; auto")
+    sql.add_argument("--no-link", action="store_true", help="show the model the whole schema, not the linked part")
+    sql.add_argument("--no-grammar", action="store_true", help="decode without the SQL grammar")
+    sql.add_argument("--no-correct", action="store_true", help="no self-correction round")
+    sql.add_argument("--instructions", help="extra guidance for the model")
+    sql.add_argument("--max-rows", type=int, help="most rows to return (server default 1000)")
+    sql.add_argument("--max-tokens", type=int, help="most tokens of SQL to generate (default 160)")
+    sql.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    sql.add_argument("--timeout", type=float, help="give up after this many seconds")
+    sql.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
 
@@ -621,6 +681,80 @@ def _cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(columns: list[str], rows: list[list[Any]], limit: int = 50) -> None:
+    from ragloom.connectors.schema import serialize_rows
+
+    if not columns:
+        return
+    print(serialize_rows(columns, [tuple(r) for r in rows], max_rows=limit, max_cell=60))
+
+
+def _cmd_connect(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        info = client.register_connector(args.name, args.url, replace=args.replace)
+    print(f"connected {info.name}: {info.dialect}, {info.tables} tables ({info.url})")
+    return 0
+
+
+def _cmd_connectors(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        if args.name and args.remove:
+            client.remove_connector(args.name)
+            print(f"removed connector {args.name}")
+            return 0
+        if args.name:
+            schema = client.describe_schema(args.name)
+            for t in schema.tables:
+                rows = "?" if t.row_count is None else t.row_count
+                print(f"{t.name} ({rows} rows)")
+                for c in t.columns:
+                    key = " PK" if c.primary_key else ""
+                    print(f"  {c.name} {c.type}{key}" + (f"  e.g. {', '.join(map(str, c.samples[:3]))}" if c.samples else ""))
+                for fk in t.foreign_keys:
+                    print(f"  FK ({', '.join(fk.columns)}) -> {fk.ref_table}({', '.join(fk.ref_columns)})")
+            return 0
+        infos = client.list_connectors()
+    if not infos:
+        print("no connectors")
+    for i in infos:
+        print(f"{i.name}  {i.dialect}  {i.tables} tables  {i.examples} examples  {i.url}")
+    return 0
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from ragloom.client import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        if args.execute:
+            r = client.execute_sql(args.name, args.question, max_rows=args.max_rows)
+        else:
+            r = client.sql(
+                args.name, args.question, mode=args.mode, link=False if args.no_link else None,
+                grammar=False if args.no_grammar else None, self_correct=False if args.no_correct else None,
+                instructions=args.instructions, max_rows=args.max_rows, max_tokens=args.max_tokens,
+            )
+    if args.json:
+        print(json.dumps(r.model_dump(), ensure_ascii=False, default=str))
+        return 0 if r.error is None else 1
+    if r.mode == "table":
+        print(r.answer)
+        return 0
+    for failed in r.failed_sql:
+        print(f"-- first attempt (failed): {failed}")
+    print(r.sql)
+    if r.error:
+        print(f"ragloom: the query failed: {r.error}", file=sys.stderr)
+        return 1
+    _print_rows(r.columns, r.rows)
+    more = " (truncated: more rows exist)" if r.truncated else ""
+    print(f"[{len(r.rows)} rows{more}; tables: {', '.join(r.tables)}; attempts: {r.attempts}]")
+    return 0
+
+
 _COMMANDS = {
     "serve": _cmd_serve,
     "generate": _cmd_generate,
@@ -629,6 +763,9 @@ _COMMANDS = {
     "search": _cmd_search,
     "collections": _cmd_collections,
     "ask": _cmd_ask,
+    "connect": _cmd_connect,
+    "connectors": _cmd_connectors,
+    "sql": _cmd_sql,
 }
 
 

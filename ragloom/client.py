@@ -21,9 +21,15 @@
         answer = c.ask("What is the capital of France?", collection="notes", k=3, max_tokens=32)
         print(answer.text, [p.id for p in answer.passages], answer.usage.reused_tokens)
 
+        # databases and tables: text-to-SQL, read-only and guarded
+        c.register_connector("shop", "sqlite:///shop.db")
+        r = c.sql("shop", "How many orders per country?")
+        print(r.sql, r.columns, r.rows)
+        c.execute_sql("shop", "SELECT count(*) FROM orders")   # DROP/INSERT/...: ForbiddenQuery
+
 Arguments left as None are left out of the request, so the server's defaults apply. gRPC
 errors are re-raised as ragloom errors (`ragloom.errors`) with the RpcError as `__cause__`.
-Later services (sql) add methods here; stubs are created lazily per service.
+Stubs are created lazily per service.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from ragloom.services._proto import rag_pb2 as apb
 from ragloom.services._proto import rag_pb2_grpc as apb_grpc
 from ragloom.services._proto import retrieval_pb2 as rpb
 from ragloom.services._proto import retrieval_pb2_grpc as rpb_grpc
+from ragloom.services._proto import tables_pb2 as tpb
+from ragloom.services._proto import tables_pb2_grpc as tpb_grpc
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -281,6 +289,139 @@ def _error(exc: grpc.RpcError) -> RagloomError:
     err = from_grpc_code(code, details or code.name)
     err.__cause__ = exc
     return err
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+class ConnectorInfo(_Frozen):
+    name: str
+    url: str  # password replaced by ***
+    dialect: str  # sqlite | postgres | mysql | duckdb
+    tables: int
+    examples: int = 0
+
+
+class ColumnInfo(_Frozen):
+    name: str
+    type: str
+    nullable: bool = True
+    primary_key: bool = False
+    description: str = ""
+    samples: list[Any] = []
+
+
+class ForeignKeyInfo(_Frozen):
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str]
+
+
+class TableInfo(_Frozen):
+    name: str
+    columns: list[ColumnInfo]
+    primary_key: list[str] = []
+    foreign_keys: list[ForeignKeyInfo] = []
+    row_count: int | None = None
+    description: str = ""
+
+
+class SchemaInfo(_Frozen):
+    connector: str
+    dialect: str
+    tables: list[TableInfo]
+
+
+class SqlResult(_Frozen):
+    """What `sql()` / `execute_sql()` return: the statement that ran, its columns and rows."""
+
+    sql: str
+    columns: list[str]
+    rows: list[list[Any]]
+    tables: list[str] = []  # tables the statement read
+    linked_tables: list[str] = []  # tables the prompt showed (sql() only)
+    truncated: bool = False  # more rows existed than max_rows
+    attempts: int = 1
+    valid: bool = True  # parses and names only real tables and columns
+    error: str | None = None  # why the model's final query failed; rows are empty then
+    mode: str = "sql"  # "sql", or "table" (answered from the rows: see .answer)
+    answer: str = ""
+    failed_sql: list[str] = []
+    usage: Usage = Usage()
+    request_id: str = ""
+
+
+def _connector_info(msg: tpb.ConnectorInfo) -> ConnectorInfo:
+    return ConnectorInfo(name=msg.name, url=msg.url, dialect=msg.dialect, tables=msg.tables, examples=msg.examples)
+
+
+def _schema_info(msg: tpb.SchemaInfo) -> SchemaInfo:
+    tables = [
+        TableInfo(
+            name=t.name,
+            columns=[ColumnInfo(name=c.name, type=c.type, nullable=c.nullable, primary_key=c.primary_key,
+                                description=c.description, samples=_plain_list(c.samples)) for c in t.columns],
+            primary_key=list(t.primary_key),
+            foreign_keys=[ForeignKeyInfo(columns=list(f.columns), ref_table=f.ref_table, ref_columns=list(f.ref_columns))
+                          for f in t.foreign_keys],
+            row_count=t.row_count if t.HasField("row_count") else None,
+            description=t.description,
+        )
+        for t in msg.tables
+    ]
+    return SchemaInfo(connector=msg.connector, dialect=msg.dialect, tables=tables)
+
+
+def _plain_list(lv: Any) -> list[Any]:
+    # protobuf numbers are doubles: whole numbers come back as int (as in ragloom.structs)
+    return [int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= 2**53 else v for v in lv]
+
+
+class _QueryState:
+    """Folds a Query/ExecuteSql response stream into one SqlResult."""
+
+    def __init__(self) -> None:
+        self.header: tpb.QueryHeader | None = None
+        self.rows: list[list[Any]] = []
+        self.result: SqlResult | None = None
+
+    def feed(self, msg: tpb.QueryResponse) -> None:
+        kind = msg.WhichOneof("response")
+        if kind == "header":
+            self.header = msg.header
+        elif kind == "rows":
+            self.rows.extend(_plain_list(r) for r in msg.rows.rows)
+        elif kind == "complete":
+            c, h = msg.complete, self.header or tpb.QueryHeader()
+            self.result = SqlResult(
+                sql=c.sql, columns=list(h.columns), rows=self.rows, tables=list(h.tables),
+                linked_tables=list(h.linked_tables), truncated=c.truncated, attempts=c.attempts, valid=c.valid,
+                error=c.error or None, mode=c.mode or "sql", answer=c.answer, failed_sql=list(c.failed_sql),
+                usage=Usage(prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens),
+                request_id=h.request_id,
+            )
+
+    def final(self) -> SqlResult:
+        if self.result is None:
+            raise RagloomError("the query stream ended without a final message")
+        return self.result
+
+
+def build_query_request(
+    connector: str, question: str, *, mode: str | None, link: bool | None, grammar: bool | None,
+    self_correct: bool | None, max_rows: int | None, timeout_s: float | None, instructions: str | None,
+    max_tokens: int | None, temperature: float | None, request_id: str | None,
+) -> tpb.QueryRequest:
+    req = tpb.QueryRequest(connector=connector, question=question, mode=mode or "", max_rows=max_rows or 0,
+                           timeout_s=timeout_s or 0.0, instructions=instructions or "", request_id=request_id or "")
+    for name, value in (("link", link), ("grammar", grammar), ("self_correct", self_correct)):
+        if value is not None:
+            setattr(req, name, value)
+    if max_tokens is not None:
+        req.sampling.max_tokens = max_tokens
+    if temperature is not None:
+        req.sampling.temperature = temperature
+    return req
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -1168,6 +1309,77 @@ class Client(_Base):
         stub = self._stub(apb_grpc.RagStub)
         return _cache_stats(self._call(stub.GetCacheStats, apb.GetCacheStatsRequest(), timeout))
 
+    # -- tables ------------------------------------------------------------------------------
+
+    def register_connector(self, name: str, url: str, *, replace: bool = False, timeout: float | None = None) -> ConnectorInfo:
+        """Register a database (sqlite:///f.db, postgresql://user@host/db, mysql://root@host/db)
+        or a CSV/Parquet/Excel file or folder under `name`; introspects it and keeps it."""
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.RegisterConnectorRequest(name=name, url=url, replace=replace)
+        return _connector_info(self._call(stub.RegisterConnector, req, timeout))
+
+    def list_connectors(self, *, timeout: float | None = None) -> list[ConnectorInfo]:
+        stub = self._stub(tpb_grpc.TablesStub)
+        resp = self._call(stub.ListConnectors, tpb.ListConnectorsRequest(), timeout)
+        return [_connector_info(c) for c in resp.connectors]
+
+    def remove_connector(self, name: str, *, timeout: float | None = None) -> None:
+        stub = self._stub(tpb_grpc.TablesStub)
+        self._call(stub.RemoveConnector, tpb.RemoveConnectorRequest(name=name), timeout)
+
+    def describe_schema(self, name: str, *, refresh: bool = False, timeout: float | None = None) -> SchemaInfo:
+        stub = self._stub(tpb_grpc.TablesStub)
+        return _schema_info(self._call(stub.DescribeSchema, tpb.DescribeSchemaRequest(connector=name, refresh=refresh), timeout))
+
+    def add_sql_example(self, name: str, question: str, sql: str, *, timeout: float | None = None) -> int:
+        """Add a solved example for few-shot prompting (the SQL must pass the guard); returns the count."""
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.AddExampleRequest(connector=name, question=question, sql=sql)
+        return int(self._call(stub.AddExample, req, timeout).examples)
+
+    def sql(
+        self,
+        name: str,
+        question: str,
+        *,
+        mode: str | None = None,
+        link: bool | None = None,
+        grammar: bool | None = None,
+        self_correct: bool | None = None,
+        max_rows: int | None = None,
+        timeout_s: float | None = None,
+        instructions: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SqlResult:
+        """Answer a question over connector `name` with SQL written by the model (schema linking,
+        a SQL grammar of the linked schema, guard, read-only execution, one correction round).
+        `.sql .columns .rows`; when the model's query failed, `.error` says why."""
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = build_query_request(name, question, mode=mode, link=link, grammar=grammar, self_correct=self_correct,
+                                  max_rows=max_rows, timeout_s=timeout_s, instructions=instructions,
+                                  max_tokens=max_tokens, temperature=temperature, request_id=request_id)
+        return self._collect(stub.Query, req, timeout)
+
+    def execute_sql(self, name: str, sql: str, *, max_rows: int | None = None, timeout_s: float | None = None,
+                    timeout: float | None = None) -> SqlResult:
+        """Run caller-written SQL through the same guard (one read-only SELECT, allow-listed tables,
+        row limit, time limit). Writes and other statements raise ForbiddenQuery."""
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.ExecuteSqlRequest(connector=name, sql=sql, max_rows=max_rows or 0, timeout_s=timeout_s or 0.0)
+        return self._collect(stub.ExecuteSql, req, timeout)
+
+    def _collect(self, fn: Any, request: Any, timeout: float | None) -> SqlResult:
+        state = _QueryState()
+        try:
+            for msg in fn(request, timeout=self._timeout(timeout)):
+                state.feed(msg)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return state.final()
+
     # -- health ------------------------------------------------------------------------------
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
@@ -1466,6 +1678,76 @@ class AsyncClient(_Base):
     ask.__doc__ = Client.ask.__doc__
     stream_ask.__doc__ = Client.stream_ask.__doc__
     cache_stats.__doc__ = Client.cache_stats.__doc__
+
+    # -- tables ------------------------------------------------------------------------------
+
+    async def register_connector(self, name: str, url: str, *, replace: bool = False,
+                                 timeout: float | None = None) -> ConnectorInfo:
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.RegisterConnectorRequest(name=name, url=url, replace=replace)
+        return _connector_info(await self._call(stub.RegisterConnector, req, timeout))
+
+    async def list_connectors(self, *, timeout: float | None = None) -> list[ConnectorInfo]:
+        stub = self._stub(tpb_grpc.TablesStub)
+        resp = await self._call(stub.ListConnectors, tpb.ListConnectorsRequest(), timeout)
+        return [_connector_info(c) for c in resp.connectors]
+
+    async def remove_connector(self, name: str, *, timeout: float | None = None) -> None:
+        stub = self._stub(tpb_grpc.TablesStub)
+        await self._call(stub.RemoveConnector, tpb.RemoveConnectorRequest(name=name), timeout)
+
+    async def describe_schema(self, name: str, *, refresh: bool = False, timeout: float | None = None) -> SchemaInfo:
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.DescribeSchemaRequest(connector=name, refresh=refresh)
+        return _schema_info(await self._call(stub.DescribeSchema, req, timeout))
+
+    async def add_sql_example(self, name: str, question: str, sql: str, *, timeout: float | None = None) -> int:
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.AddExampleRequest(connector=name, question=question, sql=sql)
+        return int((await self._call(stub.AddExample, req, timeout)).examples)
+
+    async def sql(
+        self,
+        name: str,
+        question: str,
+        *,
+        mode: str | None = None,
+        link: bool | None = None,
+        grammar: bool | None = None,
+        self_correct: bool | None = None,
+        max_rows: int | None = None,
+        timeout_s: float | None = None,
+        instructions: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SqlResult:
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = build_query_request(name, question, mode=mode, link=link, grammar=grammar, self_correct=self_correct,
+                                  max_rows=max_rows, timeout_s=timeout_s, instructions=instructions,
+                                  max_tokens=max_tokens, temperature=temperature, request_id=request_id)
+        return await self._collect(stub.Query, req, timeout)
+
+    async def execute_sql(self, name: str, sql: str, *, max_rows: int | None = None, timeout_s: float | None = None,
+                          timeout: float | None = None) -> SqlResult:
+        stub = self._stub(tpb_grpc.TablesStub)
+        req = tpb.ExecuteSqlRequest(connector=name, sql=sql, max_rows=max_rows or 0, timeout_s=timeout_s or 0.0)
+        return await self._collect(stub.ExecuteSql, req, timeout)
+
+    async def _collect(self, fn: Any, request: Any, timeout: float | None) -> SqlResult:
+        state = _QueryState()
+        try:
+            async for msg in fn(request, timeout=self._timeout(timeout)):
+                state.feed(msg)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return state.final()
+
+    register_connector.__doc__ = Client.register_connector.__doc__
+    add_sql_example.__doc__ = Client.add_sql_example.__doc__
+    sql.__doc__ = Client.sql.__doc__
+    execute_sql.__doc__ = Client.execute_sql.__doc__
 
     # -- health ------------------------------------------------------------------------------
 

@@ -169,12 +169,50 @@ def _ask(demo: Demo) -> None:
         c.delete_collection(DEMO_COLLECTION)
 
 
+# The text-to-SQL step: a tiny shop database built from the bundled script into a temp folder.
+SHOP_SQL = Path(__file__).with_name("demo_data") / "shop.sql"
+DEMO_CONNECTOR = "demo_shop"
+SQL_QUESTION = "How many customers are there in each country?"
+
+
+def _sql(demo: Demo) -> None:
+    import sqlite3
+
+    c = demo.client
+    with tempfile.TemporaryDirectory(prefix="ragloom-demo-") as folder:
+        db = Path(folder) / "shop.db"
+        with sqlite3.connect(db) as conn:
+            conn.executescript(SHOP_SQL.read_text())
+        info = c.register_connector(DEMO_CONNECTOR, f"sqlite:///{db}", replace=True)
+        try:
+            print(f"connected {info.name!r}: {info.dialect}, {info.tables} tables (customers, products, orders)")
+            print(f"question: {SQL_QUESTION!r}")
+            r = c.sql(DEMO_CONNECTOR, SQL_QUESTION)
+            print(f"sql: {r.sql}  (linked tables: {', '.join(r.linked_tables)}; attempts: {r.attempts})")
+            if r.error:
+                print(f"the model's query failed: {r.error}")
+            for row in r.rows[:10]:
+                print(f"  {row}")
+            # caller-written SQL goes through the same guard: reads run, writes are refused
+            top = c.execute_sql(DEMO_CONNECTOR, "SELECT p.name, SUM(o.quantity) AS sold FROM orders o "
+                                "JOIN products p ON p.id = o.product_id GROUP BY p.name ORDER BY sold DESC LIMIT 3")
+            print(f"execute_sql (top sellers): {top.rows}")
+            try:
+                c.execute_sql(DEMO_CONNECTOR, "DROP TABLE orders")
+                raise DemoError("the guard let DROP TABLE through")
+            except RagloomError as exc:
+                print(f"execute_sql('DROP TABLE orders') refused: {type(exc).__name__}: {exc}")
+        finally:
+            c.remove_connector(DEMO_CONNECTOR)
+
+
 STEPS: list[Step] = [
     Step("health and load", _health),
     Step("streamed chat generation", _chat_stream),
     Step("JSON Schema constrained answer", _json_schema),
     Step("collections and semantic search", _search),
     Step("answers from cached chunk KV (RAG)", _ask),
+    Step("text-to-SQL over a SQLite database", _sql),
 ]
 
 

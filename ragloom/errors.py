@@ -37,6 +37,16 @@ class CompileTimeout(GrammarError):
     """Compiling a constraint took longer than the configured limit."""
 
 
+class SqlError(InvalidArgument):
+    """SQL that cannot be parsed, names unknown tables or columns, or that the database rejected."""
+
+
+class ForbiddenQuery(RagloomError):
+    """SQL the guard refuses: anything but one read-only SELECT over allow-listed tables."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFound(RagloomError):
     """A named thing (model, collection, connector, request id) does not exist."""
 
@@ -103,6 +113,7 @@ _BY_CODE: dict[grpc.StatusCode, type[RagloomError]] = {
         FailedPrecondition,
         Cancelled,
         Unimplemented,
+        ForbiddenQuery,
     )
 }
 

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,16 +24,19 @@ from grpc_reflection.v1alpha import reflection
 
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
-from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval_pb2_grpc
+from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval_pb2_grpc, tables_pb2_grpc
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
 from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
 from ragloom.services.rag import RagServicer
 from ragloom.services.retrieval import SERVICE_NAME as RETRIEVAL_SERVICE
 from ragloom.services.retrieval import RetrievalServicer
+from ragloom.services.tables import SERVICE_NAME as TABLES_SERVICE
+from ragloom.services.tables import TablesServicer
 
 if TYPE_CHECKING:
     from ragloom.cache.chunk_kv import ChunkKVStore
+    from ragloom.connectors.registry import ConnectorRegistry
     from ragloom.generation.runner.async_engine import AsyncEngine
     from ragloom.retrieval.collections import CollectionManager
 
@@ -65,6 +69,7 @@ class RagloomServer:
     rag: RagServicer | None = None
     # the chunk-KV store build_server made (closed on stop); None when the caller gave one
     owned_chunk_store: ChunkKVStore | None = None
+    registry: ConnectorRegistry | None = None  # closed (its connections) on stop
 
     @property
     def address(self) -> str:
@@ -83,6 +88,8 @@ class RagloomServer:
             log.info("chunk KV store at shutdown: %s", _stats_line(self.rag.store.stats()))
         if self.owned_chunk_store is not None:
             self.owned_chunk_store.close()
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.close)
 
 
 def _stats_line(stats: dict[str, Any]) -> str:
@@ -165,6 +172,17 @@ def build_server(
         retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(collections, precompute), server)
         services.append(RETRIEVAL_SERVICE)
 
+    registry: ConnectorRegistry | None = None
+    if collections is not None:  # connectors live next to the collections' store, in data_dir
+        from ragloom.connectors.registry import ConnectorRegistry
+        from ragloom.connectors.text2sql import Text2Sql
+
+        registry = ConnectorRegistry(Path(settings.data_dir) / "connectors.json")
+        mgr = collections
+        t2s = Text2Sql(engine.engine, embedder=lambda: mgr.embedder) if engine is not None else None
+        tables_pb2_grpc.add_TablesServicer_to_server(TablesServicer(registry, engine, t2s), server)
+        services.append(TABLES_SERVICE)
+
     # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
     # A service not yet set answers SERVICE_UNKNOWN (NOT_FOUND on Check) until start().
     health_servicer = health.aio.HealthServicer()
@@ -192,6 +210,7 @@ def build_server(
         health_services=("", *services),
         rag=rag,
         owned_chunk_store=owned,
+        registry=registry,
     )
 
 

@@ -1,0 +1,483 @@
+#!/usr/bin/env python
+"""Text-to-SQL execution accuracy on defog sql-eval (issue 7): what each stage of the Tables flow adds.
+
+Questions: the 210 sql-eval questions (6 categories x 35) over 11 databases, from
+../shared/data/text2sql (see its SOURCE.md); by default a subset stratified by category
+(--limit 42: 7 per category, spread over the databases). Each question is asked of ragloom's
+text-to-SQL pipeline (connectors/text2sql.py) with the bundled model, on a connector per database
+and dialect (SQLite files; PostgreSQL and MariaDB databases `t2s_<db>` built from the original
+Postgres dumps by benchmarks/text2sql_data.py on first use).
+
+Four cumulative configurations (--steps):
+- plain:   prompt with the full schema, free decoding, no retry;
+- link:    + schema linking (only the relevant tables in prompt and grammar);
+- grammar: + decoding constrained by a SQL grammar built from the (linked) schema;
+- correct: + one self-correction round with the error text when the query fails.
+
+Execution accuracy as sql-eval computes it (text2sql_data.results_match): the prediction is correct
+if its result set matches ANY gold alternative's on the same database (gold columns matched by
+value, extra prediction columns ignored, duplicate rows dropped, rows order-insensitive unless the
+gold has a top-level ORDER BY, and then only its sort columns must follow the gold's order, so ties
+may differ; floats to 4 decimals, a midnight timestamp equals its date). Gold SQL runs on a plain read-only connection
+(not through the guard) with a timeout, once per (dialect, question); the prediction's final SQL is
+re-run on the same connection so both sides come from the same driver without the guard's row cap.
+
+Per step and dialect: execution accuracy, valid-SQL rate (parses, names only real tables and
+columns), execution-error rate (the final attempt failed), mean generated tokens and seconds per
+question; per-category accuracy and every answer in the JSON. Before the model runs, every gold
+alternative of all 210 questions is executed on each dialect (the gold sanity line).
+
+    python benchmarks/text2sql.py                                   # SQLite, 42 questions, 4 steps
+    python benchmarks/text2sql.py --dialects sqlite,postgres,mysql --every 5
+    python benchmarks/text2sql.py --gold-only --dialects sqlite,postgres,mysql   # data check, no model
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from results_io import write_results
+from text2sql_data import (
+    CATEGORIES,
+    DEFAULT_DATA,
+    DEFAULT_MYSQL,
+    DEFAULT_PG,
+    DIALECTS,
+    GoldCache,
+    Question,
+    ReadOnlyDB,
+    Result,
+    ensure_mariadb,
+    ensure_postgres,
+    is_correct,
+    load_dates,
+    load_questions,
+    mysql_row_counts,
+    postgres_row_counts,
+    select_questions,
+    sqlite_row_counts,
+    sqlite_url,
+)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+STEPS = ("plain", "link", "grammar", "correct")
+QUICK = {"limit": 6, "max_tokens": 96}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def step_options(step: str, max_tokens: int, timeout_s: float) -> dict[str, Any]:
+    level = STEPS.index(step)
+    return {"link": level >= 1, "grammar": level >= 2, "self_correct": level >= 3, "max_tokens": max_tokens,
+            "timeout_s": timeout_s}
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def prepare_databases(dialects: list[str], dbs: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """URL per (dialect, db); PostgreSQL/MariaDB databases are created and loaded if missing.
+    Row counts per table are checked against the SQLite files."""
+    urls: dict[str, dict[str, str]] = {d: {} for d in dialects}
+    row_checks: dict[str, dict[str, Any]] = {d: {} for d in dialects if d != "sqlite"}
+    for db in dbs:
+        want = sqlite_row_counts(db, args.data)
+        if "sqlite" in dialects:
+            urls["sqlite"][db] = sqlite_url(db, args.data)
+        if "postgres" in dialects or "mysql" in dialects:
+            pg = ensure_postgres(db, args.data, args.pg, reload=args.reload, log=log)
+            if "postgres" in dialects:
+                urls["postgres"][db] = pg
+                got = postgres_row_counts(db, args.data, args.pg)
+                row_checks["postgres"][db] = {"tables": len(got), "rows": sum(got.values()), "equal_to_sqlite": got == want}
+        if "mysql" in dialects:
+            urls["mysql"][db] = ensure_mariadb(db, args.data, args.mysql, args.pg, reload=args.reload, log=log)
+            got = mysql_row_counts(db, args.mysql)
+            row_checks["mysql"][db] = {"tables": len(got), "rows": sum(got.values()), "equal_to_sqlite": got == want}
+    return {"urls": urls, "row_checks": row_checks}
+
+
+def gold_sanity(cache: GoldCache, questions: list[Question], dialects: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in dialects:
+        first_ok = alt_ok = alts = empty_first = none_ok = 0
+        errors = []
+        for q in questions:
+            golds = cache.gold(d, q)
+            alts += len(golds)
+            alt_ok += sum(r is not None for _, r, _ in golds)
+            if golds and golds[0][1] is not None:
+                first_ok += 1
+                empty_first += not golds[0][1].rows
+            if not any(r is not None for _, r, _ in golds):
+                none_ok += 1
+            errors += [{"id": q.id, "db": q.db, "sql": s[:300], "error": e} for s, r, e in golds if r is None]
+        adapted = {k[1]: v for k, v in cache.adapted.items() if k[0] == d}
+        out[d] = {"questions": len(questions), "first_gold_executes": first_ok, "alternatives": alts,
+                  "first_gold_executes_as_written": first_ok - sum(
+                      1 for q in questions if q.id in adapted and adapted[q.id][0][0] == q.gold[d][0]),
+                  "alternatives_adapted": sum(len(v) for v in adapted.values()),
+                  "adapted": [{"id": i, "as_written": a[:300], "as_run": b[:300]} for i, v in adapted.items() for a, b in v],
+                  "alternatives_execute": alt_ok, "first_gold_empty": empty_first,
+                  "questions_without_working_gold": none_ok, "errors": errors}
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache) -> dict[str, Any]:
+    golds = cache.gold(dialect, q)
+    ran = answer.error is None
+    correct = False
+    reexec_error = None
+    n_rows = None
+    if ran:
+        try:
+            pred = cache.db(dialect, q.db).run(answer.sql)
+        except Exception as e:  # fall back to what the pipeline returned
+            reexec_error = f"{type(e).__name__}: {str(e)[:200]}"
+            pred = Result(list(answer.columns), [tuple(r) for r in answer.rows])
+        n_rows = len(pred.rows)
+        correct = is_correct(pred, golds, dialect)
+    return {
+        "id": q.id,
+        "db": q.db,
+        "category": q.category,
+        "correct": correct,
+        "valid": bool(answer.valid),
+        "ran": ran,
+        "error": None if ran else str(answer.error)[:300],
+        "attempts": answer.attempts,
+        "sql": answer.sql,
+        "rows": n_rows,
+        "reexec_error": reexec_error,
+        "linked_tables": list(answer.linked_tables),
+        "prompt_tokens": answer.prompt_tokens,
+        "generated_tokens": answer.generated_tokens,
+        "seconds": answer.seconds,
+    }
+
+
+def summarize(dialect: str, step: str, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    n = len(records)
+
+    def mean(key: str) -> float:
+        return statistics.fmean(r[key] for r in records) if records else 0.0
+
+    per_cat = {}
+    for c in CATEGORIES:
+        rs = [r for r in records if r["category"] == c]
+        if rs:
+            per_cat[c] = {"n": len(rs), "correct": sum(r["correct"] for r in rs),
+                          "accuracy": sum(r["correct"] for r in rs) / len(rs)}
+    return {
+        "dialect": dialect,
+        "step": step,
+        "questions": n,
+        "correct": sum(r["correct"] for r in records),
+        "accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
+        "valid_rate": sum(r["valid"] for r in records) / n if n else 0.0,
+        "exec_error_rate": sum(not r["ran"] for r in records) / n if n else 0.0,
+        "mean_generated_tokens": mean("generated_tokens"),
+        "mean_prompt_tokens": mean("prompt_tokens"),
+        "mean_attempts": mean("attempts"),
+        "mean_latency_s": mean("seconds"),
+        "wall_s": wall,
+        "s_per_question": wall / n if n else 0.0,
+        "per_category": per_cat,
+        "answers": records,
+    }
+
+
+def failed_record(q: Question, error: str) -> dict[str, Any]:
+    return {"id": q.id, "db": q.db, "category": q.category, "correct": False, "valid": False, "ran": False,
+            "error": error, "attempts": 0, "sql": "", "rows": None, "reexec_error": None, "linked_tables": [],
+            "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+
+
+def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], connectors: dict[str, Any],
+             cache: GoldCache) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """One batch per database (the pipeline batches generation within answer_batch). A batch that
+    raises counts its questions as failed (error "pipeline: ...") and the step goes on."""
+    records: dict[int, dict[str, Any]] = {}
+    crashes: list[str] = []
+    t0 = time.perf_counter()
+    for db in dict.fromkeys(q.db for q in questions):
+        qs = [q for q in questions if q.db == db]
+        try:
+            answers = t2s.answer_batch(connectors[db], [q.text(dialect) for q in qs], opts,
+                                       [q.instructions_for(dialect) for q in qs])
+            if len(answers) != len(qs):
+                raise RuntimeError(f"answer_batch returned {len(answers)} answers for {len(qs)} questions")
+        except Exception as exc:
+            msg = f"pipeline: {type(exc).__name__}: {str(exc)[:300]}"
+            crashes.append(f"{db}: {msg}")
+            traceback.print_exc()
+            for q in qs:
+                records[q.id] = failed_record(q, msg)
+            continue
+        for q, a in zip(qs, answers, strict=True):
+            records[q.id] = evaluate(a, q, dialect, cache)
+    wall = time.perf_counter() - t0
+    return [records[q.id] for q in questions], wall, crashes
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("dialect", "step", "n", "exec acc", "valid", "exec err", "gen tok", "attempts", "s/question")
+    body = [
+        (
+            r["dialect"],
+            r["step"],
+            str(r["questions"]),
+            f"{r['accuracy']:.1%} ({r['correct']})",
+            f"{r['valid_rate']:.1%}",
+            f"{r['exec_error_rate']:.1%}",
+            f"{r['mean_generated_tokens']:.1f}",
+            f"{r['mean_attempts']:.2f}",
+            f"{r['s_per_question']:.2f}",
+        )
+        for r in rows
+    ]
+    allrows = [head, *body]
+    widths = [max(len(x[i]) for x in allrows) for i in range(len(head))]
+    lines = [
+        "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
+        for x in allrows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def category_table(rows: list[dict[str, Any]]) -> str:
+    cats = [c for c in CATEGORIES if any(c in r["per_category"] for r in rows)]
+    lines = ["dialect  step     " + "  ".join(f"{c[:12]:>12}" for c in cats)]
+    for r in rows:
+        cells = []
+        for c in cats:
+            pc = r["per_category"].get(c)
+            cells.append(f"{pc['correct']}/{pc['n']}".rjust(12) if pc else " " * 12)
+        lines.append(f"{r['dialect']:<8} {r['step']:<8} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(
+            "Text-to-SQL execution accuracy on defog sql-eval with ragloom's pipeline and the bundled model: "
+            "plain prompt, + schema linking, + SQL grammar, + self-correction, per dialect. Writes "
+            "benchmarks/results/text2sql-<device>.json."
+        )
+    )
+    p.add_argument("--dialects", default="sqlite", help="comma-separated of sqlite,postgres,mysql; default: sqlite")
+    p.add_argument("--steps", default=",".join(STEPS), help="comma-separated of %(default)s (cumulative configurations)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions, stratified by category (default: 42 unless --every or --all is given)")
+    p.add_argument("--every", type=int, default=None, help="every K-th question of each category")
+    p.add_argument("--all", action="store_true", help="all 210 questions")
+    p.add_argument("--max-tokens", type=int, default=160, help="max new tokens per SQL attempt; default: 160")
+    p.add_argument("--timeout", type=float, default=20.0, help="per-query timeout (gold and predictions), s; default: 20")
+    p.add_argument("--model", default=None, help="bundled model name or HF folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: cpu")
+    p.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="sequences the engine decodes together; default: 16")
+    p.add_argument("--kv-cache-tokens", type=int, default=65536, help="default: 65536")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="text2sql data folder; default: ../shared/data/text2sql")
+    p.add_argument("--data-dir", type=Path, default=None, help="ragloom data dir (default: RAGLOOM_DATA_DIR or ~/.cache/ragloom)")
+    p.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL server URL without database; default: %(default)s")
+    p.add_argument("--mysql", default=DEFAULT_MYSQL, help="MariaDB/MySQL server URL without database; default: %(default)s")
+    p.add_argument("--reload", action="store_true", help="drop and reload the PostgreSQL/MariaDB databases")
+    p.add_argument("--gold-only", action="store_true", help="build the databases and run the gold sanity check; no model")
+    p.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/text2sql-<device>.json")
+    p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    args = p.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    if args.limit is None and args.every is None and not args.all:
+        args.limit = 42
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    args.dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if bad := [d for d in args.dialects if d not in DIALECTS]:
+        p.error(f"unknown dialects {bad}; choose from {DIALECTS}")
+    if bad := [s for s in args.steps if s not in STEPS]:
+        p.error(f"unknown steps {bad}; choose from {STEPS}")
+    args.data = args.data.resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    all_questions = load_questions(args.data)
+    questions = select_questions(all_questions, limit=None if args.all else args.limit,
+                                 every=None if args.all else args.every)
+    dbs = sorted({q.db for q in all_questions})
+    log(f"{len(questions)} of {len(all_questions)} questions; dialects {args.dialects}; steps {args.steps}")
+
+    prepared = prepare_databases(args.dialects, dbs, args)
+    cache = GoldCache(lambda d, db: ReadOnlyDB(d, db, args.data, args.pg, args.mysql, args.timeout))
+    t0 = time.perf_counter()
+    sanity = gold_sanity(cache, all_questions, args.dialects)
+    gold_s = time.perf_counter() - t0
+    for d, s in sanity.items():
+        log(f"gold {d}: first gold executes {s['first_gold_executes']}/{s['questions']} "
+            f"({s['first_gold_executes_as_written']} as written), alternatives "
+            f"{s['alternatives_execute']}/{s['alternatives']} ({s['alternatives_adapted']} adapted), questions without a working gold "
+            f"{s['questions_without_working_gold']}, empty first gold {s['first_gold_empty']}")
+    output = args.output or RESULTS_DIR / f"text2sql-{args.device}.json"
+
+    results: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    settings_info: dict[str, Any] = {}
+    software: dict[str, Any] = {"python": sys.version.split()[0]}
+
+    def build_report() -> dict[str, Any]:
+        from generate import _version
+
+        notes = [
+            "accuracy = sql-eval's execution accuracy: correct if the prediction's result matches any gold alternative's "
+            "(gold columns matched by value, extra columns ignored, duplicate rows dropped, rows order-insensitive unless "
+            "that gold has a top-level ORDER BY: then the values of the result columns it sorts on must follow the gold's "
+            "order, ties in any order; floats rounded to 4 decimals; a midnight timestamp equals its date). A query that "
+            "failed counts as wrong.",
+            "MySQL golds are sql-eval's (MySQL 8, databases named <db>); those that fail on MariaDB as written are run "
+            "after a meaning-preserving rewrite (gold_sanity.mysql.adapted lists them).",
+            "valid = the pipeline's SqlAnswer.valid (parses with sqlglot, names only real tables/columns); exec err = the "
+            "final attempt failed (guard or database error).",
+            "s/question = wall time of the step / questions (one engine batch per database); gen tok = generated tokens "
+            "over all attempts, per question.",
+            "Gold SQL per dialect comes from the matching sql-eval CSV (Postgres golds with {a, b} column alternatives "
+            "expanded like sql-eval). Dialect-specific wording of question/instructions is used where the CSVs differ.",
+            "Postgres/MariaDB dates relative to now are computed when the database was loaded (see load_dates); the SQLite "
+            "files froze them on 2026-11-23.",
+        ]
+        if load_before is not None and load_before > 0.5:
+            notes.append(f"WARNING: 1-minute load average was {load_before:.2f} before the run: timings are inflated.")
+        return {
+            "benchmark": "text2sql",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": [sys.executable, *sys.argv],
+            "hardware": {"cpu_cores": os.cpu_count(), "threads": args.threads, "device": args.device,
+                         "load_avg_1m_before": load_before,
+                         "load_avg_1m_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+            "software": {**software, "sqlglot": _version("sqlglot"), "sqlalchemy": _version("sqlalchemy"),
+                         "ragloom": _version("ragloom")},
+            "settings": {
+                **settings_info,
+                "dialects": args.dialects,
+                "steps": args.steps,
+                "step_options": {s: step_options(s, args.max_tokens, args.timeout) for s in args.steps},
+                "limit": args.limit,
+                "every": args.every,
+                "all": args.all,
+                "max_tokens": args.max_tokens,
+                "timeout_s": args.timeout,
+                "threads": args.threads,
+                "data": os.path.relpath(args.data, Path(__file__).resolve().parents[1]),
+                "quick": args.quick,
+            },
+            "questions": {
+                "used": len(questions),
+                "ids": [q.id for q in questions],
+                "per_category": {c: sum(q.category == c for q in questions) for c in CATEGORIES},
+                "per_db": {db: sum(q.db == db for q in questions) for db in dbs},
+            },
+            "databases": {"row_checks": prepared["row_checks"],
+                          "load_dates": load_dates(dbs, args.pg, args.mysql) if set(args.dialects) - {"sqlite"} else {}},
+            "gold_sanity": {**sanity, "seconds": gold_s},
+            "results": [{k: v for k, v in r.items()} for r in results],
+            "failed": failed,
+            "notes": notes,
+            "wall_s": time.perf_counter() - started,
+        }
+
+    if not args.gold_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        software["torch"] = torch.__version__
+        from ragloom.config import BUNDLED_LLM, EngineSettings
+        from ragloom.connectors.registry import open_connector
+        from ragloom.connectors.text2sql import Text2Sql, Text2SqlOptions
+        from ragloom.generation.runner.engine import LLMEngine
+
+        extra = {"data_dir": args.data_dir} if args.data_dir else {}
+        settings = EngineSettings(model=args.model or BUNDLED_LLM, device=args.device, dtype=args.dtype,
+                                  max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens, **extra)
+        engine = LLMEngine(settings)
+        settings_info.update({"model": settings.model, "device": args.device, "dtype": args.dtype,
+                              "max_num_seqs": args.max_num_seqs, "kv_cache_tokens": args.kv_cache_tokens})
+        t2s = Text2Sql(engine)
+        used_dbs = list(dict.fromkeys(q.db for q in questions))
+        for dialect in args.dialects:
+            try:
+                connectors = {db: open_connector(db, prepared["urls"][dialect][db]) for db in used_dbs}
+            except Exception as exc:
+                failed[dialect] = f"connect: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+                continue
+            for step in args.steps:
+                log(f"{dialect} / {step}: {len(questions)} questions")
+                opts = Text2SqlOptions(**step_options(step, args.max_tokens, args.timeout))
+                try:
+                    records, wall, crashes = run_step(t2s, opts, dialect, questions, connectors, cache)
+                except Exception as exc:
+                    failed[f"{dialect}/{step}"] = f"{type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    continue
+                if crashes:
+                    failed[f"{dialect}/{step}"] = "; ".join(crashes)[:2000]
+                row = summarize(dialect, step, records, wall)
+                row["pipeline_crashes"] = crashes
+                results.append(row)
+                write_results(output, build_report())  # after each step
+                log(f"  {dialect}/{step}: accuracy {row['accuracy']:.1%} valid {row['valid_rate']:.1%} "
+                    f"exec err {row['exec_error_rate']:.1%} {row['s_per_question']:.2f} s/question")
+            for c in connectors.values():
+                close = getattr(c, "close", None)
+                if callable(close):
+                    close()
+
+    report = build_report()
+    write_results(output, report)
+    cache.close()
+    print(f"\ntext-to-SQL (defog sql-eval): {len(questions)} questions, dialects {','.join(args.dialects)}, "
+          f"max_tokens {args.max_tokens}, {args.threads} threads, load before {load_before}")
+    for d, s in sanity.items():
+        adapted = (f" ({s['first_gold_executes_as_written']} as written)", f" ({s['alternatives_adapted']} adapted to MariaDB)")
+        print(f"gold {d}: first gold executes {s['first_gold_executes']}/{s['questions']}{adapted[0] if d == 'mysql' else ''}, "
+              f"alternatives {s['alternatives_execute']}/{s['alternatives']}{adapted[1] if d == 'mysql' else ''}")
+    for d, checks in prepared["row_checks"].items():
+        ok = sum(c["equal_to_sqlite"] for c in checks.values())
+        print(f"rows {d}: {ok}/{len(checks)} databases have the SQLite DB's row count in every table")
+    if results:
+        print(format_table(results))
+        print()
+        print(category_table(results))
+    for name, reason in failed.items():
+        print(f"{name}: FAILED: {reason}")
+    print(f"JSON: {output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Files as tables: a CSV, Parquet or Excel file, or a folder of them, queried through DuckDB.
+
+Each file becomes one table named after its file name (lower-cased, non-identifier characters
+replaced by "_"; an Excel workbook with several sheets gives one table per sheet, stem_sheet).
+The data is copied into an in-memory DuckDB database at load time; then external access is
+switched off and the configuration locked, so that no query, guarded or not, can read another
+file (read_csv('/etc/passwd'), COPY, ATTACH, INSTALL). The source files are never written: a
+statement can only change the in-memory copy, and every statement runs in a transaction that is
+rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ragloom.connectors.base import Column, ResultSet, Schema, Table
+from ragloom.connectors.guard import guard
+from ragloom.connectors.values import jsonable, sample_value
+from ragloom.errors import DeadlineExceeded, InvalidArgument, NotFound, SqlError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "excel"}
+SAMPLE_ROWS = 100
+SAMPLES = 3
+
+Rows = tuple[list[str], list[tuple[Any, ...]], bool]
+
+
+def is_table_file(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES
+
+
+class FileConnector:
+    dialect = "duckdb"
+    qualifiers = ("main", "memory")  # DuckDB's default schema and in-memory catalog
+
+    def __init__(self, name: str, path: str | Path) -> None:
+        self.name = name
+        self._path = Path(path).expanduser()
+        if not self._path.exists():
+            raise NotFound(f"no such file or folder: {self._path}")
+        self.url = str(self._path)  # no credentials in a path
+        self._lock = threading.Lock()
+        self._con, self._schema = self._load()
+
+    # ---- the Connector protocol ----
+
+    def schema(self, refresh: bool = False) -> Schema:
+        if refresh:  # the files may have changed: load them again, then swap
+            con, schema = self._load()
+            with self._lock:
+                old, self._con, self._schema = self._con, con, schema
+            old.close()
+        return self._schema
+
+    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+        if max_rows < 1 or timeout_s <= 0:
+            raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
+        checked = guard(sql, self.dialect, self._schema, max_rows + 1, self.qualifiers)
+        columns, rows, truncated = self._run(checked.sql, max_rows, timeout_s)
+        # the caller sees the statement with the limit it asked for, not the probing +1
+        shown = guard(sql, self.dialect, self._schema, max_rows, self.qualifiers).sql
+        return ResultSet(shown, columns, rows, truncated, checked.tables)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __repr__(self) -> str:
+        return f"FileConnector({self.name!r}, {self.url!r})"
+
+    # ---- loading ----
+
+    def _files(self) -> list[Path]:
+        if self._path.is_dir():
+            files = sorted(p for p in self._path.iterdir() if p.is_file() and is_table_file(p) and not p.name.startswith("."))
+            if not files:
+                raise InvalidArgument(f"{self._path} holds no {', '.join(SUFFIXES)} files")
+            return files
+        if not is_table_file(self._path):
+            raise InvalidArgument(f"{self._path.name}: unsupported file type; supported: {', '.join(SUFFIXES)}")
+        return [self._path]
+
+    def _load(self) -> tuple[duckdb.DuckDBPyConnection, Schema]:
+        con = duckdb.connect(":memory:")
+        try:
+            names: list[str] = []
+            for path in self._files():
+                try:
+                    self._load_file(con, path, names)
+                except duckdb.Error as e:
+                    raise InvalidArgument(f"cannot read {path.name} as a table: {e}") from None
+            # From here on no statement can reach the file system or undo these settings.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            tables = [self._describe(con, n) for n in names]
+        except Exception:
+            con.close()
+            raise
+        return con, Schema(self.name, self.dialect, tables)
+
+    def _load_file(self, con: duckdb.DuckDBPyConnection, path: Path, names: list[str]) -> None:
+        kind = SUFFIXES[path.suffix.lower()]
+        literal = "'" + str(path.resolve()).replace("'", "''") + "'"
+        if kind != "excel":
+            name = _table_name(path.stem, names)
+            reader = "read_csv_auto" if kind == "csv" else "read_parquet"
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM {reader}({literal})')
+            names.append(name)
+            return
+        import pandas as pd  # only Excel needs pandas (and openpyxl under it)
+
+        try:
+            sheets = pd.read_excel(path, sheet_name=None, engine="openpyxl")
+        except Exception as e:  # noqa: BLE001 - openpyxl raises many kinds for a bad workbook
+            raise InvalidArgument(f"cannot read {path.name} as an Excel workbook: {e}") from None
+        for sheet, frame in sheets.items():
+            if frame.columns.empty:
+                continue  # an empty sheet is not a table
+            stem = path.stem if len(sheets) == 1 else f"{path.stem}_{sheet}"
+            name = _table_name(stem, names)
+            con.register("__ragloom_frame", frame)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM __ragloom_frame')
+            con.unregister("__ragloom_frame")
+            names.append(name)
+
+    def _describe(self, con: duckdb.DuckDBPyConnection, name: str) -> Table:
+        info = con.execute(
+            "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND table_name = ? ORDER BY column_index",
+            [name],
+        ).fetchall()
+        columns = [Column(str(c), str(t), bool(n)) for c, t, n in info]
+        count = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+        rows = con.execute(f'SELECT * FROM "{name}" LIMIT {SAMPLE_ROWS}').fetchall()
+        for i, column in enumerate(columns):
+            seen: list[Any] = []
+            for row in rows:
+                value = sample_value(row[i])
+                if value is not None and value not in seen:
+                    seen.append(value)
+                    if len(seen) == SAMPLES:
+                        break
+            column.samples = seen
+        return Table(name, columns, row_count=int(count[0]) if count else None)
+
+    # ---- running ----
+
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Rows:
+        """Run one statement without the guard, in a rolled-back transaction, interrupted at timeout_s."""
+        with self._lock:
+            cur = self._con.cursor()  # its own connection to the same database: safe across threads
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            cur.begin()
+            cur.execute(sql)
+            columns = [d[0] for d in cur.description or []]
+            fetched = cur.fetchmany(max_rows + 1) if cur.description else []
+        except duckdb.InterruptException:
+            raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit") from None
+        except duckdb.Error as e:
+            raise SqlError(f"DuckDB error: {e}") from None
+        finally:
+            timer.cancel()
+            try:
+                cur.rollback()
+            except duckdb.Error:
+                pass  # no transaction left to roll back (the statement failed)
+            cur.close()
+        rows = [tuple(jsonable(v) for v in r) for r in fetched[:max_rows]]
+        return columns, rows, len(fetched) > max_rows
+
+
+def _table_name(stem: str, taken: list[str]) -> str:
+    """A plain SQL identifier from a file name: 'Sales 2024 (final)' -> 'sales_2024_final'."""
+    name = re.sub(r"[^0-9a-zA-Z_]+", "_", stem).strip("_").lower() or "table"
+    if name[0].isdigit():
+        name = f"t_{name}"
+    base, n = name, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name

@@ -1,0 +1,192 @@
+"""Opening connectors by URL or path, and the named registrations the Tables service serves.
+
+Registrations (name -> URL, plus solved few-shot examples) persist in one JSON file. The URLs in
+it may hold passwords, so the file is private (0600) and written atomically: a crash never leaves
+half a file, and no reader sees one. Connectors are opened lazily on first use and kept open.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragloom.connectors.base import Connector
+from ragloom.connectors.files import SUFFIXES, FileConnector
+from ragloom.connectors.guard import guard
+from ragloom.connectors.sql import SCHEMES, SqlConnector
+from ragloom.connectors.values import redact_url
+from ragloom.errors import AlreadyExists, InvalidArgument, NotFound
+
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_FORMAT_VERSION = 1
+
+
+def open_connector(name: str, url_or_path: str) -> Connector:
+    """A connector for a database URL (sqlite://, postgresql://, mysql://, mariadb://), a SQLite
+    file, a CSV / Parquet / Excel file, or a folder of those."""
+    target = url_or_path.strip()
+    if "://" in target:
+        scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
+        if scheme in SCHEMES:
+            return SqlConnector(name, target)
+        if scheme == "file":
+            return open_connector(name, target[len("file://"):])
+        supported = ", ".join(f"{s}://" for s in SCHEMES)
+        raise InvalidArgument(
+            f"unsupported URL scheme {scheme!r} in {redact_url(target)}; supported: {supported}, "
+            f"or a path to a {', '.join(SUFFIXES)} file, a SQLite file or a folder"
+        )
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise NotFound(f"no such file or folder: {path}")
+    if path.is_file() and path.suffix.lower() in SQLITE_SUFFIXES:
+        return SqlConnector(name, f"sqlite:///{path.resolve()}")
+    return FileConnector(name, path)
+
+
+def dialect_of(url_or_path: str) -> str:
+    """The sqlglot dialect a registration will use, without connecting."""
+    if "://" in url_or_path:
+        return SCHEMES.get(url_or_path.split("://", 1)[0].split("+", 1)[0].lower(), "duckdb")
+    return "sqlite" if url_or_path.lower().endswith(SQLITE_SUFFIXES) else "duckdb"
+
+
+@dataclass
+class ConnectorInfo:
+    name: str
+    url: str  # password redacted
+    dialect: str
+    examples: int  # solved few-shot examples registered with it
+
+
+class ConnectorRegistry:
+    """Named connectors; `path=None` keeps the registrations in memory only."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.RLock()
+        self._entries: dict[str, dict[str, Any]] = self._read()
+        self._open: dict[str, Connector] = {}
+
+    def register(self, name: str, url: str, replace: bool = False) -> Connector:
+        """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it."""
+        _check_name(name)
+        with self._lock:
+            if name in self._entries and not replace:
+                raise AlreadyExists(f"connector {name!r} is already registered; pass replace to change it")
+        connector = open_connector(name, url)  # outside the lock: connecting can take seconds
+        try:
+            connector.schema()
+        except Exception:
+            connector.close()
+            raise
+        with self._lock:
+            if name in self._entries and not replace:
+                connector.close()
+                raise AlreadyExists(f"connector {name!r} is already registered; pass replace to change it")
+            old = self._open.pop(name, None)
+            examples = self._entries.get(name, {}).get("examples", []) if replace else []
+            self._entries[name] = {"url": url, "examples": examples}
+            self._open[name] = connector
+            self._write()
+        if old is not None:
+            old.close()
+        return connector
+
+    def get(self, name: str) -> Connector:
+        with self._lock:
+            if name in self._open:
+                return self._open[name]
+            entry = self._entries.get(name)
+            if entry is None:
+                known = ", ".join(sorted(self._entries)) or "none"
+                raise NotFound(f"no connector named {name!r}; registered: {known}")
+            connector = open_connector(name, entry["url"])
+            self._open[name] = connector
+            return connector
+
+    def list(self) -> list[ConnectorInfo]:
+        with self._lock:
+            return [
+                ConnectorInfo(name, redact_url(e["url"]), dialect_of(e["url"]), len(e.get("examples", [])))
+                for name, e in sorted(self._entries.items())
+            ]
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            if name not in self._entries:
+                raise NotFound(f"no connector named {name!r}")
+            del self._entries[name]
+            connector = self._open.pop(name, None)
+            self._write()
+        if connector is not None:
+            connector.close()
+
+    def add_example(self, name: str, question: str, sql: str) -> None:
+        """A solved example for few-shot prompts; its SQL must pass the guard on this connector."""
+        if not question.strip() or not sql.strip():
+            raise InvalidArgument("an example needs both a question and its SQL")
+        connector = self.get(name)
+        guard(sql, connector.dialect, connector.schema(), 1, getattr(connector, "qualifiers", None))
+        with self._lock:
+            if name not in self._entries:
+                raise NotFound(f"no connector named {name!r}")
+            self._entries[name].setdefault("examples", []).append({"question": question.strip(), "sql": sql.strip()})
+            self._write()
+
+    def examples(self, name: str) -> builtins.list[dict[str, str]]:
+        with self._lock:
+            if name not in self._entries:
+                raise NotFound(f"no connector named {name!r}")
+            return [dict(e) for e in self._entries[name].get("examples", [])]
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._open = list(self._open.values()), {}
+        for connector in opened:
+            connector.close()
+
+    # ---- persistence ----
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            entries = data["connectors"]
+            if not isinstance(entries, dict):
+                raise TypeError("connectors is not an object")
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument(f"{self.path} is not a connector registry file") from None
+        return entries
+
+    def _write(self) -> None:
+        """Write to a private temporary file beside the target, then rename over it (atomic)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"version": _FORMAT_VERSION, "connectors": self._entries}, indent=2, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _check_name(name: str) -> None:
+    if not NAME.fullmatch(name or ""):
+        raise InvalidArgument(f"connector name {name!r}: use 1-64 letters, digits, '_', '.' or '-'")

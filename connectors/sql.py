@@ -1,0 +1,345 @@
+"""SQL database connectors: SQLite, PostgreSQL and MariaDB/MySQL, read-only at two levels.
+
+The guard (guard.py) refuses anything but one SELECT; underneath it, every connection is opened
+read-only so that a guard bug still cannot write:
+- SQLite: the file is opened with the URI `mode=ro` and `PRAGMA query_only=ON`;
+- PostgreSQL: `default_transaction_read_only=on` for the session, and each statement runs in a
+  `READ ONLY` transaction with `SET LOCAL statement_timeout`;
+- MariaDB/MySQL: `SET SESSION TRANSACTION READ ONLY`, each statement inside
+  `START TRANSACTION READ ONLY` with `max_statement_time` (MariaDB) / `max_execution_time` (MySQL).
+Every transaction is rolled back, never committed. Use a least-privilege database role as well.
+
+Introspection uses SQLAlchemy's inspector; statements run on the raw DB-API connection from
+SQLAlchemy's pool, so the text the guard produced is sent as is (no parameter interpolation).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
+
+from ragloom.connectors.base import Column, ForeignKey, ResultSet, Schema, Table
+from ragloom.connectors.guard import guard
+from ragloom.connectors.values import jsonable, redact_url, sample_value, scrub
+from ragloom.errors import (
+    DeadlineExceeded,
+    ForbiddenQuery,
+    InvalidArgument,
+    NotFound,
+    RagloomError,
+    SqlError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# URL scheme (before any "+driver") -> sqlglot dialect; the driver is always ours.
+SCHEMES = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+DRIVERS = {"sqlite": "sqlite+pysqlite", "postgres": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+SAMPLE_ROWS = 100  # rows read per table to find up to SAMPLES distinct values per column
+SAMPLES = 3
+INTROSPECT_TIMEOUT_S = 5.0
+MAX_ERROR_CHARS = 600
+
+Rows = tuple[list[str], list[tuple[Any, ...]], bool]
+
+
+class SqlConnector:
+    """One SQL database. `url` is e.g. sqlite:///data/shop.db, postgresql://u:p@host/db?schema=sales,
+    mysql://u:p@host/db (MariaDB too)."""
+
+    def __init__(self, name: str, url: str, schema: str | None = None, connect_timeout_s: float = 10.0) -> None:
+        self.name = name
+        self.url = redact_url(url)
+        self._secrets = [url]
+        sa_url, self.dialect, pg_schema = self._parse(url, schema)
+        if sa_url.password:
+            self._secrets.append(str(sa_url.password))
+        self._pg_schema = pg_schema
+        self._engine = self._create_engine(sa_url, pg_schema, connect_timeout_s)
+        self._flavor = self.dialect  # "mariadb" or "mysql" once known, for the timeout variable
+        self._lock = threading.Lock()
+        self._schema: Schema | None = None
+        try:
+            # The one schema name a query may prefix tables with (public, the database, main).
+            self.qualifiers: tuple[str, ...] = (self._connect(),)
+        except Exception:
+            self._engine.dispose()
+            raise
+
+    # ---- the Connector protocol ----
+
+    def schema(self, refresh: bool = False) -> Schema:
+        with self._lock:
+            if self._schema is None or refresh:
+                self._schema = Schema(self.name, self.dialect, self._introspect())
+            return self._schema
+
+    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+        if max_rows < 1 or timeout_s <= 0:
+            raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
+        # LIMIT max_rows + 1: the extra row only tells us that the result was truncated
+        checked = guard(sql, self.dialect, self.schema(), max_rows + 1, self.qualifiers)
+        columns, rows, truncated = self._run(checked.sql, max_rows, timeout_s)
+        # the caller sees the statement with the limit it asked for, not the probing +1
+        shown = guard(sql, self.dialect, self.schema(), max_rows, self.qualifiers).sql
+        return ResultSet(shown, columns, rows, truncated, checked.tables)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlConnector({self.name!r}, {self.url!r})"
+
+    # ---- connections ----
+
+    def _parse(self, url: str, schema: str | None) -> tuple[URL, str, str | None]:
+        try:
+            sa_url = make_url(url)
+        except ArgumentError:
+            raise InvalidArgument(f"not a database URL: {self.url!r}") from None
+        scheme = sa_url.get_backend_name()
+        dialect = SCHEMES.get(scheme)
+        if dialect is None:
+            raise InvalidArgument(f"unsupported database URL scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
+        sa_url = sa_url.set(drivername=DRIVERS[dialect])
+        pg_schema = schema or sa_url.query.get("schema")
+        if isinstance(pg_schema, tuple):
+            pg_schema = pg_schema[-1]
+        sa_url = sa_url.difference_update_query(["schema"])
+        if pg_schema is not None and (dialect != "postgres" or not _IDENT.fullmatch(pg_schema)):
+            raise InvalidArgument(f"schema={pg_schema!r}: a schema option is for PostgreSQL, a plain identifier")
+        if dialect == "sqlite":
+            if not sa_url.database or sa_url.database == ":memory:":
+                raise InvalidArgument("a SQLite URL must name a database file: sqlite:///path/to/file.db")
+            if not Path(sa_url.database).is_file():
+                raise NotFound(f"SQLite database file not found: {sa_url.database}")
+        elif not sa_url.database:
+            raise InvalidArgument(f"the URL must name a database: {self.url}")
+        return sa_url, dialect, pg_schema
+
+    def _create_engine(self, url: URL, pg_schema: str | None, connect_timeout_s: float) -> sa.Engine:
+        if self.dialect == "sqlite":
+            uri = Path(str(url.database)).resolve().as_uri() + "?mode=ro"
+
+            def creator() -> sqlite3.Connection:
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                conn.execute("PRAGMA query_only=ON")
+                return conn
+
+            # an explicit pool: "sqlite://" alone would make SQLAlchemy assume a per-thread memory DB
+            return sa.create_engine("sqlite+pysqlite://", creator=creator, poolclass=QueuePool)
+        if self.dialect == "postgres":
+            options = "-c default_transaction_read_only=on"
+            if pg_schema:
+                options += f' -c search_path="{pg_schema}"'
+            args: dict[str, Any] = {"options": options, "connect_timeout": max(1, int(connect_timeout_s))}
+        else:
+            args = {
+                "connect_timeout": max(1, int(connect_timeout_s)),
+                "init_command": "SET SESSION TRANSACTION READ ONLY",
+            }
+        return sa.create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+    def _connect(self) -> str:
+        """Open one connection now (so a bad URL fails at registration) and return the default schema."""
+        query = {
+            "sqlite": "SELECT 'main'",
+            "postgres": "SELECT current_schema()",
+            "mysql": "SELECT DATABASE(), VERSION()",
+        }[self.dialect]
+        try:
+            raw = self._engine.raw_connection()
+        except Exception as e:  # noqa: BLE001 - every driver has its own connection errors
+            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}") from None
+        try:
+            cur = raw.cursor()
+            cur.execute(query)
+            row = cur.fetchone()
+            raw.rollback()
+        except Exception as e:  # noqa: BLE001
+            raw.invalidate()
+            raise Unavailable(f"cannot use {self.url}: {self._message(e)}") from None
+        finally:
+            raw.close()
+        if row is None or row[0] is None:
+            raise InvalidArgument(f"{self.url}: no default schema (does the schema or database exist?)")
+        if self.dialect == "mysql":
+            self._flavor = "mariadb" if "mariadb" in str(row[1]).lower() else "mysql"
+        return str(row[0])
+
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Rows:
+        """Run one statement read-only under a time limit, always rolled back; no guard here.
+
+        Callers: execute() after the guard, introspection with statements built here, and tests
+        that prove the connection itself refuses writes.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            raw = self._engine.raw_connection()
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}") from None
+        try:
+            cur = raw.cursor()
+            cleanup = self._begin(raw.driver_connection, cur, timeout_s, deadline)
+            try:
+                cur.execute(sql)
+                columns = [d[0] for d in cur.description or []]
+                fetched = cur.fetchmany(max_rows + 1) if cur.description else []
+            finally:
+                cleanup()
+            rows = [tuple(jsonable(v) for v in r) for r in fetched[:max_rows]]
+            return columns, rows, len(fetched) > max_rows
+        except RagloomError:
+            raise
+        except Exception as e:  # noqa: BLE001 - translated into our hierarchy just below
+            raise self._translate(e, timeout_s, deadline) from None
+        finally:
+            try:
+                raw.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection must not stay in the pool
+                raw.invalidate()
+            raw.close()
+
+    def _begin(self, driver: Any, cur: Any, timeout_s: float, deadline: float) -> Callable[[], None]:
+        """Start the read-only, time-limited transaction; returns what undoes per-run settings."""
+        if self.dialect == "sqlite":
+            # Re-asserted per run: a pooled connection must not keep what an earlier statement set.
+            cur.execute("PRAGMA query_only=ON")
+            # SQLite has no statement timeout: the VM asks every 1000 instructions whether to stop
+            driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+            return lambda: driver.set_progress_handler(None, 0)
+        if self.dialect == "postgres":
+            cur.execute("SET TRANSACTION READ ONLY")
+            cur.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+        # MySQL session variables outlive a rollback, so the read-only default is set again each time
+        elif self._flavor == "mariadb":
+            cur.execute("SET SESSION TRANSACTION READ ONLY")
+            cur.execute(f"SET SESSION max_statement_time = {max(0.001, timeout_s):.3f}")
+            cur.execute("START TRANSACTION READ ONLY")
+        else:
+            cur.execute("SET SESSION TRANSACTION READ ONLY")
+            cur.execute(f"SET SESSION max_execution_time = {max(1, int(timeout_s * 1000))}")
+            cur.execute("START TRANSACTION READ ONLY")
+        return lambda: None
+
+    # ---- errors ----
+
+    def _message(self, e: BaseException) -> str:
+        e = getattr(e, "orig", None) or e  # SQLAlchemy wraps the driver's exception
+        if len(e.args) == 2 and isinstance(e.args[0], int):  # pymysql: (code, message)
+            text = f"{e.args[1]} (error {e.args[0]})"
+        else:
+            text = str(e).strip() or type(e).__name__
+        text = scrub(text, *self._secrets)
+        return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+    def _translate(self, e: Exception, timeout_s: float, deadline: float) -> RagloomError:
+        """A driver error as ours: time limit, read-only refusal, lost connection, or bad SQL."""
+        message = self._message(e)
+        kind = type(e).__name__
+        code = e.args[0] if e.args and isinstance(e.args[0], int) else None  # pymysql (code, message)
+        sqlstate = getattr(e, "sqlstate", None)  # psycopg
+        if (
+            kind == "QueryCanceled"
+            or code in (1969, 3024, 1317)
+            or (isinstance(e, sqlite3.OperationalError) and "interrupted" in message and time.monotonic() >= deadline)
+        ):
+            return DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit ({message})")
+        if sqlstate == "25006" or code in (1792, 1290) or "readonly database" in message:
+            return ForbiddenQuery(f"the connection is read-only: {message}")
+        lost_pg = self.dialect == "postgres" and kind == "OperationalError" and (sqlstate or "08")[:2] in ("08", "57")
+        if lost_pg or code in (2003, 2006, 2013):
+            return Unavailable(f"lost the connection to {self.url}: {message}")
+        label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(self.dialect, "MariaDB" if self._flavor == "mariadb" else "MySQL")
+        return SqlError(f"{label} error: {message}")
+
+    # ---- introspection ----
+
+    def _introspect(self) -> list[Table]:
+        tables: list[Table] = []
+        schema = self._pg_schema
+        try:
+            with self._engine.connect() as conn:
+                insp = sa.inspect(conn)
+                views = set(insp.get_view_names(schema=schema))
+                if self.dialect == "postgres":
+                    views |= set(insp.get_materialized_view_names(schema=schema))
+                for name in sorted(set(insp.get_table_names(schema=schema)) | views):
+                    tables.append(self._describe_table(insp, name, schema, name in views))
+        except RagloomError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"cannot read the schema of {self.url}: {self._message(e)}") from None
+        for table in tables:
+            self._add_samples(table)
+        return tables
+
+    def _describe_table(self, insp: Any, name: str, schema: str | None, is_view: bool) -> Table:
+        pk = (insp.get_pk_constraint(name, schema=schema) or {}).get("constrained_columns") or []
+        columns = [
+            Column(
+                name=c["name"],
+                type=self._type_name(c["type"]),
+                nullable=bool(c.get("nullable", True)),
+                primary_key=c["name"] in pk,
+                description=c.get("comment") or "",
+            )
+            for c in insp.get_columns(name, schema=schema)
+        ]
+        fks = [
+            ForeignKey(list(fk["constrained_columns"]), fk["referred_table"], list(fk["referred_columns"]))
+            for fk in insp.get_foreign_keys(name, schema=schema)
+            if fk.get("referred_table")
+        ]
+        try:
+            description = (insp.get_table_comment(name, schema=schema) or {}).get("text") or ""
+        except NotImplementedError:  # SQLite has no comments
+            description = ""
+        if is_view:
+            description = f"(view) {description}".strip()
+        return Table(name, columns, list(pk), fks, None, description)
+
+    def _type_name(self, type_: Any) -> str:
+        try:
+            return str(type_.compile(dialect=self._engine.dialect))
+        except Exception:  # noqa: BLE001 - NullType and exotic types cannot always compile
+            return type(type_).__name__.upper()
+
+    def _add_samples(self, table: Table) -> None:
+        """Row count and up to SAMPLES distinct non-null values per column, each query time-limited."""
+        prep = self._engine.dialect.identifier_preparer
+        quoted = prep.quote(table.name)
+        if self._pg_schema:
+            quoted = f"{prep.quote_schema(self._pg_schema)}.{quoted}"
+        try:
+            _, rows, _ = self._run(f"SELECT count(*) FROM {quoted}", 1, INTROSPECT_TIMEOUT_S)
+            table.row_count = int(rows[0][0])
+            names, rows, _ = self._run(f"SELECT * FROM {quoted} LIMIT {SAMPLE_ROWS}", SAMPLE_ROWS, INTROSPECT_TIMEOUT_S)
+        except RagloomError as e:  # a huge or odd table still gets its columns described
+            log.warning("%s: no samples for %s: %s", self.name, table.name, e)
+            return
+        for i, name in enumerate(names):
+            column = table.column(name)
+            if column is None:
+                continue
+            seen: list[Any] = []
+            for row in rows:
+                value = sample_value(row[i])
+                if value is not None and value not in seen:
+                    seen.append(value)
+                    if len(seen) == SAMPLES:
+                        break
+            column.samples = seen

@@ -1,0 +1,291 @@
+"""Text-to-SQL: link the schema, prompt, decode under a SQL grammar of the linked schema, guard,
+execute read-only, and correct once with the error text.
+
+The pipeline is a small state machine so that one implementation serves both the offline batch
+(`answer_batch`, driving `LLMEngine.generate`) and the gRPC service (driving the async engine):
+`start()` returns a task whose `job` is the next generation to run; `feed()` consumes that
+generation's text and either finishes the task (`task.answer`) or sets the next job (the
+self-correction round).
+
+Steps, each of which can be switched off to measure its gain (benchmarks/text2sql.py):
+- `link`: keep the tables and columns the question is about (schema.py); off = the whole schema.
+- `grammar`: decoding constrained by `sql_grammar(linked tables, dialect)`, so only real tables
+  and columns can be named and the output always parses; off = free text, SQL cut out of it.
+- `self_correct`: when the guard or the database rejects the query, ask once more with the error.
+
+Small tables can instead be answered directly from a compact serialization of their rows
+(mode "table", or "auto" when the linked tables fit in `table_token_budget` tokens).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlglot
+from sqlglot import exp
+
+from ragloom.connectors.base import Connector, Schema
+from ragloom.connectors.guard import guard
+from ragloom.connectors.schema import SchemaLinker, schema_ddl, serialize_rows
+from ragloom.errors import ForbiddenQuery, InvalidArgument, RagloomError, SqlError
+from ragloom.generation.constrain.processor import Constraint
+from ragloom.generation.runner.params import SamplingParams
+
+DIALECT_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "duckdb": "DuckDB"}
+MODES = ("sql", "table", "auto")
+
+SYSTEM_PROMPT = (
+    "You are an expert data analyst. Write one {dialect} SELECT query that answers the question, "
+    "using only the tables and columns of the schema. Reply with the SQL query only."
+)
+TABLE_SYSTEM_PROMPT = "You answer questions about the tables given, briefly and only from their contents."
+
+
+@dataclass
+class Text2SqlOptions:
+    link: bool = True
+    grammar: bool = True
+    self_correct: bool = True
+    mode: str = "sql"  # "sql" | "table" (answer from the rows) | "auto" (table when it fits)
+    max_tokens: int = 160
+    temperature: float = 0.0
+    max_rows: int = 1000
+    timeout_s: float = 30.0
+    few_shot: int = 3  # similar solved examples put in the prompt, when the connector has some
+    samples: int = 2  # sample values per column in the schema text
+    table_token_budget: int = 1500
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 1 <= self.max_tokens <= 4096:
+            raise InvalidArgument(f"max_tokens must be in [1, 4096], got {self.max_tokens}")
+        if self.max_rows < 1:
+            raise InvalidArgument(f"max_rows must be >= 1, got {self.max_rows}")
+        if not self.timeout_s > 0:
+            raise InvalidArgument(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not self.temperature >= 0:
+            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class SqlAnswer:
+    question: str
+    sql: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    truncated: bool = False
+    tables: list[str] = field(default_factory=list)  # tables the query read
+    error: str | None = None  # why the final attempt failed; None when it ran
+    attempts: int = 0
+    valid: bool = False  # parses, one SELECT, names only real tables and columns
+    linked_tables: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    mode: str = "sql"  # what answered: "sql" or "table"
+    answer: str = ""  # the text answer of table mode
+    failed_sql: list[str] = field(default_factory=list)  # earlier attempts, for the caller to see
+
+
+@dataclass
+class GenerationJob:
+    prompt_ids: list[int]
+    params: SamplingParams
+    constraint: Constraint | None
+
+
+@dataclass
+class SqlTask:
+    connector: Connector
+    question: str
+    options: Text2SqlOptions
+    schema: Schema  # the connector's full schema (validity is judged against it)
+    linked: Schema  # what the prompt and grammar show
+    messages: list[dict[str, str]]
+    started: float
+    job: GenerationJob | None = None
+    answer: SqlAnswer | None = None
+
+
+def extract_sql(text: str) -> str:
+    """The first SQL statement in free text: inside a ``` fence if there is one, from the first
+    SELECT/WITH to the first semicolon outside quotes (or the end)."""
+    fence = re.search(r"```(?:sql)?\s*(.*?)(?:```|$)", text, re.S | re.I)
+    if fence:
+        text = fence.group(1)
+    m = re.search(r"\b(select|with)\b", text, re.I)
+    if not m:
+        return text.strip()
+    text = text[m.start():]
+    quote: str | None = None
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"`":
+            quote = ch
+        elif ch == ";":
+            return text[:i].strip()
+    return text.strip()
+
+
+class Text2Sql:
+    def __init__(self, engine: Any, embedder: Any | None = None, linker: SchemaLinker | None = None) -> None:
+        self.engine = engine  # LLMEngine: encode(), compile_constraint(), tokenizer, generate()
+        if linker is None:
+            if embedder is None:
+                from ragloom.retrieval.embed import Embedder
+
+                embedder = Embedder()
+            linker = SchemaLinker(embedder)
+        self.linker = linker
+
+    # ---- the state machine -----------------------------------------------------------------
+
+    def start(
+        self,
+        connector: Connector,
+        question: str,
+        options: Text2SqlOptions | None = None,
+        examples: Sequence[dict[str, str]] = (),
+        instructions: str = "",
+    ) -> SqlTask:
+        opts = options or Text2SqlOptions()
+        opts.validate()
+        if not question.strip():
+            raise InvalidArgument("the question is empty")
+        started = time.monotonic()
+        schema = connector.schema()
+        if not schema.tables:
+            raise InvalidArgument(f"connector {connector.name!r} has no tables to query")
+        linked = self.linker.link(schema, question).schema if opts.link else schema
+        task = SqlTask(connector, question, opts, schema, linked, [], started)
+        if opts.mode in ("table", "auto"):
+            table_text = self._table_text(connector, linked, opts)
+            if table_text is not None:
+                task.messages = [
+                    {"role": "system", "content": TABLE_SYSTEM_PROMPT},
+                    {"role": "user", "content": f"{table_text}\n\nQuestion: {question}"},
+                ]
+                params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
+                task.job = GenerationJob(self.engine.encode(messages=task.messages), params, None)
+                return task
+            if opts.mode == "table":
+                raise InvalidArgument(
+                    f"the tables {', '.join(t.name for t in linked.tables)} are too large to answer from "
+                    f"their rows (over {opts.table_token_budget} tokens); use mode 'sql' or 'auto'"
+                )
+        shots = self._examples(question, examples, opts.few_shot)
+        user = f"Database schema ({DIALECT_NAMES.get(schema.dialect, schema.dialect)}):\n{schema_ddl(linked, opts.samples)}\n\n"
+        for ex in shots:
+            user += f"Question: {ex['question']}\nSQL: {ex['sql']}\n\n"
+        user += f"Question: {question}"
+        if instructions:
+            user += f"\nInstructions: {instructions}"
+        task.messages = [
+            {"role": "system", "content": SYSTEM_PROMPT.format(dialect=DIALECT_NAMES.get(schema.dialect, schema.dialect))},
+            {"role": "user", "content": user},
+        ]
+        task.job = self._sql_job(task)
+        return task
+
+    def feed(self, task: SqlTask, text: str, completion_tokens: int) -> None:
+        """Consume the output of `task.job`; sets `task.answer`, or a new `task.job` to correct."""
+        job = task.job
+        assert job is not None, "feed() without a pending job"
+        task.job = None
+        ans = task.answer or SqlAnswer(task.question, linked_tables=[t.name for t in task.linked.tables])
+        task.answer = ans
+        ans.prompt_tokens += len(job.prompt_ids)
+        ans.generated_tokens += completion_tokens
+        if job.constraint is None and task.messages[0]["content"] == TABLE_SYSTEM_PROMPT:
+            ans.mode, ans.answer, ans.attempts, ans.valid = "table", text.strip(), 1, False
+            ans.seconds = time.monotonic() - task.started
+            return
+        sql = text.strip() if job.constraint is not None else extract_sql(text)
+        sql = sql.rstrip(";").strip()
+        ans.attempts += 1
+        if ans.sql:
+            ans.failed_sql.append(ans.sql)
+        ans.sql, ans.error, ans.valid = sql, None, False
+        opts = task.options
+        try:
+            guard(sql, task.schema.dialect, task.schema, opts.max_rows, getattr(task.connector, "qualifiers", None))
+            ans.valid = True
+            result = task.connector.execute(sql, max_rows=opts.max_rows, timeout_s=opts.timeout_s)
+            ans.columns, ans.rows, ans.truncated, ans.tables = result.columns, result.rows, result.truncated, result.tables
+            ans.sql = result.sql
+        except (SqlError, ForbiddenQuery, RagloomError) as exc:
+            ans.error = str(exc)
+            if opts.self_correct and ans.attempts == 1:
+                task.messages = task.messages + [
+                    {"role": "assistant", "content": sql or "(empty)"},
+                    {"role": "user", "content": f"That query failed: {ans.error}\nWrite a corrected query."},
+                ]
+                task.job = self._sql_job(task)
+                return
+        ans.seconds = time.monotonic() - task.started
+
+    # ---- offline drivers -------------------------------------------------------------------
+
+    def answer_batch(
+        self,
+        connector: Connector,
+        questions: Sequence[str],
+        options: Text2SqlOptions | None = None,
+        instructions: Sequence[str] | None = None,
+        examples: Sequence[dict[str, str]] = (),
+    ) -> list[SqlAnswer]:
+        """Answer many questions, generating each round's SQL as one engine batch."""
+        instr = list(instructions) if instructions is not None else [""] * len(questions)
+        tasks = [self.start(connector, q, options, examples, i) for q, i in zip(questions, instr)]
+        while pending := [t for t in tasks if t.job is not None]:
+            jobs = [t.job for t in pending if t.job is not None]
+            done = self.engine.generate([j.prompt_ids for j in jobs], [j.params for j in jobs], [j.constraint for j in jobs])
+            for t, c in zip(pending, done):
+                self.feed(t, c.text, c.completion_tokens)
+        return [t.answer for t in tasks if t.answer is not None]
+
+    def answer(self, connector: Connector, question: str, options: Text2SqlOptions | None = None,
+               examples: Sequence[dict[str, str]] = (), instructions: str = "") -> SqlAnswer:
+        return self.answer_batch(connector, [question], options, [instructions], examples)[0]
+
+    # ---- pieces ----------------------------------------------------------------------------
+
+    def _sql_job(self, task: SqlTask) -> GenerationJob:
+        opts = task.options
+        constraint = None
+        if opts.grammar:
+            tables = {t.name: [c.name for c in t.columns] for t in task.linked.tables}
+            constraint = self.engine.compile_constraint("sql", {"tables": tables, "dialect": task.schema.dialect})
+        params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
+        return GenerationJob(self.engine.encode(messages=task.messages), params, constraint)
+
+    def _examples(self, question: str, examples: Sequence[dict[str, str]], k: int) -> list[dict[str, str]]:
+        if not examples or k <= 0:
+            return []
+        if len(examples) <= k:
+            return list(examples)
+        emb = self.linker.embedder.encode([question] + [e["question"] for e in examples])
+        order = np.argsort(-(emb[1:] @ emb[0]))[:k]
+        return [examples[int(i)] for i in order[::-1]]  # most similar last, nearest the question
+
+    def _table_text(self, connector: Connector, linked: Schema, opts: Text2SqlOptions) -> str | None:
+        """The linked tables' rows as markdown, or None when they do not fit the token budget."""
+        if any(t.row_count is None or t.row_count > opts.table_token_budget // 4 for t in linked.tables):
+            return None
+        parts = []
+        for t in linked.tables:
+            query = sqlglot.select("*").from_(exp.to_identifier(t.name)).sql(dialect=linked.dialect)
+            res = connector.execute(query, max_rows=opts.table_token_budget, timeout_s=opts.timeout_s)
+            parts.append(f"Table {t.name}:\n" + serialize_rows(res.columns, res.rows, max_rows=len(res.rows)))
+        text = "\n\n".join(parts)
+        if len(self.engine.tokenizer.encode(text)) > opts.table_token_budget:
+            return None
+        return text

@@ -1,0 +1,66 @@
+"""Small helpers shared by the connectors: JSON-friendly values and secret-free messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+MAX_SAMPLE_CHARS = 80  # samples go into prompts: keep them short
+
+
+def jsonable(value: Any) -> Any:
+    """A database value as something json.dumps and protobuf Struct accept, keeping its meaning.
+
+    Decimals become floats (the Tables API returns numbers, not strings), dates and times ISO
+    strings, bytes hex; containers (PostgreSQL json/arrays, DuckDB lists/structs) recursively.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars from pandas-backed data
+        return jsonable(value.item())
+    return str(value)
+
+
+def sample_value(value: Any) -> Any:
+    """A sample for the schema: JSON-friendly and short."""
+    value = jsonable(value)
+    if isinstance(value, str) and len(value) > MAX_SAMPLE_CHARS:
+        return value[: MAX_SAMPLE_CHARS - 3] + "..."
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***; unparsable input is returned without its userinfo."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - never let a bad URL leak through an error path
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return url
+
+
+def scrub(message: str, *secrets: str | None) -> str:
+    """The message with every secret (passwords, full URLs) replaced by ***."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message

@@ -1,0 +1,235 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from . import generation_pb2 as _generation_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterConnectorRequest(_message.Message):
+    __slots__ = ("name", "url", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ConnectorInfo(_message.Message):
+    __slots__ = ("name", "url", "dialect", "tables", "examples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    DIALECT_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    dialect: str
+    tables: int
+    examples: int
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., dialect: _Optional[str] = ..., tables: _Optional[int] = ..., examples: _Optional[int] = ...) -> None: ...
+
+class ListConnectorsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListConnectorsResponse(_message.Message):
+    __slots__ = ("connectors",)
+    CONNECTORS_FIELD_NUMBER: _ClassVar[int]
+    connectors: _containers.RepeatedCompositeFieldContainer[ConnectorInfo]
+    def __init__(self, connectors: _Optional[_Iterable[_Union[ConnectorInfo, _Mapping]]] = ...) -> None: ...
+
+class RemoveConnectorRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveConnectorResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeSchemaRequest(_message.Message):
+    __slots__ = ("connector", "refresh")
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
+    connector: str
+    refresh: bool
+    def __init__(self, connector: _Optional[str] = ..., refresh: _Optional[bool] = ...) -> None: ...
+
+class ColumnInfo(_message.Message):
+    __slots__ = ("name", "type", "nullable", "primary_key", "description", "samples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NULLABLE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    nullable: bool
+    primary_key: bool
+    description: str
+    samples: _struct_pb2.ListValue
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., nullable: _Optional[bool] = ..., primary_key: _Optional[bool] = ..., description: _Optional[str] = ..., samples: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ...) -> None: ...
+
+class ForeignKeyInfo(_message.Message):
+    __slots__ = ("columns", "ref_table", "ref_columns")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    REF_TABLE_FIELD_NUMBER: _ClassVar[int]
+    REF_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    ref_table: str
+    ref_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., ref_table: _Optional[str] = ..., ref_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TableInfo(_message.Message):
+    __slots__ = ("name", "columns", "primary_key", "foreign_keys", "row_count", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    columns: _containers.RepeatedCompositeFieldContainer[ColumnInfo]
+    primary_key: _containers.RepeatedScalarFieldContainer[str]
+    foreign_keys: _containers.RepeatedCompositeFieldContainer[ForeignKeyInfo]
+    row_count: int
+    description: str
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., primary_key: _Optional[_Iterable[str]] = ..., foreign_keys: _Optional[_Iterable[_Union[ForeignKeyInfo, _Mapping]]] = ..., row_count: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class SchemaInfo(_message.Message):
+    __slots__ = ("connector", "dialect", "tables")
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    DIALECT_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    connector: str
+    dialect: str
+    tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
+    def __init__(self, connector: _Optional[str] = ..., dialect: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+
+class AddExampleRequest(_message.Message):
+    __slots__ = ("connector", "question", "sql")
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    connector: str
+    question: str
+    sql: str
+    def __init__(self, connector: _Optional[str] = ..., question: _Optional[str] = ..., sql: _Optional[str] = ...) -> None: ...
+
+class AddExampleResponse(_message.Message):
+    __slots__ = ("examples",)
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    examples: int
+    def __init__(self, examples: _Optional[int] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("request_id", "connector", "question", "mode", "link", "grammar", "self_correct", "max_rows", "timeout_s", "instructions", "sampling", "batch_rows")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    SELF_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    connector: str
+    question: str
+    mode: str
+    link: bool
+    grammar: bool
+    self_correct: bool
+    max_rows: int
+    timeout_s: float
+    instructions: str
+    sampling: _generation_pb2.SamplingParams
+    batch_rows: int
+    def __init__(self, request_id: _Optional[str] = ..., connector: _Optional[str] = ..., question: _Optional[str] = ..., mode: _Optional[str] = ..., link: _Optional[bool] = ..., grammar: _Optional[bool] = ..., self_correct: _Optional[bool] = ..., max_rows: _Optional[int] = ..., timeout_s: _Optional[float] = ..., instructions: _Optional[str] = ..., sampling: _Optional[_Union[_generation_pb2.SamplingParams, _Mapping]] = ..., batch_rows: _Optional[int] = ...) -> None: ...
+
+class ExecuteSqlRequest(_message.Message):
+    __slots__ = ("connector", "sql", "max_rows", "timeout_s", "batch_rows")
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    connector: str
+    sql: str
+    max_rows: int
+    timeout_s: float
+    batch_rows: int
+    def __init__(self, connector: _Optional[str] = ..., sql: _Optional[str] = ..., max_rows: _Optional[int] = ..., timeout_s: _Optional[float] = ..., batch_rows: _Optional[int] = ...) -> None: ...
+
+class QueryHeader(_message.Message):
+    __slots__ = ("sql", "columns", "tables", "linked_tables", "request_id")
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    LINKED_TABLES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    sql: str
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    linked_tables: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, sql: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., tables: _Optional[_Iterable[str]] = ..., linked_tables: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RowBatch(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[_struct_pb2.ListValue]
+    def __init__(self, rows: _Optional[_Iterable[_Union[_struct_pb2.ListValue, _Mapping]]] = ...) -> None: ...
+
+class QueryUsage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "seconds")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class QueryComplete(_message.Message):
+    __slots__ = ("sql", "row_count", "truncated", "attempts", "valid", "error", "mode", "answer", "failed_sql", "usage")
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    FAILED_SQL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    sql: str
+    row_count: int
+    truncated: bool
+    attempts: int
+    valid: bool
+    error: str
+    mode: str
+    answer: str
+    failed_sql: _containers.RepeatedScalarFieldContainer[str]
+    usage: QueryUsage
+    def __init__(self, sql: _Optional[str] = ..., row_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., attempts: _Optional[int] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., mode: _Optional[str] = ..., answer: _Optional[str] = ..., failed_sql: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[QueryUsage, _Mapping]] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("header", "rows", "complete")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    header: QueryHeader
+    rows: RowBatch
+    complete: QueryComplete
+    def __init__(self, header: _Optional[_Union[QueryHeader, _Mapping]] = ..., rows: _Optional[_Union[RowBatch, _Mapping]] = ..., complete: _Optional[_Union[QueryComplete, _Mapping]] = ...) -> None: ...

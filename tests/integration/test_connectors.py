@@ -1,0 +1,334 @@
+"""Connectors end to end on real databases and files: introspection, execution, limits, timeouts,
+secrets, and the registry that persists them.
+
+SQLite runs everywhere; PostgreSQL and MariaDB are the machine's own servers (RAGLOOM_TEST_PG_URL,
+RAGLOOM_TEST_MYSQL_URL), each test module in a schema / database of its own that is dropped after.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+
+import pandas as pd
+import pytest
+from sql_databases import PG_URL, any_database, postgres_database
+from sqlalchemy.engine import make_url
+
+from ragloom.connectors.files import FileConnector
+from ragloom.connectors.registry import ConnectorRegistry, open_connector
+from ragloom.connectors.sql import SqlConnector
+from ragloom.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    ForbiddenQuery,
+    InvalidArgument,
+    NotFound,
+    RagloomError,
+    SqlError,
+    Unavailable,
+)
+
+# 5**14 rows to count: far beyond any time limit here, and made of nothing but a real table.
+HEAVY = "SELECT count(*) FROM " + ", ".join(f"orders o{i}" for i in range(14))
+SECRET = "Sup3r-Secret-Pw"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "mariadb"])
+def db(request, tmp_path_factory):
+    with any_database(request.param, tmp_path_factory.mktemp("db")) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+def conn(db):
+    connector = SqlConnector("shop", db.url)
+    yield connector
+    connector.close()
+
+
+# ---- SQL databases ----
+
+
+def test_introspection(db, conn):
+    schema = conn.schema()
+    assert schema.dialect == db.dialect and schema.connector == "shop"
+    assert [t.name for t in schema.tables] == ["customers", "orders"]
+    customers, orders = schema.tables
+    assert customers.primary_key == ["id"] and customers.row_count == 4 and orders.row_count == 5
+    assert [c.name for c in orders.columns] == ["id", "customer_id", "total", "placed_at", "status"]
+    assert orders.column("customer_id").nullable is False and orders.column("id").primary_key
+    assert orders.column("status").nullable is True
+    assert "NUMERIC" in orders.column("total").type.upper() or "DECIMAL" in orders.column("total").type.upper()
+    [fk] = orders.foreign_keys
+    assert (fk.columns, fk.ref_table, fk.ref_columns) == (["customer_id"], "customers", ["id"])
+    # up to 3 distinct non-null samples, JSON-friendly
+    assert customers.column("city").samples == ["London", "New York", "Helsinki"]
+    assert orders.column("status").samples == ["paid", "refunded", "pending"]
+    assert all(isinstance(v, (int, float)) for v in orders.column("total").samples)
+    if db.dialect != "sqlite":  # SQLite has no comments
+        assert customers.description == "People who placed orders"
+        assert customers.column("city").description == "City of the delivery address"
+    assert conn.schema() is schema and conn.schema(refresh=True) is not schema
+
+
+def test_execute_returns_json_friendly_rows(conn):
+    result = conn.execute(
+        "SELECT c.name, sum(o.total) AS spent, max(o.placed_at) AS last_order "
+        "FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.name ORDER BY c.name"
+    )
+    assert [c.lower() for c in result.columns] == ["name", "spent", "last_order"]
+    assert [(r[0], round(r[1], 2)) for r in result.rows] == [("Ada", 30.5), ("Grace", 5.25), ("Linus", 100.99)]
+    assert all(isinstance(r[1], float) for r in result.rows)  # Decimal -> float
+    assert result.rows[2][2].replace("T", " ").startswith("2024-03-02 08:00:00")  # datetime -> ISO text
+    assert result.tables == ["customers", "orders"] and not result.truncated
+    json.dumps(result.rows)
+    dates = conn.execute("SELECT signup_date FROM customers WHERE id = 1").rows
+    assert dates == [("2023-01-05",)]
+
+
+def test_row_limit(conn):
+    capped = conn.execute("SELECT id FROM orders ORDER BY id", max_rows=2)
+    assert capped.rows == [(1,), (2,)] and capped.truncated
+    assert "LIMIT 2" in capped.sql  # the limit asked for (one more row is fetched to know more exist)
+    small = conn.execute("SELECT id FROM orders ORDER BY id LIMIT 1", max_rows=2)
+    assert small.rows == [(1,)] and not small.truncated and "LIMIT 1" in small.sql
+    tightened = conn.execute("SELECT id FROM orders ORDER BY id LIMIT 100000", max_rows=3)
+    assert len(tightened.rows) == 3 and tightened.truncated and "100000" not in tightened.sql
+    exact = conn.execute("SELECT id FROM orders", max_rows=5)
+    assert len(exact.rows) == 5 and not exact.truncated
+    with pytest.raises(InvalidArgument):
+        conn.execute("SELECT id FROM orders", max_rows=0)
+
+
+def test_timeout_is_deadline_exceeded(conn):
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="time limit"):
+        conn.execute(HEAVY, timeout_s=0.5)
+    assert time.monotonic() - start < 10
+    assert conn.execute("SELECT count(*) FROM orders").rows == [(5,)]  # the connection is still usable
+
+
+def test_unknown_names_and_database_errors(db, conn):
+    with pytest.raises(SqlError, match="unknown table 'invoices'.*customers, orders"):
+        conn.execute("SELECT * FROM invoices")
+    with pytest.raises(SqlError, match="unknown column 'totl'"):
+        conn.execute("SELECT totl FROM orders")
+    with pytest.raises(SqlError, match="does not parse"):
+        conn.execute("SELECT FROM WHERE")
+    if db.dialect != "sqlite":  # SQLite silently takes the first row of a scalar subquery
+        with pytest.raises(SqlError, match="(PostgreSQL|MariaDB) error: .*more than"):
+            conn.execute("SELECT name FROM customers WHERE id = (SELECT customer_id FROM orders)")
+
+
+def test_other_schema_qualifiers_are_refused(db, conn):
+    own = conn.qualifiers[0]
+    assert conn.execute(f"SELECT count(*) FROM {own}.orders").rows == [(5,)]
+    with pytest.raises(ForbiddenQuery, match="outside this connector's schema"):
+        conn.execute("SELECT * FROM elsewhere.orders")
+
+
+def test_sqlite_missing_file_and_bad_urls(tmp_path):
+    with pytest.raises(NotFound, match="not found"):
+        SqlConnector("x", f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(InvalidArgument, match="must name a database file"):
+        SqlConnector("x", "sqlite://")
+    with pytest.raises(InvalidArgument, match="supported: sqlite"):
+        SqlConnector("x", "oracle://scott:tiger@db/orcl")
+
+
+# ---- secrets ----
+
+
+def test_postgres_password_never_shown():
+    # The machine's PostgreSQL trusts local users, so a connection with any password succeeds.
+    with postgres_database() as db:
+        url = make_url(db.url).set(password=SECRET).render_as_string(hide_password=False)
+        connector = SqlConnector("secret", url)
+        try:
+            assert SECRET not in connector.url and "***" in connector.url
+            assert SECRET not in repr(connector)
+            for bad in ("SELECT * FROM nowhere", "SELECT name::int FROM customers", "DROP TABLE orders"):
+                with pytest.raises(RagloomError) as info:
+                    connector.execute(bad)
+                assert SECRET not in str(info.value) and str(info.value)
+        finally:
+            connector.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://postgres:{SECRET}@127.0.0.1:1/test",  # nothing listens on port 1
+        f"mysql://root:{SECRET}@127.0.0.1:3306/test",  # root has no password: access denied
+    ],
+)
+def test_connection_failure_hides_password(url):
+    with pytest.raises((Unavailable, InvalidArgument)) as info:
+        SqlConnector("down", url)
+    assert SECRET not in str(info.value) and "***" in str(info.value)
+
+
+# ---- files through DuckDB ----
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "city": ["Oslo", "Rome", "Lima", "Oslo"],
+            "year": [2020, 2021, 2022, 2023],
+            "temp": [5.5, 18.25, 19.0, None],
+            "day": pd.to_datetime(["2020-01-01", "2021-02-02", "2022-03-03", "2023-04-04"]),
+        }
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".xlsx"])
+def test_file_connector(tmp_path, frame, suffix):
+    path = tmp_path / f"Weather Data 2024{suffix}"
+    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
+     ".xlsx": lambda: frame.to_excel(path, index=False)}[suffix]()
+    connector = open_connector("weather", str(path))
+    assert isinstance(connector, FileConnector) and connector.dialect == "duckdb"
+    [table] = connector.schema().tables
+    assert table.name == "weather_data_2024" and table.row_count == 4 and table.foreign_keys == []
+    assert [c.name for c in table.columns] == ["city", "year", "temp", "day"]
+    assert table.column("year").type in ("BIGINT", "INTEGER") and table.column("temp").type == "DOUBLE"
+    assert table.column("city").samples == ["Oslo", "Rome", "Lima"]
+    result = connector.execute(
+        "SELECT city, avg(temp) AS t, max(day) AS last FROM weather_data_2024 GROUP BY city ORDER BY city",
+        max_rows=2,
+    )
+    assert result.rows == [("Lima", 19.0, result.rows[0][2]), ("Oslo", 5.5, result.rows[1][2])]
+    assert result.rows[1][2].startswith("2023-04-04") and result.truncated
+    connector.close()
+
+
+def test_file_folder_and_isolation(tmp_path, frame):
+    (tmp_path / "a.csv").write_text("x,y\n1,one\n2,two\n")
+    frame.to_parquet(tmp_path / "2024 weather.parquet")
+    with pd.ExcelWriter(tmp_path / "book.xlsx") as writer:
+        frame.to_excel(writer, sheet_name="Main", index=False)
+        frame.head(2).to_excel(writer, sheet_name="Top two", index=False)
+    (tmp_path / "notes.txt").write_text("not a table")
+    connector = FileConnector("folder", tmp_path)
+    assert [t.name for t in connector.schema().tables] == ["t_2024_weather", "a", "book_main", "book_top_two"]
+    assert connector.execute("SELECT y FROM a WHERE x = 2").rows == [("two",)]
+    # the guard refuses file readers, and under it DuckDB itself cannot reach the file system
+    with pytest.raises(ForbiddenQuery, match="table-valued"):
+        connector.execute("SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(SqlError, match="disabled by configuration"):
+        connector._run("SELECT * FROM read_csv('/etc/passwd')", 5, 5)
+    with pytest.raises(SqlError, match="locked"):
+        connector._run("SET enable_external_access = true", 5, 5)
+    # writes that bypass the guard only touch the in-memory copy, and are rolled back
+    connector._run("DELETE FROM a", 5, 5)
+    assert connector.execute("SELECT count(*) FROM a").rows == [(2,)]
+    assert (tmp_path / "a.csv").read_text() == "x,y\n1,one\n2,two\n"
+    with pytest.raises(DeadlineExceeded):
+        connector.execute("SELECT count(*) FROM " + ", ".join(f"book_main b{i}" for i in range(20)), timeout_s=0.5)
+    (tmp_path / "a.csv").write_text("x,y\n1,one\n")
+    assert connector.schema(refresh=True).table("a").row_count == 1  # refresh reloads the files
+    connector.close()
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(NotFound):
+        FileConnector("x", tmp_path / "missing.csv")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InvalidArgument, match="no .csv"):
+        FileConnector("x", tmp_path)
+    with pytest.raises(InvalidArgument, match="unsupported file type"):
+        FileConnector("x", tmp_path / "notes.txt")
+
+
+# ---- opening and registering ----
+
+
+def test_open_connector_dispatch(tmp_path, db):
+    if db.dialect == "sqlite":
+        path = make_url(db.url).database
+        assert isinstance(open_connector("s", str(path)), SqlConnector)  # a .db path is SQLite
+    else:
+        assert isinstance(open_connector("s", db.url), SqlConnector)
+    with pytest.raises(InvalidArgument, match="supported: sqlite://, postgresql://"):
+        open_connector("x", "mongodb://u:pw@host/db")
+    with pytest.raises(NotFound):
+        open_connector("x", str(tmp_path / "nothing.csv"))
+
+
+def test_registry_persists_privately(tmp_path, db):
+    path = tmp_path / "state" / "connectors.json"
+    registry = ConnectorRegistry(path)
+    connector = registry.register("shop", db.url)
+    assert registry.get("shop") is connector
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(AlreadyExists):
+        registry.register("shop", db.url)
+    registry.add_example("shop", "How many orders?", "SELECT count(*) FROM orders")
+    with pytest.raises(ForbiddenQuery):
+        registry.add_example("shop", "Wipe it", "DELETE FROM orders")
+    with pytest.raises(SqlError):
+        registry.add_example("shop", "Bad", "SELECT nope FROM orders")
+    [info] = registry.list()
+    assert (info.name, info.dialect, info.examples) == ("shop", db.dialect, 1)
+    registry.close()
+
+    reopened = ConnectorRegistry(path)  # a restart: registrations come back, connectors reopen lazily
+    assert reopened.examples("shop") == [{"question": "How many orders?", "sql": "SELECT count(*) FROM orders"}]
+    assert reopened.get("shop").execute("SELECT count(*) FROM orders").rows == [(5,)]
+    reopened.register("shop", db.url, replace=True)
+    assert len(reopened.examples("shop")) == 1  # replacing the URL keeps the examples
+    reopened.remove("shop")
+    with pytest.raises(NotFound, match="registered: none"):
+        reopened.get("shop")
+    assert json.loads(path.read_text())["connectors"] == {}
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temp files left
+    reopened.close()
+
+
+def test_registry_names_and_failures(tmp_path):
+    registry = ConnectorRegistry(None)
+    for bad in ("", "has space", "x" * 65, "semi;colon"):
+        with pytest.raises(InvalidArgument):
+            registry.register(bad, "sqlite:///whatever.db")
+    with pytest.raises(NotFound):
+        registry.register("ok", f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(NotFound, match="registered: none"):
+        registry.get("ok")
+    with pytest.raises(Unavailable):
+        registry.register("down", f"postgresql://postgres:{SECRET}@127.0.0.1:1/test")
+    assert registry.list() == []
+    (tmp_path / "t.csv").write_text("a\n1\n")
+    registry.register("csv.v1", str(tmp_path / "t.csv"))
+    assert [(i.name, i.dialect, i.url) for i in registry.list()] == [("csv.v1", "duckdb", str(tmp_path / "t.csv"))]
+    registry.close()
+
+
+def test_registry_redacts_urls(tmp_path):
+    url = make_url(PG_URL).set(drivername="postgresql", password=SECRET).render_as_string(hide_password=False)
+    registry = ConnectorRegistry(tmp_path / "r.json")
+    try:
+        registry.register("pg", url)
+    except Unavailable:
+        pytest.skip("PostgreSQL not reachable")
+    [info] = registry.list()
+    assert SECRET not in info.url and "***" in info.url
+    assert SECRET in (tmp_path / "r.json").read_text()  # needed to reconnect: hence mode 0600
+    registry.close()
+
+
+def test_registry_is_thread_safe(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(8):
+        (tmp_path / f"t{i}.csv").write_text(f"a\n{i}\n")
+    registry = ConnectorRegistry(tmp_path / "r.json")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: registry.register(f"c{i}", str(tmp_path / f"t{i}.csv")), range(8)))
+        opened = list(pool.map(lambda _: registry.get("c3"), range(8)))
+    assert len({id(c) for c in opened}) == 1  # one connector per name, however many callers
+    assert [i.name for i in ConnectorRegistry(tmp_path / "r.json").list()] == [f"c{i}" for i in range(8)]
+    registry.close()

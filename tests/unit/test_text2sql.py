@@ -1,0 +1,137 @@
+"""connectors/text2sql.py and schema.py: SQL extraction, schema linking on a real defog schema,
+the prompt's DDL, and the pipeline on the bundled model over a SQLite file (grammar on: every
+query parses and names only real tables and columns; off: whatever the model writes)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ragloom.connectors.base import Column, ForeignKey, Schema, Table
+from ragloom.connectors.schema import SchemaLinker, schema_ddl, serialize_rows
+from ragloom.connectors.text2sql import Text2Sql, Text2SqlOptions, extract_sql
+from ragloom.errors import InvalidArgument
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHOP_SQL = Path(__file__).resolve().parents[2] / "ragloom" / "demo_data" / "shop.sql"
+
+
+@pytest.mark.parametrize(
+    ("text", "sql"),
+    [
+        ("SELECT a FROM t;", "SELECT a FROM t"),
+        ("```sql\nSELECT a FROM t\n```\nThis selects a.", "SELECT a FROM t"),
+        ("Here is the query: select count(*) from t where x = 'a;b'; extra", "select count(*) from t where x = 'a;b'"),
+        ("WITH c AS (SELECT 1) SELECT * FROM c", "WITH c AS (SELECT 1) SELECT * FROM c"),
+        ("no sql here", "no sql here"),
+    ],
+)
+def test_extract_sql(text: str, sql: str) -> None:
+    assert extract_sql(text) == sql
+
+
+def _schema() -> Schema:
+    return Schema("t", "sqlite", [
+        Table("author", [Column("aid", "INTEGER", primary_key=True), Column("name", "TEXT", samples=["Ada"])], ["aid"]),
+        Table("domain", [Column("did", "INTEGER", primary_key=True), Column("name", "TEXT", samples=["Machine Learning"])],
+              ["did"]),
+        Table("domain_author", [Column("aid", "INTEGER"), Column("did", "INTEGER")], [],
+              [ForeignKey(["aid"], "author", ["aid"]), ForeignKey(["did"], "domain", ["did"])]),
+        Table("flight", [Column("flight_id", "INTEGER", primary_key=True), Column("airline", "TEXT")], ["flight_id"]),
+    ])
+
+
+def test_ddl_has_keys_samples_and_commas_outside_comments() -> None:
+    ddl = schema_ddl(_schema())
+    assert "CREATE TABLE domain_author (" in ddl
+    assert "FOREIGN KEY (aid) REFERENCES author(aid)" in ddl
+    assert "aid INTEGER PRIMARY KEY, -- " not in ddl  # a comma after a comment would be commented out
+    assert "name TEXT -- e.g. 'Ada'" in ddl
+    for line in ddl.splitlines():
+        if "--" in line:
+            assert not line.rstrip().endswith(",") or line.index(",") < line.index("--")
+
+
+def test_serialize_rows_caps_and_truncates() -> None:
+    text = serialize_rows(["a", "b"], [(i, "x" * 100) for i in range(10)], max_rows=3, max_cell=10)
+    assert text.count("\n") == 2 + 3
+    assert "(7 more rows not shown)" in text and "x" * 10 not in text
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from ragloom.retrieval.embed import Embedder
+
+    return Embedder(device="cpu")
+
+
+def test_linking_keeps_relevant_tables_and_their_join_table(embedder) -> None:  # noqa: ANN001
+    linked = SchemaLinker(embedder).link(_schema(), "Which authors wrote in the domain Machine Learning?").schema
+    names = {t.name for t in linked.tables}
+    assert {"author", "domain", "domain_author"} <= names
+    assert "flight" not in names
+    ja = linked.table("domain_author")
+    assert ja is not None and {c.name for c in ja.columns} == {"aid", "did"}
+
+
+def test_linking_on_a_real_defog_schema(embedder) -> None:  # noqa: ANN001
+    from ragloom.connectors.registry import open_connector
+
+    db = SHARED_DATA / "text2sql" / "dbs" / "restaurants.sqlite"
+    if not db.exists():
+        pytest.skip(f"{db} not found (../shared/data)")
+    conn = open_connector("restaurants", f"sqlite:///{db}")
+    try:
+        schema = conn.schema()
+        linked = SchemaLinker(embedder).link(schema, "What is the average rating of restaurants in each city?").schema
+        assert linked.table("restaurant") is not None
+        assert len(linked.tables) <= len(schema.tables)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory):
+    from ragloom.connectors.registry import open_connector
+
+    db = tmp_path_factory.mktemp("shop") / "shop.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(SHOP_SQL.read_text())
+    conn = open_connector("shop", f"sqlite:///{db}")
+    yield conn
+    conn.close()
+
+
+def test_pipeline_with_grammar_writes_valid_sql(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    questions = ["How many customers are there in each country?", "What is the price of the cheapest product?",
+                 "List the names of customers from France."]
+    answers = t2s.answer_batch(shop, questions, Text2SqlOptions(max_tokens=64))
+    for a in answers:
+        assert a.valid, a
+        assert a.sql.upper().startswith("SELECT")
+        assert set(a.tables) <= {"customers", "products", "orders"}
+        assert a.generated_tokens > 0 and a.prompt_tokens > 0
+        if a.error is None:
+            assert a.columns
+
+
+def test_self_correction_round_sees_the_error(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    task = t2s.start(shop, "How many orders?", Text2SqlOptions(max_tokens=32))
+    t2s.feed(task, "SELECT nope FROM orders", 5)  # as if the model had written this
+    assert task.job is not None and task.answer is not None and task.answer.attempts == 1
+    assert "nope" in task.messages[-1]["content"] and task.messages[-2]["content"] == "SELECT nope FROM orders"
+    out = engine.generate([task.job.prompt_ids], [task.job.params], [task.job.constraint])[0]
+    t2s.feed(task, out.text, out.completion_tokens)
+    assert task.job is None and task.answer.attempts == 2 and task.answer.failed_sql == ["SELECT nope FROM orders"]
+
+
+def test_bad_options_are_refused(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    with pytest.raises(InvalidArgument, match="mode"):
+        t2s.start(shop, "q", Text2SqlOptions(mode="nope"))
+    with pytest.raises(InvalidArgument, match="empty"):
+        t2s.start(shop, " ", Text2SqlOptions())
