@@ -7,6 +7,9 @@ For each question the prompt is the chat template around [10 passages][question]
   transformers  HF `generate` prefill of the same token ids (peer; TTFT only)
   prefix        stored KV reused only where it is exact (the system prompt and the first passage)
   blend@r       CacheBlend: recompute the share r of reused tokens that deviate most, and the question
+                (BlendConfig defaults: deviation weighted by the question's attention, gradual
+                filtering over check layers 1-3)
+  cacheblend@r  the same with the reference code's selection (V deviation at layer 1 only)
   epic          EPIC/LegoLink: recompute the first --epic-tokens of every passage, and the question
   blend@0.15 (disk)      the same, chunk KV decoded from the disk tier (no memory tier)
   blend@0.15 (codec B)   chunk KV stored at B bits (KIVI-style) and decoded from disk
@@ -22,6 +25,7 @@ Passages are cut to --passage-tokens tokens (default 96; MuSiQue's average is ~5
 
     python benchmarks/blend.py --questions 20
     python benchmarks/blend.py --quick          # 3 questions, smoke test
+    python benchmarks/blend.py --questions 8 --threads 1 --only blend,cacheblend   # quality only, fast
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any
 import torch
 from results_io import write_results
 
-from ragloom.cache.blend import Segment, blend
+from ragloom.cache.blend import CACHEBLEND, BlendConfig, Segment, blend
 from ragloom.cache.chunk_kv import ChunkKVStore, DiskTier, MemoryTier
 from ragloom.cache.codec import CodecConfig
 from ragloom.cache.rag import PassageText, RagPipeline
@@ -58,6 +62,7 @@ MUSIQUE = next(
     _REPO.parent / "shared" / "data/musique/musique_s.json",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
+GROUPS = ("hf", "prefix", "blend", "cacheblend", "epic", "ctx-none", "codecs")
 
 
 # ---- answer metrics (SQuAD normalisation, as CacheBlend's compute_f1) ---------------------------
@@ -111,9 +116,11 @@ def run_request(engine: LLMEngine, request: Request, started: float) -> tuple[st
 
 
 def run_plan(engine: LLMEngine, rp: RagPipeline, question: str, passages: list[PassageText],
-             params: SamplingParams, mode: str, ratio: float, epic: int) -> dict[str, Any]:
+             params: SamplingParams, mode: str, ratio: float, epic: int,
+             config: BlendConfig | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    plan = rp.plan(question, passages, params, request_id=f"{mode}-{started}", mode=mode, ratio=ratio, epic_tokens=epic)
+    plan = rp.plan(question, passages, params, request_id=f"{mode}-{started}", mode=mode, ratio=ratio, epic_tokens=epic,
+                   blend_config=config)
     captured: dict[str, torch.Tensor] = {}
     inner = plan.request.prefill
     assert inner is not None
@@ -142,14 +149,22 @@ def main() -> None:
                     help="codec settings bits[:group[:z]] (z = zlib on top); 16 = fp16, the baseline")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"systems to run besides full prefill, comma-separated from {','.join(GROUPS)}; "
+                         "e.g. --only blend,cacheblend skips the slow transformers / disk / codec runs")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(GROUPS):
+        ap.error(f"--only: unknown {sorted(only - set(GROUPS))}; choose from {','.join(GROUPS)}")
+    if "codecs" not in only:
+        args.codecs = ""
     if args.quick:
         args.questions, args.codecs = 3, "16,4:64"
     torch.set_num_threads(args.threads)
     ratios = [float(r) for r in args.ratios.split(",")]
     codecs: dict[str, CodecConfig] = {}
-    for spec in args.codecs.split(","):
+    for spec in filter(None, args.codecs.split(",")):
         parts = spec.split(":")
         codecs[spec] = CodecConfig(bits=int(parts[0]), group_size=int(parts[1]) if len(parts) > 1 else 32,  # type: ignore[arg-type]
                                    entropy=len(parts) > 2 and parts[2] == "z")
@@ -159,7 +174,7 @@ def main() -> None:
     tok = engine.tokenizer
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop=["\n"])
     hf = None
-    if not args.no_hf:
+    if not args.no_hf and "hf" in only:
         from transformers import AutoModelForCausalLM
 
         from ragloom.models import resolve_model
@@ -196,26 +211,36 @@ def main() -> None:
         # warm every store (untimed): the chunk KV a serving system has after ingest
         texts = [p.text for p in passages]
         rp.precompute(engine.model, texts)
-        rp_none.precompute(engine.model, texts)
+        if "ctx-none" in only:
+            rp_none.precompute(engine.model, texts)
         for pipe in codec_pipes.values():
             pipe.precompute(engine.model, texts)
-        rows["prefix"] = run_plan(engine, rp, question, passages, params, "prefix", 0, args.epic_tokens)
-        for r in ratios:
+        if "prefix" in only:
+            rows["prefix"] = run_plan(engine, rp, question, passages, params, "prefix", 0, args.epic_tokens)
+        for r in ratios if "blend" in only else []:
             rows[f"blend@{r:g}"] = run_plan(engine, rp, question, passages, params, "blend", r, args.epic_tokens)
-        rows["epic"] = run_plan(engine, rp, question, passages, params, "epic", 0, args.epic_tokens)
-        rows["blend@0.15 (ctx none)"] = run_plan(engine, rp_none, question, passages, params, "blend", 0.15, args.epic_tokens)
+        for r in ratios if "cacheblend" in only else []:
+            rows[f"cacheblend@{r:g}"] = run_plan(engine, rp, question, passages, params, "blend", r, args.epic_tokens,
+                                                 CACHEBLEND)
+        if "epic" in only:
+            rows["epic"] = run_plan(engine, rp, question, passages, params, "epic", 0, args.epic_tokens)
+        if "ctx-none" in only:
+            rows["blend@0.15 (ctx none)"] = run_plan(engine, rp_none, question, passages, params, "blend", 0.15,
+                                                     args.epic_tokens)
         for name, pipe in codec_pipes.items():
             rows[f"blend@0.15 (disk, {name})"] = run_plan(engine, pipe, question, passages, params, "blend", 0.15, args.epic_tokens)
         for name, row in rows.items():
             if "text" in row:
                 ans = first_line(row["text"])
+                row["top1"] = float(int(row["logits"].argmax()) == int(ref_logits.argmax()))
                 row.update(answer=ans, f1=best(f1, ans, golds), em=best(exact, ans, golds),
                            agree=float(ans == first_line(full_text)), kl=kl(ref_logits, row.pop("logits")),
                            prompt_tokens=len(ids))
             systems[name].append({k: v for k, v in row.items() if k != "text"})
+        shown = next((k for k in rows if k.startswith("blend@")), None)
         print(f"[{qi + 1}/{len(data)}] {question[:60]!r} gold={golds[0]!r} full={first_line(full_text)!r} "
-              f"blend={rows['blend@0.15']['answer']!r} ttft full {full_ttft:.2f}s blend {rows['blend@0.15']['ttft']:.2f}s",
-              flush=True)
+              + (f"{shown}={rows[shown]['answer']!r} ttft full {full_ttft:.2f}s {shown} {rows[shown]['ttft']:.2f}s"
+                 if shown else f"ttft full {full_ttft:.2f}s"), flush=True)
 
     # stored bytes per token per codec, from what is on disk
     sizes = {name: sum(f.stat().st_size for f in (tmp / f"codec{i}").rglob("*") if f.is_file())
@@ -230,7 +255,8 @@ def main() -> None:
         if "f1" in rows_[0]:
             entry.update(
                 f1=statistics.mean(r["f1"] for r in rows_), em=statistics.mean(r["em"] for r in rows_),
-                agree=statistics.mean(r["agree"] for r in rows_), kl_mean=statistics.mean(r["kl"] for r in rows_),
+                agree=statistics.mean(r["agree"] for r in rows_), top1=statistics.mean(r["top1"] for r in rows_),
+                kl_mean=statistics.mean(r["kl"] for r in rows_),
                 reused_mean=statistics.mean(r["reused"] for r in rows_),
                 recomputed_mean=statistics.mean(r["recomputed"] for r in rows_),
             )
@@ -246,18 +272,19 @@ def main() -> None:
                            "f1": statistics.mean(r["f1"] for r in sys_rows)})
     print(f"\nMuSiQue, {len(data)} questions x {args.passages} passages cut to {args.passage_tokens} tokens; "
           f"CPU float32, {args.threads} threads; greedy, max {args.max_tokens} tokens")
-    print(f"{'system':28} {'TTFT s':>8} {'x full':>7} {'F1':>6} {'EM':>5} {'F1/full':>8} {'agree':>6} {'KL':>7} {'reused':>7} {'recomp':>7}")
+    print(f"{'system':28} {'TTFT s':>8} {'x full':>7} {'F1':>6} {'EM':>5} {'F1/full':>8} {'agree':>6} {'top1':>5} {'KL':>7} {'reused':>7} {'recomp':>7}")
     for e in table:
         if "f1" in e:
             print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f} {e['f1']:6.3f} {e['em']:5.2f} "
-                  f"{e['f1_vs_full']:8.3f} {e['agree']:6.2f} {e['kl_mean']:7.4f} {e['reused_mean']:7.0f} {e['recomputed_mean']:7.0f}")
+                  f"{e['f1_vs_full']:8.3f} {e['agree']:6.2f} {e['top1']:5.2f} {e['kl_mean']:7.4f} {e['reused_mean']:7.0f} {e['recomputed_mean']:7.0f}")
         else:
             print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f}")
     print(f"\n{'codec':10} {'bytes/token':>12} {'x smaller than fp16':>20} {'F1 (blend@0.15)':>16}")
     for row in codec_rows:
         print(f"{row['codec']:10} {row['bytes_per_token']:12.0f} {row['x_smaller_than_fp16'] or 0:20.2f} {row['f1']:16.3f}")
 
-    write_results(RESULTS / "blend-cpu.json", {
+    partial = only != set(GROUPS)
+    write_results(RESULTS / ("blend-cpu-partial.json" if partial else "blend-cpu.json"), {
         "benchmark": "blend", "date": datetime.now(UTC).isoformat(), "machine": platform.processor() or platform.machine(),
         "threads": args.threads, "args": vars(args), "questions": len(data), "systems": table, "codecs": codec_rows,
         "per_question": {k: v for k, v in systems.items()},

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ragloom.cache.blend import MODES, Segment, blend, prefill_kv
+from ragloom.cache.blend import MODES, BlendConfig, Segment, blend, prefill_kv
 from ragloom.cache.chunk_kv import ChunkKV, ChunkKVStore, chunk_key, dtype_name
 from ragloom.errors import InvalidArgument
 from ragloom.generation.runner.engine import LLMEngine, PrefillResult, Request
@@ -131,6 +131,7 @@ class RagPipeline:
         epic_tokens: int = 16,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         processors: list[LogitsProcessor] | None = None,
+        blend_config: BlendConfig | None = None,
     ) -> AskPlan:
         if not question.strip():
             raise InvalidArgument("the question is empty")
@@ -163,7 +164,7 @@ class RagPipeline:
         def prefill(model: LlamaModel) -> PrefillResult:
             try:
                 return self._prefill(model, head, head_key, head_entry, chunks, keys, entries, question_ids,
-                                     mode, ratio, epic_tokens, ctx_tag, usage)
+                                     mode, ratio, epic_tokens, ctx_tag, usage, blend_config)
             finally:
                 usage.done.set()
 
@@ -174,6 +175,7 @@ class RagPipeline:
         self, model: LlamaModel, head: list[int], head_key: str, head_entry: ChunkKV | None,
         chunks: list[list[int]], keys: list[str], entries: list[ChunkKV | None], question_ids: list[int],
         mode: str, ratio: float, epic_tokens: int, ctx_tag: str, usage: AskUsage,
+        blend_config: BlendConfig | None = None,
     ) -> PrefillResult:
         if mode == "full":
             res = blend(model, [Segment(head + [t for c in chunks for t in c] + question_ids)], mode="full")
@@ -200,7 +202,8 @@ class RagPipeline:
             segments.append(Segment(tokens, entry.k, entry.v, entry.start_pos, exact=i == 0 and entry.start_pos == len(head)))
         segments.append(Segment(question_ids))
         from_store.append(False)
-        res = blend(model, segments, mode=mode, ratio=ratio, epic_tokens=epic_tokens)  # type: ignore[arg-type]
+        res = blend(model, segments, mode=mode, ratio=ratio, epic_tokens=epic_tokens,  # type: ignore[arg-type]
+                    config=blend_config)
         # "reused" counts only KV that existed before this request; a passage computed just now
         # for the store was computed, whatever the blend then kept of it.
         stored = torch.tensor([f for seg, f in zip(segments, from_store) for _ in seg.token_ids], dtype=torch.bool)

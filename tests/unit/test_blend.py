@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragloom.cache.blend import Segment, blend, prefill_kv, rotate_keys
+from ragloom.cache.blend import CACHEBLEND, BlendConfig, Segment, blend, prefill_kv, rotate_keys
 from ragloom.generation.runner.engine import PrefillResult, Request
 from ragloom.generation.runner.params import SamplingParams
 
@@ -104,6 +104,29 @@ def test_blend_and_epic_recompute_what_they_say(engine, parts) -> None:
     # more recompute, closer to full prefill
     kls = [_kl(full.logits, blend(engine.model, _segments(parts), mode="blend", ratio=r).logits) for r in (0.0, 0.5)]
     assert kls[1] <= kls[0] + 1e-6
+
+
+@pytest.mark.parametrize("config", [
+    CACHEBLEND,
+    BlendConfig(),  # gradual filtering over layers 1-3, attention-weighted V deviation
+    BlendConfig(check_layers=(2,), score="k", attn_weight=0.0, sink_tokens=2, end_tokens=1),
+    BlendConfig(check_layers=(1, 4), first_ratio=0.8, score="kv", min_chunk_tokens=3),
+])
+def test_blend_configs_keep_the_budget_and_the_forced_tokens(engine, parts, config) -> None:
+    system, _, chunks, _, question = parts
+    inexact = sum(len(c) for c in chunks[1:])
+    full = blend(engine.model, _segments(parts), mode="full")
+    res = blend(engine.model, _segments(parts), mode="blend", ratio=0.5, config=config)
+    assert res.recomputed == len(question) + int(torch.ceil(torch.tensor(0.5 * inexact)))
+    start = len(system) + len(chunks[0])
+    for c in chunks[1:]:
+        recomputed = ~res.reused_mask[start : start + len(c)]
+        assert recomputed[: config.sink_tokens].all() and recomputed[len(c) - config.end_tokens :].all()
+        assert int(recomputed.sum()) >= min(config.min_chunk_tokens, len(c))
+        start += len(c)
+    assert res.reused_mask[-len(question) :].logical_not().all()  # the question is always recomputed
+    everything = blend(engine.model, _segments(parts), mode="blend", ratio=1.0, config=config)
+    assert _kl(full.logits, everything.logits) < 1e-6
 
 
 def test_engine_runs_a_custom_prefill(engine, parts) -> None:
