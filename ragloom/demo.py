@@ -172,7 +172,7 @@ def _ask(demo: Demo) -> None:
 # The text-to-SQL step: a tiny shop database built from the bundled script into a temp folder.
 SHOP_SQL = Path(__file__).with_name("demo_data") / "shop.sql"
 DEMO_CONNECTOR = "demo_shop"
-SQL_QUESTION = "How many customers are there in each country?"
+SQL_QUESTION = "Which customers are from France?"
 
 
 def _sql(demo: Demo) -> None:
@@ -187,6 +187,8 @@ def _sql(demo: Demo) -> None:
         try:
             print(f"connected {info.name!r}: {info.dialect}, {info.tables} tables (customers, products, orders)")
             print(f"question: {SQL_QUESTION!r}")
+            print("(the bundled 135M model often writes the wrong query; the grammar and the guard make sure it is"
+                  " one valid read-only SELECT over real columns, and a larger model plugs in with --model)")
             r = c.sql(DEMO_CONNECTOR, SQL_QUESTION)
             print(f"sql: {r.sql}  (linked tables: {', '.join(r.linked_tables)}; attempts: {r.attempts})")
             if r.error:
