@@ -111,6 +111,7 @@ class SqlTask:
     started: float
     job: GenerationJob | None = None
     answer: SqlAnswer | None = None
+    scope: list[str] | None = None  # tables the correction round's grammar keeps to
 
 
 def extract_sql(text: str) -> str:
@@ -132,6 +133,39 @@ def extract_sql(text: str) -> str:
             quote = ch
         elif ch == ";":
             return text[:i].strip()
+    return text.strip()
+
+
+def _from_tables(sql: str, schema: Schema) -> list[str] | None:
+    """The schema's tables a query reads (FROM/JOIN), or None when it does not parse or reads none."""
+    try:
+        tree = sqlglot.parse_one(sql, read=schema.dialect)
+    except sqlglot.errors.SqlglotError:
+        return None
+    names = [t for t in (schema.table(x.name) for x in tree.find_all(exp.Table)) if t is not None]
+    return list(dict.fromkeys(t.name for t in names)) or None
+
+
+def close_sql(constraint: Constraint, text: str, tables: Sequence[str] = ()) -> str:
+    """Constrained output that a token limit cut off mid-query, closed so that it still parses:
+    the grammar's shortest completion when a short search finds one (a missing `)` or `'`, a
+    last operand), else the first of a few SQL closers (quote, operand, parentheses, then
+    `FROM <table>`) the grammar accepts. Complete output comes back as is."""
+    grammar = constraint.grammar
+    state = grammar.advance(grammar.initial, text)
+    if state is None or grammar.can_end(state):
+        return text.strip()
+    rest = grammar.shortest_completion(state, budget=300)
+    if rest is not None:
+        return (text + rest).strip()
+    for lexeme in ("", *filter(None, (grammar.shortest_word(t, q) for t, q in state[1]))):
+        for quote in ("", "'"):
+            for operand in ("", " 0", " *"):
+                for parens in range(5):
+                    for table in ("", *tables):
+                        tail = lexeme + quote + operand + ")" * parens + (f" FROM {table}" if table else "")
+                        if grammar.accepts_text(text + tail):
+                            return (text + tail).strip()
     return text.strip()
 
 
@@ -208,7 +242,10 @@ class Text2Sql:
             ans.mode, ans.answer, ans.attempts, ans.valid = "table", text.strip(), 1, False
             ans.seconds = time.monotonic() - task.started
             return
-        sql = text.strip() if job.constraint is not None else extract_sql(text)
+        if job.constraint is not None:
+            sql = close_sql(job.constraint, text, [t.name for t in task.linked.tables])
+        else:
+            sql = extract_sql(text)
         sql = sql.rstrip(";").strip()
         ans.attempts += 1
         if ans.sql:
@@ -224,6 +261,7 @@ class Text2Sql:
         except (SqlError, ForbiddenQuery, RagloomError) as exc:
             ans.error = str(exc)
             if opts.self_correct and ans.attempts == 1:
+                task.scope = _from_tables(sql, task.schema) if job.constraint is not None and "column" in ans.error else None
                 task.messages = task.messages + [
                     {"role": "assistant", "content": sql or "(empty)"},
                     {"role": "user", "content": f"That query failed: {ans.error}\nWrite a corrected query."},
@@ -262,7 +300,10 @@ class Text2Sql:
         opts = task.options
         constraint = None
         if opts.grammar:
-            tables = {t.name: [c.name for c in t.columns] for t in task.linked.tables}
+            # a correction after a name error keeps to the tables the query chose (PICARD-style
+            # scope): the grammar then offers exactly their columns, not every linked table's
+            shown = task.schema.subset(task.scope).tables if task.scope else task.linked.tables
+            tables = {t.name: [c.name for c in t.columns] for t in shown}
             constraint = self.engine.compile_constraint("sql", {"tables": tables, "dialect": task.schema.dialect})
         params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
         return GenerationJob(self.engine.encode(messages=task.messages), params, constraint)

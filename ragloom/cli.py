@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="run the gRPC server (Generation, Retrieval, Rag, health, reflection) until SIGTERM/Ctrl-C",
+        help="run the gRPC server (Generation, Retrieval, Rag, Tables, health, reflection) until SIGTERM/Ctrl-C",
         description="Load the model and serve the gRPC API. Prints 'ragloom: serving MODEL on HOST:PORT' "
         "once ready (with --port 0, the port actually bound).",
         epilog=_EPILOG,

@@ -440,6 +440,67 @@ class Grammar:
             state = nxt
         return "".join(out)
 
+    def shortest_word(self, t: int, q: int = 0) -> str | None:
+        """The shortest string taking terminal t's DFA from state q to acceptance (BFS)."""
+        dfa = self.terminals[t]
+        if dfa.accepting[q]:
+            return ""
+        seen, frontier = {q}, [(q, "")]
+        while frontier:
+            nxt = []
+            for state, text in frontier:
+                for cls, chars in enumerate(dfa.class_chars):
+                    if not chars:  # "any other char": no concrete character to write
+                        continue
+                    q2 = int(dfa.trans[state, cls])
+                    if q2 < 0 or q2 in seen:
+                        continue
+                    word = text + min(chars)
+                    if dfa.accepting[q2]:
+                        return word
+                    seen.add(q2)
+                    nxt.append((q2, word))
+            frontier = nxt
+        return None
+
+    def shortest_completion(self, state: State, max_pieces: int = 16, budget: int = 2000) -> str | None:
+        """A short text after which the input may end (None if none is found within the budget).
+
+        Used to close an output that a token limit cut off mid-structure: breadth-first over
+        pieces (the rest of the open lexeme, or a separator plus the shortest word of a terminal
+        the parser can shift next), shortest total text first."""
+        import heapq
+
+        heap: list[tuple[int, int, str, State]] = [(0, 0, "", state)]
+        seen: set[State] = set()
+        tick = 0
+        while heap and budget > 0:
+            _, pieces, text, st = heapq.heappop(heap)
+            if self.can_end(st):
+                return text
+            if st in seen or pieces >= max_pieces:
+                continue
+            seen.add(st)
+            budget -= 1
+            stack, cands = st
+            options: list[str] = []
+            for t, q in cands:  # finish the open lexeme
+                w = self.shortest_word(t, q)
+                if w:
+                    options.append(w)
+            closed = self.complete(stack, cands) if cands else (stack, False)
+            if closed is not None:
+                for t in self.acceptable(closed[0])[0]:
+                    w = self.shortest_word(t)
+                    if w:
+                        options += [" " + w, w]
+            for piece in options:
+                nxt = self.advance(st, piece)
+                if nxt is not None and nxt not in seen:
+                    tick += 1
+                    heapq.heappush(heap, (len(text) + len(piece), tick, text + piece, nxt))
+        return None
+
     def accepts_prefix(self, text: str) -> bool:
         return self.advance(self.initial, text) is not None
 

@@ -5,7 +5,8 @@ real tables and columns (PICARD-style guards, enforced while decoding rather tha
 read-only query in a useful analytic subset of the dialect (sqlite, postgres, mysql, duckdb):
 
 - `SELECT [DISTINCT]` with `*`, `table.*`, expressions and `AS alias` output aliases;
-- `FROM` one table, comma joins, `[INNER] JOIN .. ON`, `LEFT [OUTER] JOIN .. ON`, `CROSS JOIN`;
+- `FROM` one table, comma joins, `[INNER] JOIN .. ON`, `LEFT [OUTER] JOIN .. ON`, `CROSS JOIN`; FROM is
+  required (so output cut off by a token limit and closed by the shortest completion reads a table);
 - `WHERE`, `GROUP BY` (expressions, positions or output aliases) with `HAVING`, `ORDER BY` (the same, plus
   `ASC|DESC`, and `NULLS FIRST|LAST` except in mysql), `LIMIT n [OFFSET m]`; `UNION [ALL]`,
   `INTERSECT`, `EXCEPT` between selects;
@@ -114,7 +115,7 @@ _CORE = r"""
 start: query [";"]
 query: select (set_op select)* [order_by] [limit]
 !set_op: "union"i ["all"i] | "intersect"i | "except"i
-select: "select"i [DISTINCT] select_list [from_clause]
+select: "select"i [DISTINCT] select_list from_clause
 select_list: "*" | select_item ("," select_item)*
 select_item: expr ["as"i alias] | table_star
 from_clause: "from"i table join* ["where"i expr] [group_by]

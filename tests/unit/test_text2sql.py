@@ -135,3 +135,20 @@ def test_bad_options_are_refused(engine, embedder, shop) -> None:  # noqa: ANN00
         t2s.start(shop, "q", Text2SqlOptions(mode="nope"))
     with pytest.raises(InvalidArgument, match="empty"):
         t2s.start(shop, " ", Text2SqlOptions())
+
+
+def test_cut_off_query_is_closed_and_correction_keeps_to_its_tables(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    task = t2s.start(shop, "How many orders per customer?", Text2SqlOptions(max_tokens=32))
+    assert task.job is not None and task.job.constraint is not None
+    # as if the model had been cut off mid-list: the grammar's shortest completion closes it
+    t2s.feed(task, "SELECT name FROM customers WHERE id IN (1, 2,", 12)
+    assert task.answer is not None and task.answer.failed_sql == [] and "IN (1, 2, 0)" in task.answer.sql
+    assert task.answer.error is None and task.answer.valid
+    # a name error: the correction round's grammar offers only the chosen table's columns
+    task = t2s.start(shop, "How many orders per customer?", Text2SqlOptions(max_tokens=32))
+    t2s.feed(task, "SELECT quantity FROM customers", 5)
+    assert task.scope == ["customers"] and task.job is not None
+    grammar = task.job.constraint.grammar
+    assert grammar.accepts_text("SELECT country FROM customers")
+    assert not grammar.accepts_text("SELECT quantity FROM customers")
