@@ -35,7 +35,9 @@ alternative of all 210 questions is executed on each dialect (the gold sanity li
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sqlite3
 import statistics
 import sys
 import time
@@ -45,7 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlglot
 from results_io import write_results
+from sqlglot import exp
 from text2sql_data import (
     CATEGORIES,
     DEFAULT_DATA,
@@ -64,6 +68,7 @@ from text2sql_data import (
     mysql_row_counts,
     postgres_row_counts,
     select_questions,
+    sqlite_path,
     sqlite_row_counts,
     sqlite_url,
 )
@@ -137,7 +142,35 @@ def gold_sanity(cache: GoldCache, questions: list[Question], dialects: list[str]
 # --------------------------------------------------------------------------- running
 
 
-def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache) -> dict[str, Any]:
+@functools.cache
+def schema_names(db: str, data: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """(tables, columns of any table) of a database, lower case; the same in every dialect."""
+    con = sqlite3.connect(f"file:{sqlite_path(db, data)}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        cols = {r[1].lower() for t in tables for r in con.execute(f'PRAGMA table_info("{t}")')}
+    finally:
+        con.close()
+    return frozenset(t.lower() for t in tables), frozenset(cols)
+
+
+def name_check(sql: str, dialect: str, db: str, data: Path) -> tuple[bool, bool]:
+    """(parses as one query, names only tables and columns that exist in the database): the
+    grammar's own promise, looser than `valid`, which also needs every column in scope."""
+    try:
+        tree = sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return False, False
+    if not isinstance(tree, exp.Query):
+        return False, False
+    tables, cols = schema_names(db, data)
+    aliases = {a.alias.lower() for a in tree.find_all(exp.Alias)}
+    real = all(t.name.lower() in tables for t in tree.find_all(exp.Table)) and all(
+        c.name.lower() in cols or c.name.lower() in aliases for c in tree.find_all(exp.Column) if c.name != "*")
+    return True, real
+
+
+def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache, data: Path) -> dict[str, Any]:
     golds = cache.gold(dialect, q)
     ran = answer.error is None
     correct = False
@@ -157,6 +190,8 @@ def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache) -> dict[s
         "category": q.category,
         "correct": correct,
         "valid": bool(answer.valid),
+        "parses": name_check(answer.sql, dialect, q.db, data)[0],
+        "real_names": name_check(answer.sql, dialect, q.db, data)[1],
         "ran": ran,
         "error": None if ran else str(answer.error)[:300],
         "attempts": answer.attempts,
@@ -189,6 +224,8 @@ def summarize(dialect: str, step: str, records: list[dict[str, Any]], wall: floa
         "correct": sum(r["correct"] for r in records),
         "accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
         "valid_rate": sum(r["valid"] for r in records) / n if n else 0.0,
+        "parse_rate": sum(r.get("parses", False) for r in records) / n if n else 0.0,
+        "real_names_rate": sum(r.get("real_names", False) for r in records) / n if n else 0.0,
         "exec_error_rate": sum(not r["ran"] for r in records) / n if n else 0.0,
         "mean_generated_tokens": mean("generated_tokens"),
         "mean_prompt_tokens": mean("prompt_tokens"),
@@ -208,7 +245,7 @@ def failed_record(q: Question, error: str) -> dict[str, Any]:
 
 
 def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], connectors: dict[str, Any],
-             cache: GoldCache) -> tuple[list[dict[str, Any]], float, list[str]]:
+             cache: GoldCache, data: Path) -> tuple[list[dict[str, Any]], float, list[str]]:
     """One batch per database (the pipeline batches generation within answer_batch). A batch that
     raises counts its questions as failed (error "pipeline: ...") and the step goes on."""
     records: dict[int, dict[str, Any]] = {}
@@ -229,19 +266,22 @@ def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], conne
                 records[q.id] = failed_record(q, msg)
             continue
         for q, a in zip(qs, answers, strict=True):
-            records[q.id] = evaluate(a, q, dialect, cache)
+            records[q.id] = evaluate(a, q, dialect, cache, data)
     wall = time.perf_counter() - t0
     return [records[q.id] for q in questions], wall, crashes
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("dialect", "step", "n", "exec acc", "valid", "exec err", "gen tok", "attempts", "s/question")
+    head = ("dialect", "step", "n", "exec acc", "parses", "real names", "valid", "exec err", "gen tok", "attempts",
+            "s/question")
     body = [
         (
             r["dialect"],
             r["step"],
             str(r["questions"]),
             f"{r['accuracy']:.1%} ({r['correct']})",
+            f"{r.get('parse_rate', 0.0):.1%}",
+            f"{r.get('real_names_rate', 0.0):.1%}",
             f"{r['valid_rate']:.1%}",
             f"{r['exec_error_rate']:.1%}",
             f"{r['mean_generated_tokens']:.1f}",
@@ -270,6 +310,22 @@ def category_table(rows: list[dict[str, Any]]) -> str:
             cells.append(f"{pc['correct']}/{pc['n']}".rjust(12) if pc else " " * 12)
         lines.append(f"{r['dialect']:<8} {r['step']:<8} " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def rescore(path: Path, data: Path) -> int:
+    """Add the parse / real-names columns to a results file written before they existed."""
+    import json
+
+    doc = json.loads(path.read_text())
+    for row in doc["results"]:
+        for r in row["answers"]:
+            r["parses"], r["real_names"] = name_check(r["sql"] or "", row["dialect"], r["db"], data)
+        n = len(row["answers"]) or 1
+        row["parse_rate"] = sum(r["parses"] for r in row["answers"]) / n
+        row["real_names_rate"] = sum(r["real_names"] for r in row["answers"]) / n
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    print(format_table(doc["results"]))
+    return 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -301,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reload", action="store_true", help="drop and reload the PostgreSQL/MariaDB databases")
     p.add_argument("--gold-only", action="store_true", help="build the databases and run the gold sanity check; no model")
     p.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/text2sql-<device>.json")
+    p.add_argument("--rescore", type=Path, metavar="JSON",
+                   help="recompute the parse / real-names columns of a results file (no model) and print its table")
     p.add_argument("--quick", action="store_true", help="smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
     if args.quick:
@@ -324,6 +382,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore, args.data)
     started = time.perf_counter()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -439,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"{dialect} / {step}: {len(questions)} questions")
                 opts = Text2SqlOptions(**step_options(step, args.max_tokens, args.timeout))
                 try:
-                    records, wall, crashes = run_step(t2s, opts, dialect, questions, connectors, cache)
+                    records, wall, crashes = run_step(t2s, opts, dialect, questions, connectors, cache, args.data)
                 except Exception as exc:
                     failed[f"{dialect}/{step}"] = f"{type(exc).__name__}: {exc}"
                     traceback.print_exc()
