@@ -159,7 +159,7 @@ def name_check(sql: str, dialect: str, db: str, data: Path) -> tuple[bool, bool]
     grammar's own promise, looser than `valid`, which also needs every column in scope."""
     try:
         tree = sqlglot.parse_one(sql, read=dialect)
-    except sqlglot.errors.SqlglotError:
+    except (sqlglot.errors.SqlglotError, RecursionError):
         return False, False
     if not isinstance(tree, exp.Query):
         return False, False

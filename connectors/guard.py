@@ -89,6 +89,13 @@ def guard(
     """
     if max_rows < 1:
         raise SqlError(f"max_rows must be at least 1, got {max_rows}")
+    try:
+        return _guard(sql, dialect, schema, max_rows, qualifiers)
+    except RecursionError:  # sqlglot parses and walks recursively: thousands of nested ( or + chains
+        raise SqlError("the query is nested too deeply to check; simplify it") from None
+
+
+def _guard(sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: Iterable[str] | None) -> GuardedSql:
     allowed_qualifiers = {
         q.lower() for q in (DEFAULT_QUALIFIERS.get(dialect, ()) if qualifiers is None else qualifiers)
     }

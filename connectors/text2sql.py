@@ -140,7 +140,7 @@ def _from_tables(sql: str, schema: Schema) -> list[str] | None:
     """The schema's tables a query reads (FROM/JOIN), or None when it does not parse or reads none."""
     try:
         tree = sqlglot.parse_one(sql, read=schema.dialect)
-    except sqlglot.errors.SqlglotError:
+    except (sqlglot.errors.SqlglotError, RecursionError):
         return None
     names = [t for t in (schema.table(x.name) for x in tree.find_all(exp.Table)) if t is not None]
     return list(dict.fromkeys(t.name for t in names)) or None

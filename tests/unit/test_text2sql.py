@@ -152,3 +152,14 @@ def test_cut_off_query_is_closed_and_correction_keeps_to_its_tables(engine, embe
     grammar = task.job.constraint.grammar
     assert grammar.accepts_text("SELECT country FROM customers")
     assert not grammar.accepts_text("SELECT quantity FROM customers")
+
+
+def test_guard_refuses_too_deep_nesting_cleanly() -> None:
+    """A model can emit hundreds of '(' within its token limit; sqlglot recurses per level."""
+    from ragloom.connectors.guard import guard
+    from ragloom.errors import SqlError
+
+    sql = "SELECT " + "(" * 400 + "aid" + ")" * 400 + " FROM author"
+    with pytest.raises(SqlError, match="nested too deeply"):
+        guard(sql, "sqlite", _schema(), 10)
+    assert guard("SELECT ((aid)) FROM author", "sqlite", _schema(), 10).tables == ["author"]
