@@ -158,10 +158,16 @@ def close_sql(constraint: Constraint, text: str, tables: Sequence[str] = ()) -> 
     rest = grammar.shortest_completion(state, budget=300)
     if rest is not None:
         return (text + rest).strip()
+    depth, quoted = 0, False  # parentheses left open, outside string literals
+    for ch in text:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted:
+            depth += (ch == "(") - (ch == ")")
     for lexeme in ("", *filter(None, (grammar.shortest_word(t, q) for t, q in state[1]))):
         for quote in ("", "'"):
-            for operand in ("", " 0", " *"):
-                for parens in range(5):
+            for operand in ("", " 0", " *", "0"):
+                for parens in dict.fromkeys((*range(5), depth, depth + 1)):
                     for table in ("", *tables):
                         tail = lexeme + quote + operand + ")" * parens + (f" FROM {table}" if table else "")
                         if grammar.accepts_text(text + tail):
