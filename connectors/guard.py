@@ -36,6 +36,7 @@ from ragloom.errors import ForbiddenQuery, SqlError
 log = logging.getLogger(__name__)
 
 ONLY_SELECT = "only one read-only SELECT statement is allowed"
+MAX_NESTING = 32
 
 # The schema qualifier each dialect resolves unqualified names to, when the connector says nothing.
 DEFAULT_QUALIFIERS = {"sqlite": ("main",), "postgres": ("public",), "duckdb": ("main", "memory"), "mysql": ()}
@@ -89,10 +90,30 @@ def guard(
     """
     if max_rows < 1:
         raise SqlError(f"max_rows must be at least 1, got {max_rows}")
+    if _nesting(sql) > MAX_NESTING:
+        # sqlglot's parser recurses (and on nested calls backtracks for minutes) per level
+        raise SqlError(f"the query nests parentheses more than {MAX_NESTING} deep; simplify it")
     try:
         return _guard(sql, dialect, schema, max_rows, qualifiers)
     except RecursionError:  # sqlglot parses and walks recursively: thousands of nested ( or + chains
         raise SqlError("the query is nested too deeply to check; simplify it") from None
+
+
+def _nesting(sql: str) -> int:
+    """The deepest parenthesis nesting outside string literals (cheap, before any parsing)."""
+    depth = deepest = 0
+    quote: str | None = None
+    for ch in sql:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"`":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
 
 
 def _guard(sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: Iterable[str] | None) -> GuardedSql:
