@@ -157,9 +157,9 @@ def schema_names(db: str, data: Path) -> tuple[frozenset[str], frozenset[str]]:
 def name_check(sql: str, dialect: str, db: str, data: Path) -> tuple[bool, bool]:
     """(parses as one query, names only tables and columns that exist in the database): the
     grammar's own promise, looser than `valid`, which also needs every column in scope."""
-    from ragloom.connectors.guard import MAX_NESTING, _nesting
+    from ragloom.connectors.guard import MAX_NESTING, nesting_depth
 
-    if _nesting(sql) > MAX_NESTING:  # sqlglot's parse time explodes; the guard refuses these too
+    if nesting_depth(sql) > MAX_NESTING:  # sqlglot's parse time explodes; the guard refuses these too
         return False, False
     try:
         tree = sqlglot.parse_one(sql, read=dialect)

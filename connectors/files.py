@@ -21,7 +21,7 @@ import duckdb
 
 from ragloom.connectors.base import Column, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import jsonable, sample_value
+from ragloom.connectors.values import column_samples, jsonable
 from ragloom.errors import DeadlineExceeded, InvalidArgument, NotFound, SqlError
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,9 @@ class FileConnector:
     def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
-        checked = guard(sql, self.dialect, self._schema, max_rows + 1, self.qualifiers)
-        columns, rows, truncated = self._run(checked.sql, max_rows, timeout_s)
-        # the caller sees the statement with the limit it asked for, not the probing +1
-        shown = guard(sql, self.dialect, self._schema, max_rows, self.qualifiers).sql
-        return ResultSet(shown, columns, rows, truncated, checked.tables)
+        checked = guard(sql, self.dialect, self._schema, max_rows, self.qualifiers)
+        columns, rows, truncated = self._run(checked.run_sql, max_rows, timeout_s)
+        return ResultSet(checked.sql, columns, rows, truncated, checked.tables)
 
     def close(self) -> None:
         with self._lock:
@@ -141,14 +139,7 @@ class FileConnector:
         count = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()
         rows = con.execute(f'SELECT * FROM "{name}" LIMIT {SAMPLE_ROWS}').fetchall()
         for i, column in enumerate(columns):
-            seen: list[Any] = []
-            for row in rows:
-                value = sample_value(row[i])
-                if value is not None and value not in seen:
-                    seen.append(value)
-                    if len(seen) == SAMPLES:
-                        break
-            column.samples = seen
+            column.samples = column_samples(rows, i, SAMPLES)
         return Table(name, columns, row_count=int(count[0]) if count else None)
 
     # ---- running ----

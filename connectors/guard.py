@@ -72,8 +72,11 @@ _QUERY_ROOTS: tuple[type[exp.Expr], ...] = (exp.Select, exp.Union, exp.Intersect
 
 @dataclass
 class GuardedSql:
-    sql: str  # the statement to run, regenerated in the connector's dialect, with its LIMIT
+    sql: str  # the statement, regenerated in the connector's dialect, with LIMIT max_rows: what callers see
     tables: list[str]  # the schema's tables it reads, as the schema spells them
+    # what connectors run: the same with LIMIT max_rows + 1, the extra row only telling that the
+    # result was truncated
+    run_sql: str
 
 
 def guard(
@@ -90,7 +93,7 @@ def guard(
     """
     if max_rows < 1:
         raise SqlError(f"max_rows must be at least 1, got {max_rows}")
-    if _nesting(sql) > MAX_NESTING:
+    if nesting_depth(sql) > MAX_NESTING:
         # sqlglot's parser recurses (and on nested calls backtracks for minutes) per level
         raise SqlError(f"the query nests parentheses more than {MAX_NESTING} deep; simplify it")
     try:
@@ -99,7 +102,7 @@ def guard(
         raise SqlError("the query is nested too deeply to check; simplify it") from None
 
 
-def _nesting(sql: str) -> int:
+def nesting_depth(sql: str) -> int:
     """The deepest parenthesis nesting outside string literals (cheap, before any parsing)."""
     depth = deepest = 0
     quote: str | None = None
@@ -124,17 +127,23 @@ def _guard(sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: It
     _check_nodes(root, dialect)
     tables = _check_tables(root, dialect, schema, allowed_qualifiers)
     _check_columns(root, dialect, schema, tables)
-    _limit(root, max_rows)
-    try:
-        # no comments: MySQL runs `/*! ... */`; RAISE: never silently drop what the dialect lacks
-        out = root.sql(dialect=dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
-    except UnsupportedError as e:
-        raise SqlError(f"not supported in {dialect}: {_first_line(e)}") from None
+    shown = root.copy()
+    _limit(shown, max_rows)
+    _limit(root, max_rows + 1)
+    out, shown_text = _regenerate(root, dialect), _regenerate(shown, dialect)
     # Belt and braces: what runs is the regenerated text, so it must pass the same checks.
     again = _parse_one(out, dialect)
     _check_nodes(again, dialect)
     _check_tables(again, dialect, schema, allowed_qualifiers)
-    return GuardedSql(sql=out, tables=tables)
+    return GuardedSql(sql=shown_text, tables=tables, run_sql=out)
+
+
+def _regenerate(root: exp.Expr, dialect: str) -> str:
+    try:
+        # no comments: MySQL runs `/*! ... */`; RAISE: never silently drop what the dialect lacks
+        return root.sql(dialect=dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
+    except UnsupportedError as e:
+        raise SqlError(f"not supported in {dialect}: {_first_line(e)}") from None
 
 
 def _parse_one(sql: str, dialect: str) -> exp.Expr:

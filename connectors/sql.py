@@ -31,7 +31,7 @@ from sqlalchemy.pool import QueuePool
 
 from ragloom.connectors.base import Column, ForeignKey, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import jsonable, redact_url, sample_value, scrub
+from ragloom.connectors.values import column_samples, jsonable, redact_url, scrub
 from ragloom.errors import (
     DeadlineExceeded,
     ForbiddenQuery,
@@ -90,12 +90,9 @@ class SqlConnector:
     def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
-        # LIMIT max_rows + 1: the extra row only tells us that the result was truncated
-        checked = guard(sql, self.dialect, self.schema(), max_rows + 1, self.qualifiers)
-        columns, rows, truncated = self._run(checked.sql, max_rows, timeout_s)
-        # the caller sees the statement with the limit it asked for, not the probing +1
-        shown = guard(sql, self.dialect, self.schema(), max_rows, self.qualifiers).sql
-        return ResultSet(shown, columns, rows, truncated, checked.tables)
+        checked = guard(sql, self.dialect, self.schema(), max_rows, self.qualifiers)
+        columns, rows, truncated = self._run(checked.run_sql, max_rows, timeout_s)
+        return ResultSet(checked.sql, columns, rows, truncated, checked.tables)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -333,13 +330,5 @@ class SqlConnector:
             return
         for i, name in enumerate(names):
             column = table.column(name)
-            if column is None:
-                continue
-            seen: list[Any] = []
-            for row in rows:
-                value = sample_value(row[i])
-                if value is not None and value not in seen:
-                    seen.append(value)
-                    if len(seen) == SAMPLES:
-                        break
-            column.samples = seen
+            if column is not None:
+                column.samples = column_samples(rows, i, SAMPLES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -45,6 +46,18 @@ def sample_value(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_SAMPLE_CHARS:
         return value[: MAX_SAMPLE_CHARS - 3] + "..."
     return value
+
+
+def column_samples(rows: Sequence[Sequence[Any]], index: int, limit: int) -> list[Any]:
+    """Up to `limit` distinct non-null sample values of column `index`, in row order."""
+    seen: list[Any] = []
+    for row in rows:
+        value = sample_value(row[index])
+        if value is not None and value not in seen:
+            seen.append(value)
+            if len(seen) == limit:
+                break
+    return seen
 
 
 def redact_url(url: str) -> str:

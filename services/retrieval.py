@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,7 +25,7 @@ from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
-from ragloom.services.status import failure_status
+from ragloom.services.status import unary
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name  # "ragloom
 
 DEFAULT_K = 10
 
-_T = TypeVar("_T")
 
 def info_to_proto(info: CollectionInfo) -> pb.CollectionInfo:
     msg = pb.CollectionInfo(
@@ -89,20 +88,6 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
         self._mgr = collections
         self._precompute = precompute
 
-    async def _guarded(self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_T]]) -> _T:
-        """Run work(); ragloom errors become their status code, anything else INTERNAL."""
-        # context.abort() raises, so it is called outside the try (as in generation.py)
-        failure: tuple[grpc.StatusCode, str] | None = None
-        try:
-            return await work()
-        except asyncio.CancelledError:
-            log.info("%s: cancelled by the client or its deadline", rpc)
-            raise
-        except Exception as exc:
-            failure = failure_status(exc, rpc)
-        await context.abort(*failure)
-        raise AssertionError("unreachable: context.abort raises")
-
     # -- collections -----------------------------------------------------------------------
 
     async def CreateCollection(
@@ -119,7 +104,7 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             log.info("created collection %r (index=%s, dim=%s)", info.name, info.index_requested, info.dim)
             return pb.CreateCollectionResponse(collection=info_to_proto(info))
 
-        return await self._guarded("CreateCollection", context, work)
+        return await unary("CreateCollection", context, work)
 
     async def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
@@ -129,7 +114,7 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             log.info("deleted collection %r", request.name)
             return pb.DeleteCollectionResponse()
 
-        return await self._guarded("DeleteCollection", context, work)
+        return await unary("DeleteCollection", context, work)
 
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
@@ -138,7 +123,7 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             infos = await asyncio.to_thread(self._mgr.list_collections)
             return pb.ListCollectionsResponse(collections=[info_to_proto(i) for i in infos])
 
-        return await self._guarded("ListCollections", context, work)
+        return await unary("ListCollections", context, work)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -194,14 +179,14 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
                 kv = await self._precompute(name, doc_ids)
             return pb.UpsertResponse(**totals, kv_precomputed=kv)
 
-        return await self._guarded("Upsert", context, work)
+        return await unary("Upsert", context, work)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         async def work() -> pb.DeleteResponse:
             deleted = await asyncio.to_thread(self._mgr.delete, request.collection, list(request.ids))
             return pb.DeleteResponse(deleted=deleted)
 
-        return await self._guarded("Delete", context, work)
+        return await unary("Delete", context, work)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
@@ -215,4 +200,4 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             )
             return pb.SearchResponse(hits=[hit_to_proto(h) for h in hits])
 
-        return await self._guarded("Search", context, work)
+        return await unary("Search", context, work)

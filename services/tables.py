@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import struct_pb2
@@ -24,10 +24,10 @@ from ragloom.errors import FailedPrecondition, InvalidArgument, RagloomError
 from ragloom.generation.runner.engine import Request
 from ragloom.services._proto import tables_pb2 as pb
 from ragloom.services._proto import tables_pb2_grpc as pb_grpc
-from ragloom.services.status import failure_status
+from ragloom.services.status import failure_status, unary
 
 if TYPE_CHECKING:
-    from ragloom.connectors.registry import ConnectorRegistry
+    from ragloom.connectors.registry import ConnectorInfo, ConnectorRegistry
     from ragloom.generation.runner.async_engine import AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_BATCH_ROWS = 256
 DEFAULT_MAX_TOKENS = 160
 
-_T = TypeVar("_T")
 
 
 def schema_to_proto(schema: Schema) -> pb.SchemaInfo:
@@ -83,26 +82,16 @@ class TablesServicer(pb_grpc.TablesServicer):
         self._engine = engine
         self._t2s = text2sql
 
-    async def _guarded(self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_T]]) -> _T:
-        failure: tuple[grpc.StatusCode, str] | None = None
+    def _info(self, info: ConnectorInfo) -> pb.ConnectorInfo:
+        msg = pb.ConnectorInfo(name=info.name, url=info.url, dialect=info.dialect, examples=info.examples)
         try:
-            return await work()
-        except asyncio.CancelledError:
-            log.info("%s: cancelled by the client or its deadline", rpc)
-            raise
-        except Exception as exc:
-            failure = failure_status(exc, rpc)
-        await context.abort(*failure)
-        raise AssertionError("unreachable: context.abort raises")
-
-    def _info(self, name: str) -> pb.ConnectorInfo:
-        info = next(i for i in self._registry.list() if i.name == name)
-        msg = pb.ConnectorInfo(name=name, url=info.url, dialect=info.dialect, examples=info.examples)
-        try:
-            msg.tables = len(self._registry.get(name).schema().tables)
+            msg.tables = len(self._registry.get(info.name).schema().tables)
         except RagloomError as exc:  # one database down must not hide the others from the listing
-            log.warning("connector %r: cannot read its schema: %s", name, exc)
+            log.warning("connector %r: cannot read its schema: %s", info.name, exc)
         return msg
+
+    def _infos(self, name: str | None = None) -> list[pb.ConnectorInfo]:
+        return [self._info(i) for i in self._registry.list() if name is None or i.name == name]
 
     # -- connectors --------------------------------------------------------------------------
 
@@ -111,19 +100,17 @@ class TablesServicer(pb_grpc.TablesServicer):
             if not request.url.strip():
                 raise InvalidArgument("url is empty: give a database URL or a file/folder path")
             await asyncio.to_thread(self._registry.register, request.name, request.url, request.replace)
-            info = await asyncio.to_thread(self._info, request.name)
+            (info,) = await asyncio.to_thread(self._infos, request.name)
             log.info("registered connector %r (%s, %d tables)", info.name, info.dialect, info.tables)
             return info
 
-        return await self._guarded("RegisterConnector", context, work)
+        return await unary("RegisterConnector", context, work)
 
     async def ListConnectors(self, request: pb.ListConnectorsRequest, context: grpc.aio.ServicerContext) -> pb.ListConnectorsResponse:
         async def work() -> pb.ListConnectorsResponse:
-            listed = await asyncio.to_thread(self._registry.list)
-            infos = [await asyncio.to_thread(self._info, i.name) for i in listed]
-            return pb.ListConnectorsResponse(connectors=infos)
+            return pb.ListConnectorsResponse(connectors=await asyncio.to_thread(self._infos))
 
-        return await self._guarded("ListConnectors", context, work)
+        return await unary("ListConnectors", context, work)
 
     async def RemoveConnector(self, request: pb.RemoveConnectorRequest, context: grpc.aio.ServicerContext) -> pb.RemoveConnectorResponse:
         async def work() -> pb.RemoveConnectorResponse:
@@ -131,14 +118,14 @@ class TablesServicer(pb_grpc.TablesServicer):
             log.info("removed connector %r", request.name)
             return pb.RemoveConnectorResponse()
 
-        return await self._guarded("RemoveConnector", context, work)
+        return await unary("RemoveConnector", context, work)
 
     async def DescribeSchema(self, request: pb.DescribeSchemaRequest, context: grpc.aio.ServicerContext) -> pb.SchemaInfo:
         async def work() -> pb.SchemaInfo:
             conn = await asyncio.to_thread(self._registry.get, request.connector)
             return schema_to_proto(await asyncio.to_thread(conn.schema, request.refresh))
 
-        return await self._guarded("DescribeSchema", context, work)
+        return await unary("DescribeSchema", context, work)
 
     async def AddExample(self, request: pb.AddExampleRequest, context: grpc.aio.ServicerContext) -> pb.AddExampleResponse:
         async def work() -> pb.AddExampleResponse:
@@ -147,7 +134,7 @@ class TablesServicer(pb_grpc.TablesServicer):
             await asyncio.to_thread(self._registry.add_example, request.connector, request.question, request.sql)
             return pb.AddExampleResponse(examples=len(self._registry.examples(request.connector)))
 
-        return await self._guarded("AddExample", context, work)
+        return await unary("AddExample", context, work)
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def _fill(conn: sa.Connection, dialect: str, prefix: str = "") -> None:
     )
 
 
-def _reachable(url: str) -> sa.Engine:
+def reachable(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as c:
@@ -118,7 +118,7 @@ def sqlite_database(folder: Path) -> Iterator[ShopDb]:
 
 @contextmanager
 def postgres_database() -> Iterator[ShopDb]:
-    admin = _reachable(PG_URL)
+    admin = reachable(PG_URL)
     schema = f"ragloom_conn_{uuid.uuid4().hex[:12]}"
     with admin.begin() as c:
         c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
@@ -135,7 +135,7 @@ def postgres_database() -> Iterator[ShopDb]:
 
 @contextmanager
 def mariadb_database() -> Iterator[ShopDb]:
-    server = _reachable(MYSQL_URL)
+    server = reachable(MYSQL_URL)
     name = f"ragloom_conn_{uuid.uuid4().hex[:12]}"
     with server.begin() as c:
         c.execute(sa.text(f"CREATE DATABASE `{name}`"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from background_loop import BackgroundLoop
+from sql_databases import MYSQL_URL, PG_URL, reachable
 
 from ragloom.client import Client
 from ragloom.config import Settings
@@ -38,8 +38,8 @@ from ragloom.retrieval.collections import CollectionManager  # noqa: E402
 from ragloom.services.server import RagloomServer, start_server  # noqa: E402
 
 SHOP_SQL = Path(__file__).resolve().parents[2] / "ragloom" / "demo_data" / "shop.sql"
-PG_ADMIN = os.environ.get("RAGLOOM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-MY_ADMIN = os.environ.get("RAGLOOM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+PG_ADMIN = PG_URL
+MY_ADMIN = MYSQL_URL
 SHOP_TABLES = {"customers", "products", "orders"}
 QUESTION = "How many customers are there in each country?"
 
@@ -50,15 +50,8 @@ def _shop_statements() -> list[str]:
 
 
 def _admin(url: str) -> sa.Engine:
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with eng.connect():
-            pass
-    except Exception as e:  # noqa: BLE001 - any connection failure: the service is not here
-        if os.environ.get("CI"):
-            pytest.fail(f"database not reachable at {url}: {e}")
-        pytest.skip(f"database not reachable at {url}: {e}")
-    return eng
+    """The server's admin engine (skipped locally, failed in CI when the server is not there)."""
+    return reachable(url).execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _fresh_database(admin_url: str, name: str, url_for: str) -> str:
@@ -285,6 +278,8 @@ def test_cli_connect_sql_and_execute(served: Served) -> None:
     assert result["valid"] and result["sql"].upper().startswith("SELECT")
     out = _cli("sql", "shop_cli", "--execute", "DROP TABLE customers", *addr)
     assert out.returncode == 1 and "error" in out.stderr
+    out = _cli("connectors", "shop_cli", "--add-example", "How many orders?", "SELECT COUNT(*) FROM orders", *addr)
+    assert out.returncode == 0 and "1 solved examples" in out.stdout, out.stderr
     out = _cli("connectors", "shop_cli", *addr)
     assert out.returncode == 0 and "customers (8 rows)" in out.stdout
     assert _cli("connectors", "shop_cli", "--remove", *addr).returncode == 0
