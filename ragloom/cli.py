@@ -251,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     conns.add_argument("name", nargs="?", help="show this connector's schema")
     conns.add_argument("--remove", action="store_true", help="unregister NAME (the database is not touched)")
+    conns.add_argument("--add-example", nargs=2, metavar=("QUESTION", "SQL"),
+                       help="give NAME a solved example for few-shot prompts (its SQL must pass the guard)")
     conns.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     conns.add_argument("--timeout", type=float, help="give up after this many seconds")
 
@@ -705,6 +707,10 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
         if args.name and args.remove:
             client.remove_connector(args.name)
             print(f"removed connector {args.name}")
+            return 0
+        if args.name and args.add_example:
+            n = client.add_sql_example(args.name, *args.add_example)
+            print(f"{args.name}: {n} solved examples")
             return 0
         if args.name:
             schema = client.describe_schema(args.name)
