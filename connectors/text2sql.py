@@ -90,7 +90,7 @@ class SqlAnswer:
     seconds: float = 0.0
     mode: str = "sql"  # what answered: "sql" or "table"
     answer: str = ""  # the text answer of table mode
-    failed_sql: list[str] = field(default_factory=list)  # earlier attempts, for the caller to see
+    failed_sql: list[str] = field(default_factory=list)  # the attempts not answered with, for the caller to see
 
 
 @dataclass
@@ -253,6 +253,7 @@ class Text2Sql:
         else:
             sql = extract_sql(text)
         sql = sql.rstrip(";").strip()
+        previous = (ans.sql, ans.error, ans.valid) if ans.attempts else None
         ans.attempts += 1
         if ans.sql:
             ans.failed_sql.append(ans.sql)
@@ -274,6 +275,11 @@ class Text2Sql:
                 ]
                 task.job = self._sql_job(task)
                 return
+            if previous is not None and previous[2] and not ans.valid:
+                # the correction is worse than the query it corrects (the guard refuses it): answer
+                # with that one and its error, which the caller can act on
+                ans.failed_sql[-1] = ans.sql
+                ans.sql, ans.error, ans.valid = previous
         ans.seconds = time.monotonic() - task.started
 
     # ---- offline drivers -------------------------------------------------------------------

@@ -750,7 +750,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         print(r.answer)
         return 0
     for failed in r.failed_sql:
-        print(f"-- first attempt (failed): {failed}")
+        print(f"-- attempt not used (failed): {failed}")
     print(r.sql)
     if r.error:
         print(f"ragloom: the query failed: {r.error}", file=sys.stderr)

@@ -28,8 +28,13 @@ that an output alias used in GROUP BY / ORDER BY was defined (an alias there is 
 identifier but a few reserved words), types and aggregation rules. The guard and the database catch
 those, and the self-correction round sees their error.
 
+Nesting is bounded: the expression and query rules are written out once per parenthesis level, up to
+`max_depth`, and the last level has no call, subquery, `IN (..)`, `EXISTS` or grouping parenthesis.
+A context-free grammar cannot count, but a finite number of copies of it can, so runaway nesting is
+impossible by construction rather than refused by the guard after the tokens were spent.
+
 The rules do not depend on the schema, only the four name terminals do (see sql_grammar), so that
-grammar.py compiles a new schema's grammar with the dialect's cached LALR tables (~0.2 s, not ~1 s).
+grammar.py compiles a new schema's grammar with the dialect's cached LALR tables (~0.2 s, not seconds).
 
 Names are spelled as the dialect reads them: a plain identifier bare (case-insensitively where the
 dialect folds case: sqlite, duckdb, mysql columns; exactly in postgres, which folds unquoted names to
@@ -56,6 +61,10 @@ DIALECTS = ("sqlite", "postgres", "mysql", "duckdb")
 
 MAX_STRING = 100  # characters in a string literal: a small model must not write essays between quotes
 MAX_WS = 8  # whitespace characters between two tokens (%ignore'd, so it has to be bounded)
+# Parenthesis nesting: the deepest of the shared set's gold queries nests 6, and a small model left
+# unbounded writes `date(date(date(...` until its token limit, past what the guard parses (its
+# MAX_NESTING, 10: sqlglot's parse time grows x1.7 per nested call).
+MAX_DEPTH = 7
 
 # Words that may not be bare identifiers in at least one dialect, plus every keyword that can start an
 # expression (where column names are lexed too). Quoting a name needlessly only changes its spelling.
@@ -111,57 +120,68 @@ EXTRACT_FIELDS: dict[str, list[str]] = {
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_CORE = r"""
-start: query [";"]
-query: select (set_op select)* [order_by] [limit]
+# Rules outside the expression levels.
+_TOP = r"""
+start: query_0 [";"]
 !set_op: "union"i ["all"i] | "intersect"i | "except"i
-select: "select"i [DISTINCT] select_list from_clause
-select_list: "*" | select_item ("," select_item)*
-select_item: expr ["as"i alias] | table_star
-from_clause: "from"i table join* ["where"i expr] [group_by]
-join: "," table
-    | "cross"i "join"i table
-    | ["inner"i] "join"i table "on"i expr
-    | "left"i ["outer"i] "join"i table "on"i expr
-group_by: "group"i "by"i group_item ("," group_item)* ["having"i expr]
-?group_item: expr | alias
-order_by: "order"i "by"i order_item ("," order_item)*
-order_item: (expr | alias) [DIRECTION] {nulls}
 DIRECTION: "asc"i | "desc"i
 limit: "limit"i {limit_int} ["offset"i INT]
 alias: ALIAS
 DISTINCT: "distinct"i
-
-?expr: or_expr
-?or_expr: and_expr | or_expr "or"i and_expr
-?and_expr: not_expr | and_expr "and"i not_expr
-?not_expr: predicate | "not"i not_expr -> not_
-// operands of comparisons are at concatenation level: BETWEEN's AND cannot be read as the boolean one
-?predicate: concat
-    | concat COMPARE concat -> compare
-    | concat [NOT] "like"i concat -> like
-    | concat [NOT] "in"i "(" (query | expr ("," expr)*) ")" -> in_
-    | concat [NOT] "between"i concat "and"i concat -> between
-    | concat "is"i [NOT] "null"i -> is_null
-    | "exists"i "(" query ")" -> exists
 NOT: "not"i
 COMPARE: "=" | "!=" | "<>" | "<" | "<=" | ">" | ">="
-{concat}
-// `a - -1` is not allowed: `--` would start a comment in the database
-?sum: product | sum PLUS product | sum MINUS product_nn
-?product: unary | product MUL unary
-?product_nn: atom | product_nn MUL unary
-?unary: atom | MINUS atom -> neg
 PLUS: "+"
 MINUS: "-"
 MUL: "*" | "/" | "%"
-?atom: literal | "(" expr ")" | "(" query ")" -> subquery | case | cast | aggregate | function{atoms}
-literal: NUMBER | STRING | "null"i | "true"i | "false"i | "current_date"i | "current_timestamp"i
-case: "case"i [expr] when+ ["else"i expr] "end"i
-when: "when"i expr "then"i expr
-cast: "cast("i expr "as"i type_name ")"
-aggregate: "count("i "*" ")" | "count("i [DISTINCT] expr ")" | AGGREGATE [DISTINCT] expr ")"
 AGGREGATE: "sum("i | "avg("i | "min("i | "max("i
+literal: NUMBER | STRING | "null"i | "true"i | "false"i | "current_date"i | "current_timestamp"i
+"""
+
+# One nesting level: {k} is this level, {n} the next one (inside a parenthesis). The grammar holds
+# MAX_DEPTH + 1 copies, and the last has no way to open a parenthesis (see sql_grammar).
+_LEVEL = r"""
+query_{k}: select_{k} (set_op select_{k})* [order_by_{k}] [limit]
+select_{k}: "select"i [DISTINCT] select_list_{k} from_clause_{k}
+select_list_{k}: "*" | select_item_{k} ("," select_item_{k})*
+select_item_{k}: expr_{k} ["as"i alias] | table_star
+from_clause_{k}: "from"i table join_{k}* ["where"i expr_{k}] [group_by_{k}]
+join_{k}: "," table
+    | "cross"i "join"i table
+    | ["inner"i] "join"i table "on"i expr_{k}
+    | "left"i ["outer"i] "join"i table "on"i expr_{k}
+group_by_{k}: "group"i "by"i group_item_{k} ("," group_item_{k})* ["having"i expr_{k}]
+?group_item_{k}: expr_{k} | alias
+order_by_{k}: "order"i "by"i order_item_{k} ("," order_item_{k})*
+order_item_{k}: (expr_{k} | alias) [DIRECTION] {nulls}
+?expr_{k}: or_expr_{k}
+?or_expr_{k}: and_expr_{k} | or_expr_{k} "or"i and_expr_{k}
+?and_expr_{k}: not_expr_{k} | and_expr_{k} "and"i not_expr_{k}
+?not_expr_{k}: predicate_{k} | "not"i not_expr_{k} -> not_
+// operands of comparisons are at concatenation level: BETWEEN's AND cannot be read as the boolean one
+?predicate_{k}: concat_{k}
+    | concat_{k} COMPARE concat_{k} -> compare
+    | concat_{k} [NOT] "like"i concat_{k} -> like
+    | concat_{k} [NOT] "between"i concat_{k} "and"i concat_{k} -> between
+    | concat_{k} "is"i [NOT] "null"i -> is_null{nested_predicates}
+?concat_{k}: sum_{k}{concat}
+// `a - -1` is not allowed: `--` would start a comment in the database
+?sum_{k}: product_{k} | sum_{k} PLUS product_{k} | sum_{k} MINUS product_nn_{k}
+?product_{k}: unary_{k} | product_{k} MUL unary_{k}
+?product_nn_{k}: atom_{k} | product_nn_{k} MUL unary_{k}
+?unary_{k}: atom_{k} | MINUS atom_{k} -> neg
+?atom_{k}: literal | case_{k}{atoms}
+case_{k}: "case"i [expr_{k}] when_{k}+ ["else"i expr_{k}] "end"i
+when_{k}: "when"i expr_{k} "then"i expr_{k}
+"""
+
+# What opens a parenthesis, at every level but the last.
+_NESTED_PREDICATES = r"""
+    | concat_{k} [NOT] "in"i "(" (query_{n} | expr_{n} ("," expr_{n})*) ")" -> in_
+    | "exists"i "(" query_{n} ")" -> exists"""
+_NESTED_ATOMS = ' | "(" expr_{n} ")" | "(" query_{n} ")" -> subquery | cast_{k} | aggregate_{k} | function_{k}'
+_NESTED_RULES = r"""
+cast_{k}: "cast("i expr_{n} "as"i type_name ")"
+aggregate_{k}: "count("i "*" ")" | "count("i [DISTINCT] expr_{n} ")" | AGGREGATE [DISTINCT] expr_{n} ")"
 """
 
 _TERMINALS = r"""
@@ -225,25 +245,21 @@ ALIAS_EXCLUDED = frozenset("all asc desc end from group key limit order rank row
 _ALIAS = _alias_terminal(set(ALIAS_EXCLUDED))
 
 
-def _arguments(lo: int, hi: int | None) -> str:
+def _arguments(lo: int, hi: int | None, expr: str) -> str:
     """`expr "," expr ["," expr]` for lo..hi arguments (hi None: any number)."""
     if lo == 0:
         assert hi == 0, "optional first arguments are not needed yet"
         return ""
-    args = " ".join(["expr"] + ['"," expr'] * (lo - 1))
+    args = " ".join([expr] + [f'"," {expr}'] * (lo - 1))
     if hi is None:
-        return args + ' ("," expr)*'
+        return args + f' ("," {expr})*'
     tail = ""
     for _ in range(hi - lo):  # nested, not in a row: ["," e] ["," e] would be ambiguous
-        tail = f' ["," expr{tail}]'
+        tail = f' ["," {expr}{tail}]'
     return args + tail
 
 
-def _function_rules(dialect: str) -> list[str]:
-    alts = []
-    for name, (lo, hi) in sorted(FUNCTIONS[dialect].items()):
-        alts.append(" ".join(part for part in (f'"{name}("i', _arguments(lo, hi), '")"') if part))
-    rules = ["function: " + "\n    | ".join(alts)]
+def _type_rules(dialect: str) -> list[str]:
     types = []
     for t in TYPES[dialect]:
         if isinstance(t, tuple):
@@ -252,23 +268,53 @@ def _function_rules(dialect: str) -> list[str]:
             types.append(f'"{t}"i ["(" INT ["," INT] ")"]')
         else:
             types.append(f'"{t}"i')
-    rules.append("type_name: " + " | ".join(types))
+    rules = ["type_name: " + " | ".join(types)]
     if dialect in EXTRACT_FIELDS:
-        rules.append('extract: "extract("i FIELD "from"i expr ")"')
         rules.append("FIELD: " + " | ".join(f'"{f}"i' for f in EXTRACT_FIELDS[dialect]))
     if dialect == "mysql":
-        rules.append('interval: "interval"i sum UNIT')  # INTERVAL 7 DAY
         rules.append("UNIT: " + " | ".join(f'"{u}"i' for u in _UNITS))
-    elif dialect in ("postgres", "duckdb"):
-        rules.append('interval: "interval"i STRING')  # INTERVAL '7 days'
     return rules
 
 
-def sql_grammar(tables: Mapping[str, Sequence[str]], dialect: str, *, max_limit: int | None = None) -> str:
+def _level_rules(dialect: str, k: int, last: bool, column: bool) -> str:
+    """The rules of nesting level k; the last level cannot open a parenthesis."""
+    n = k + 1
+    atoms = " | column" if column else ""
+    if dialect != "sqlite":
+        atoms += f" | interval_{k}"
+    extra = []
+    if dialect == "mysql":
+        extra.append(f'interval_{k}: "interval"i sum_{k} UNIT')  # INTERVAL 7 DAY
+    elif dialect in ("postgres", "duckdb"):
+        extra.append(f'interval_{k}: "interval"i STRING')  # INTERVAL '7 days'
+    if not last:
+        atoms += _NESTED_ATOMS.format(k=k, n=n)
+        extra.append(_NESTED_RULES.format(k=k, n=n).strip())
+        alts = []
+        for name, (lo, hi) in sorted(FUNCTIONS[dialect].items()):
+            alts.append(" ".join(part for part in (f'"{name}("i', _arguments(lo, hi, f"expr_{n}"), '")"') if part))
+        extra.append(f"function_{k}: " + "\n    | ".join(alts))
+        if dialect in EXTRACT_FIELDS:
+            atoms += f" | extract_{k}"
+            extra.append(f'extract_{k}: "extract("i FIELD "from"i expr_{n} ")"')
+    text = _LEVEL.format(
+        k=k,
+        nulls='["nulls"i ("first"i | "last"i)]' if dialect != "mysql" else "",
+        concat=f' | concat_{k} "||" sum_{k}' if dialect != "mysql" else "",
+        nested_predicates="" if last else _NESTED_PREDICATES.format(k=k, n=n),
+        atoms=atoms,
+    )
+    return text + "\n".join(extra) + "\n"
+
+
+def sql_grammar(
+    tables: Mapping[str, Sequence[str]], dialect: str, *, max_limit: int | None = None, max_depth: int = MAX_DEPTH
+) -> str:
     """Lark grammar text for one SELECT over `tables` ({table: [column, ...]}) in `dialect`.
 
     `max_limit` bounds the LIMIT literal to 0..max_limit (the guard enforces the row limit anyway).
-    Raises GrammarError for an unknown dialect or no tables.
+    `max_depth` bounds parenthesis nesting (calls, subqueries, grouping; `decimal(p, s)` in a CAST
+    adds one more). Raises GrammarError for an unknown dialect or no tables.
     """
     if dialect not in DIALECTS:
         raise GrammarError(f"unknown SQL dialect {dialect!r} (one of {', '.join(DIALECTS)})")
@@ -276,6 +322,8 @@ def sql_grammar(tables: Mapping[str, Sequence[str]], dialect: str, *, max_limit:
         raise GrammarError("a SQL grammar needs at least one table")
     if max_limit is not None and max_limit < 0:
         raise GrammarError("max_limit must be >= 0")
+    if not 1 <= max_depth <= 16:
+        raise GrammarError(f"max_depth must be in [1, 16], got {max_depth}")
     fold = dialect != "postgres"
     fold_tables = fold and dialect != "mysql"  # mysql table names are case-sensitive on Linux
 
@@ -293,29 +341,17 @@ def sql_grammar(tables: Mapping[str, Sequence[str]], dialect: str, *, max_limit:
     # names outrank keywords (never needed, quoting keeps them apart) and ALIAS (`ORDER BY name` is the
     # column when there is one)
     lines = ["TABLE.1: " + "\n    | ".join(table_alts), "TABLE_STAR.1: " + "\n    | ".join(star_alts)]
-    atoms = ""
     if column_alts:
         lines.append("COLUMN.1: " + "\n    | ".join(column_alts))
         lines.append("QUALIFIED.1: " + "\n    | ".join(qualified_alts))
-        atoms += " | column"
-    if dialect in EXTRACT_FIELDS:
-        atoms += " | extract"
-    if dialect != "sqlite":
-        atoms += " | interval"
-
     limit_int = "INT"
     if max_limit is not None:
         limit_int = "LIMIT_INT"
         lines.append(f"LIMIT_INT: {R.lark_regexp(R.render(int_range(0, max_limit)))}")
-    core = _CORE.format(
-        nulls='["nulls"i ("first"i | "last"i)]' if dialect != "mysql" else "",
-        limit_int=limit_int,
-        concat="?concat: sum" + (' | concat "||" sum' if dialect != "mysql" else ""),
-        atoms=atoms,
-    )
-    rules = ["table: TABLE", "table_star: TABLE_STAR"]
+    rules = [_TOP.format(limit_int=limit_int), "table: TABLE", "table_star: TABLE_STAR"]
     if column_alts:
         rules.append("column: COLUMN | QUALIFIED")
-    rules += _function_rules(dialect)
+    rules += _type_rules(dialect)
+    rules += [_level_rules(dialect, k, k == max_depth, bool(column_alts)) for k in range(max_depth + 1)]
     terminals = _TERMINALS.format(alias=_ALIAS, max_string=MAX_STRING, max_ws=MAX_WS)
-    return core + "\n".join(rules) + "\n" + "\n".join(lines) + "\n" + terminals
+    return "\n".join(rules) + "\n" + "\n".join(lines) + "\n" + terminals

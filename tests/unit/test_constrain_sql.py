@@ -21,7 +21,7 @@ from ragloom.errors import GrammarError
 from ragloom.generation.constrain.grammar import Grammar, _regex_tables, compile_grammar
 from ragloom.generation.constrain.masks import advance_bytes
 from ragloom.generation.constrain.processor import compile_constraint
-from ragloom.generation.constrain.sql import DIALECTS, _needs_quotes, _quote, sql_grammar
+from ragloom.generation.constrain.sql import DIALECTS, MAX_DEPTH, _needs_quotes, _quote, sql_grammar
 
 TEXT2SQL = Path(__file__).resolve().parents[3] / "shared" / "data" / "text2sql"
 
@@ -305,6 +305,30 @@ def test_max_limit() -> None:
     assert g.accepts_text("SELECT name FROM author LIMIT 0")
     for n in ["101", "1000", "007"]:
         assert not g.accepts_text(f"SELECT name FROM author LIMIT {n}")
+
+
+def test_nesting_is_bounded_below_the_guards_limit() -> None:
+    from ragloom.connectors.guard import MAX_NESTING, nesting_depth
+
+    assert MAX_DEPTH + 1 <= MAX_NESTING  # + 1: decimal(p, s) inside the deepest CAST
+    for dialect in DIALECTS:
+        g = compile_grammar(sql_grammar(SCHEMA, dialect, max_depth=3))
+        ok = "SELECT lower(lower(lower(name))) FROM author"
+        assert g.accepts_text(ok), dialect
+        for deep in ["SELECT lower(lower(lower(lower(name)))) FROM author",
+                     "SELECT name FROM author WHERE author_id IN (SELECT author_id FROM author WHERE author_id IN (SELECT author_id FROM author "
+                     "WHERE author_id IN (SELECT author_id FROM author WHERE author_id IN (1))))",
+                     "SELECT ((((1)))) FROM author", "SELECT name FROM author WHERE ((EXISTS (SELECT lower(name) FROM author)))"]:
+            assert nesting_depth(deep) == 4 and not g.accepts_text(deep), (dialect, deep)
+        # at the last level a name, a literal or a closing parenthesis is still open to the model
+        assert g.accepts_prefix("SELECT lower(lower(lower(") and not g.accepts_prefix("SELECT lower(lower(lower(lower(")
+        assert not g.accepts_prefix("SELECT lower(lower(lower(name IN (")
+        assert g.accepts_text("SELECT lower(lower(lower(author_id + 1 * CASE WHEN author_id > 1 THEN 2 END))) FROM author"), dialect
+    g = compile_grammar(sql_grammar(SCHEMA, "sqlite"))
+    runaway = "SELECT " + "date(" * MAX_DEPTH + "name" + ")" * MAX_DEPTH + " FROM author"
+    assert g.accepts_text(runaway) and not g.accepts_text(runaway.replace("date(", "date(date(", 1))
+    with pytest.raises(GrammarError, match="max_depth"):
+        sql_grammar(SCHEMA, "sqlite", max_depth=0)
 
 
 def test_bad_arguments() -> None:

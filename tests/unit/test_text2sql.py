@@ -167,3 +167,16 @@ def test_guard_refuses_too_deep_nesting_cleanly() -> None:
         guard(calls, "sqlite", _schema(), 10)
     assert guard("SELECT name FROM author WHERE name = '((((('", "sqlite", _schema(), 10)
     assert guard("SELECT ((aid)) FROM author", "sqlite", _schema(), 10).tables == ["author"]
+
+
+def test_a_correction_the_guard_refuses_keeps_the_first_query(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    task = t2s.start(shop, "List customer ids and names.", Text2SqlOptions(max_tokens=32))
+    first = "SELECT id FROM customers UNION SELECT id, name FROM customers"  # passes the guard, the database refuses
+    t2s.feed(task, first, 9)
+    assert task.job is not None and task.answer is not None and task.answer.valid
+    t2s.feed(task, "SELECT nope FROM customers", 5)  # a correction that names no real column
+    ans = task.answer
+    assert task.job is None and ans.attempts == 2
+    assert ans.sql == first and ans.valid and ans.error is not None and "UNION" in ans.error.upper()
+    assert ans.failed_sql == ["SELECT nope FROM customers"]
