@@ -146,33 +146,16 @@ def _from_tables(sql: str, schema: Schema) -> list[str] | None:
     return list(dict.fromkeys(t.name for t in names)) or None
 
 
-def close_sql(constraint: Constraint, text: str, tables: Sequence[str] = ()) -> str:
-    """Constrained output that a token limit cut off mid-query, closed so that it still parses:
-    the grammar's shortest completion when a short search finds one (a missing `)` or `'`, a
-    last operand), else the first of a few SQL closers (quote, operand, parentheses, then
-    `FROM <table>`) the grammar accepts. Complete output comes back as is."""
+def close_sql(constraint: Constraint, text: str) -> str:
+    """Constrained output that a token limit cut off mid-query, closed so that it still parses: the
+    grammar's shortest completion (a missing `)` or `'`, a last operand, `FROM <table>`). Complete
+    output comes back as is."""
     grammar = constraint.grammar
     state = grammar.advance(grammar.initial, text)
     if state is None or grammar.can_end(state):
         return text.strip()
     rest = grammar.shortest_completion(state, budget=300)
-    if rest is not None:
-        return (text + rest).strip()
-    depth, quoted = 0, False  # parentheses left open, outside string literals
-    for ch in text:
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted:
-            depth += (ch == "(") - (ch == ")")
-    for lexeme in ("", *filter(None, (grammar.shortest_word(t, q) for t, q in state[1]))):
-        for quote in ("", "'"):
-            for operand in ("", " 0", " *", "0"):
-                for parens in dict.fromkeys((*range(5), depth, depth + 1)):
-                    for table in ("", *tables):
-                        tail = lexeme + quote + operand + ")" * parens + (f" FROM {table}" if table else "")
-                        if grammar.accepts_text(text + tail):
-                            return (text + tail).strip()
-    return text.strip()
+    return (text + rest).strip() if rest is not None else text.strip()
 
 
 class Text2Sql:
@@ -249,7 +232,7 @@ class Text2Sql:
             ans.seconds = time.monotonic() - task.started
             return
         if job.constraint is not None:
-            sql = close_sql(job.constraint, text, [t.name for t in task.linked.tables])
+            sql = close_sql(job.constraint, text)
         else:
             sql = extract_sql(text)
         sql = sql.rstrip(";").strip()

@@ -50,6 +50,9 @@ _MISSING = object()
 Stack = tuple[int, ...]
 Cands = tuple[tuple[int, int], ...]
 State = tuple[Stack, Cands]  # empty Cands = no lexeme started yet (only before the first char)
+# An LR(0) kernel item: (symbols before the dot, rule origin, symbols after the dot)
+Item = tuple[int, str, tuple[str, ...]]
+_INF = float("inf")
 
 
 def is_word_char(ch: str) -> bool:
@@ -231,8 +234,10 @@ class _NoLexer(Lexer):
 class Grammar:
     """A compiled lark grammar: parser tables, terminal DFAs, and char-level matching."""
 
-    def __init__(self, terminals: list[TerminalDef], ignore_tokens: list[str], table: Any, text: str) -> None:
+    def __init__(self, terminals: list[TerminalDef], ignore_tokens: list[str], table: Any, text: str,
+                 rules: list[tuple[str, tuple[str, ...]]] | None = None) -> None:
         self.text = text
+        self.rules = rules or []  # (origin, expansion) in BNF, for closing cut-off input
         self.key = hashlib.sha256(text.encode()).hexdigest()
         self.terminals: list[TerminalDFA] = []
         for t in terminals:
@@ -264,6 +269,8 @@ class Grammar:
         self._feed: dict[tuple[Stack, str], Stack | None] = {}
         self._acceptable: dict[Stack, tuple[tuple[int, ...], bool]] = {}
         self._next_chars: dict[State, frozenset[str] | None] = {}
+        self._kernel_items: dict[int, list[Item]] | None = None
+        self._min_yield: dict[str, tuple[int, tuple[str, ...]]] | None = None
 
     @classmethod
     def from_lark(cls, text: str) -> Grammar:
@@ -285,7 +292,8 @@ class Grammar:
                         _TABLES.popitem(last=False)
         except LarkError as e:
             raise GrammarError(f"grammar does not compile as LALR(1) lark: {e}") from e
-        return cls(terminals, ignore_tokens, table, text)
+        bnf = [(r.origin.name, tuple(x.name for x in r.expansion)) for r in rules]
+        return cls(terminals, ignore_tokens, table, text, bnf)
 
     # ---- parser --------------------------------------------------------------------------------
 
@@ -463,12 +471,170 @@ class Grammar:
             frontier = nxt
         return None
 
-    def shortest_completion(self, state: State, max_pieces: int = 16, budget: int = 2000) -> str | None:
-        """A short text after which the input may end (None if none is found within the budget).
+    # ---- closing a cut-off input ---------------------------------------------------------------
 
-        Used to close an output that a token limit cut off mid-structure: breadth-first over
-        pieces (the rest of the open lexeme, or a separator plus the shortest word of a terminal
-        the parser can shift next), shortest total text first."""
+    def shortest_completion(self, state: State, max_pieces: int = 16, budget: int = 2000) -> str | None:
+        """A short text after which the input may end; None if none is found.
+
+        Used to close an output that a token limit cut off mid-structure. First from the LR
+        items (`_planned_completion`: finish the top item, reduce, repeat down the stack), which
+        is immediate however deep the nesting; if that text does not check out character by
+        character, a best-first search over pieces within `budget` expansions."""
+        planned = self._planned_completion(state)
+        if planned is not None:
+            return planned
+        return self._searched_completion(state, max_pieces, budget)
+
+    def _planned_completion(self, state: State) -> str | None:
+        """The cheapest completion from the LR items (`_close_stack`), for each way to end the
+        open lexeme (as it is, or finished as one of its candidate terminals), spelled out and
+        checked character by character; None if no spelling checks out."""
+        stack, cands = state
+        starts: list[tuple[float, str, Stack]] = []  # (cost, rest of the open lexeme, stack after it)
+        if not cands:
+            starts.append((0, "", stack))
+        else:
+            done = self.complete(stack, cands)
+            if done is not None:
+                starts.append((0, "", done[0]))
+            for t, q in cands:
+                word = self.shortest_word(t, q)
+                if word and t not in self.ignored and (after := self.feed(stack, self.terminals[t].name)) is not None:
+                    starts.append((len(word), word, after))
+        memo: dict[Stack, tuple[float, tuple[str, ...]]] = {}
+        plans = []
+        for cost, word, st in starts:
+            rest_cost, names = self._close_stack(st, memo, set())
+            if rest_cost < _INF:
+                plans.append((cost + rest_cost, word, names))
+        sep = self._separator()
+        for _, word, names in sorted(plans, key=lambda p: p[0]):
+            # separators only where words would run together, then also after the open lexeme,
+            # then between every two terminals; the first that the grammar accepts
+            for lead, spaced in ((False, False), (True, False), (True, True)):
+                text = self._spell(word + sep if lead and sep and names else word, names, spaced)
+                if text is not None:
+                    nxt = self.advance(state, text)
+                    if nxt is not None and self.can_end(nxt):
+                        return text
+        return None
+
+    def _spell(self, word: str, names: tuple[str, ...], spaced: bool) -> str | None:
+        """`word`, then the terminals' shortest words, separated by the grammar's ignored text
+        (whitespace) as people write it (not before a closer or comma, not after an opener),
+        or (spaced) between every two."""
+        sep = self._separator()
+        out = word
+        for name in names:
+            w = self.shortest_word(self.index[name]) if name in self.index else None
+            if w is None:
+                return None
+            if out and sep and not out.endswith(sep) and (spaced or (w[0] not in ")]},;.:" and out[-1] not in "([{.")):
+                out += sep
+            out += w
+        return out
+
+    def _separator(self) -> str:
+        """The ignored text to put between two terminals: a space where one is, else the shortest."""
+        for t in self.ignored:
+            q = self.terminals[t].step(0, " ")
+            if q >= 0 and self.terminals[t].accepting[q]:
+                return " "
+        return min((w for t in self.ignored if (w := self.shortest_word(t))), key=len, default="")
+
+    def _close_stack(self, stack: Stack, memo: dict[Stack, tuple[float, tuple[str, ...]]],
+                     active: set[Stack]) -> tuple[float, tuple[str, ...]]:
+        """(cost, terminal names) of the cheapest way to end the input from a parser stack.
+
+        Every way to end pops the top state, through one of its kernel items A -> alpha . beta:
+        the rest beta is spelled with its shortest yield, A is reduced (popping len(alpha) states
+        and going to A), and the same question is asked of the shorter stack."""
+        if stack[-1] == self.end_state or self.feed(stack, END) is not None:
+            return 0, ()
+        got = memo.get(stack)
+        if got is not None:
+            return got
+        if stack in active:  # a cycle of unit reductions: no progress along it
+            return _INF, ()
+        active.add(stack)
+        kernels, yields = self._items()
+        best: tuple[float, tuple[str, ...]] = (_INF, ())
+        # nothing read yet: the whole input is left to write ("$root -> . start")
+        items = kernels.get(stack[-1], []) if len(stack) > 1 else [(0, "start", ("start",))]
+        for popped, origin, rest in items:
+            if popped >= len(stack) or not all(sym in yields for sym in rest):
+                continue
+            below = stack[: len(stack) - popped]
+            goto = self.actions[below[-1]].get(origin)
+            cost = sum(yields[sym][0] for sym in rest)
+            if goto is None or not goto[0] or cost >= best[0]:
+                continue
+            tail_cost, tail = self._close_stack(below + (goto[1],), memo, active)
+            if cost + tail_cost < best[0]:
+                best = (cost + tail_cost, tuple(n for sym in rest for n in yields[sym][1]) + tail)
+        active.discard(stack)
+        memo[stack] = best
+        return best
+
+    def _items(self) -> tuple[dict[int, list[Item]], dict[str, tuple[int, tuple[str, ...]]]]:
+        """Each parser state's LR(0) kernel items, and each symbol's shortest yield (cost, terminal
+        names). lark keeps only the action table, so the item sets are rebuilt from the BNF rules
+        by walking the automaton from the start state along its own transitions."""
+        if self._kernel_items is not None and self._min_yield is not None:
+            return self._kernel_items, self._min_yield
+        by_origin: dict[str, list[tuple[str, ...]]] = {}
+        for origin, expansion in self.rules:
+            by_origin.setdefault(origin, []).append(expansion)
+
+        def closure(kernel: set[tuple[str, tuple[str, ...], int]]) -> set[tuple[str, tuple[str, ...], int]]:
+            items, todo = set(kernel), list(kernel)
+            while todo:
+                _, exp, dot = todo.pop()
+                if dot < len(exp):
+                    for e in by_origin.get(exp[dot], ()):
+                        if (it := (exp[dot], e, 0)) not in items:
+                            items.add(it)
+                            todo.append(it)
+            return items
+
+        start = self.initial[0][0]
+        item_sets = {start: closure({("start", e, 0) for e in by_origin.get("start", ())})}
+        kernels: dict[int, list[Item]] = {}
+        todo = [start]
+        while todo:
+            sid = todo.pop()
+            moves: dict[str, set[tuple[str, tuple[str, ...], int]]] = {}
+            for origin, exp, dot in item_sets[sid]:
+                if dot < len(exp):
+                    moves.setdefault(exp[dot], set()).add((origin, exp, dot + 1))
+            for sym, kernel in moves.items():
+                act = self.actions[sid].get(sym)
+                if act is None or not act[0] or act[1] in item_sets:
+                    continue
+                item_sets[act[1]] = closure(kernel)
+                kernels[act[1]] = [(dot, origin, exp[dot:]) for origin, exp, dot in kernel]
+                todo.append(act[1])
+
+        # shortest yields: a terminal costs its shortest word plus a separator; a rule the sum
+        yields: dict[str, tuple[int, tuple[str, ...]]] = {}
+        for i, dfa in enumerate(self.terminals):
+            if i not in self.ignored and (w := self.shortest_word(i)) is not None:
+                yields[dfa.name] = (len(w) + 1, (dfa.name,))
+        changed = True
+        while changed:
+            changed = False
+            for origin, exp in self.rules:
+                if all(sym in yields for sym in exp):
+                    cost = sum(yields[sym][0] for sym in exp)
+                    if cost < yields.get(origin, (_INF,))[0]:
+                        yields[origin] = (cost, tuple(n for sym in exp for n in yields[sym][1]))
+                        changed = True
+        self._kernel_items, self._min_yield = kernels, yields
+        return kernels, yields
+
+    def _searched_completion(self, state: State, max_pieces: int, budget: int) -> str | None:
+        """Best-first over pieces (the rest of the open lexeme, or a separator plus the shortest
+        word of a terminal the parser can shift next), shortest total text first."""
         import heapq
 
         heap: list[tuple[int, int, str, State]] = [(0, 0, "", state)]

@@ -118,6 +118,10 @@ EXTRACT_FIELDS: dict[str, list[str]] = {
     "mysql": _UNITS,
 }
 
+# functions whose first argument names a field or unit in quotes (postgres, duckdb): the grammar
+# offers only real ones, which a database would otherwise refuse at run time
+FIELD_FIRST = {"date_part": "FIELD_STRING", "date_trunc": "UNIT_STRING"}
+
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Rules outside the expression levels.
@@ -273,6 +277,9 @@ def _type_rules(dialect: str) -> list[str]:
         rules.append("FIELD: " + " | ".join(f'"{f}"i' for f in EXTRACT_FIELDS[dialect]))
     if dialect == "mysql":
         rules.append("UNIT: " + " | ".join(f'"{u}"i' for u in _UNITS))
+    elif dialect in EXTRACT_FIELDS:
+        rules.append("FIELD_STRING: " + " | ".join(f'"\'{f}\'"i' for f in EXTRACT_FIELDS[dialect]))
+        rules.append("UNIT_STRING: " + " | ".join(f'"\'{u}\'"i' for u in _UNITS))
     return rules
 
 
@@ -292,6 +299,9 @@ def _level_rules(dialect: str, k: int, last: bool, column: bool) -> str:
         extra.append(_NESTED_RULES.format(k=k, n=n).strip())
         alts = []
         for name, (lo, hi) in sorted(FUNCTIONS[dialect].items()):
+            if name in FIELD_FIRST and dialect in EXTRACT_FIELDS:  # date_part('year', x), not ('date', x)
+                alts.append(f'"{name}("i {FIELD_FIRST[name]} "," expr_{n} ")"')
+                continue
             alts.append(" ".join(part for part in (f'"{name}("i', _arguments(lo, hi, f"expr_{n}"), '")"') if part))
         extra.append(f"function_{k}: " + "\n    | ".join(alts))
         if dialect in EXTRACT_FIELDS:

@@ -89,6 +89,23 @@ def test_forced_text_and_next_chars(json_grammar: Grammar) -> None:
     assert json_grammar.next_chars(state) >= {",", "]", "0", "."}
 
 
+def test_shortest_completion_closes_every_prefix(json_grammar: Grammar) -> None:
+    """Output cut off anywhere (a token limit) closes from the LR items, however deep it nests."""
+    text = '{"key": [1, {"x": "y\\n"}], "z": [[[[null]]]], "w": -2.5e3, "v": true}'
+    for i in range(len(text)):
+        state = json_grammar.advance(json_grammar.initial, text[:i])
+        assert state is not None
+        rest = json_grammar._planned_completion(state)
+        assert rest is not None, text[:i]
+        assert json_grammar.accepts_text(text[:i] + rest), (text[:i], rest)
+    cut = '{"a": [1, [2'
+    assert json_grammar.shortest_completion(json_grammar.advance(json_grammar.initial, cut)) == "]]}"
+    deep = "[" * 300
+    assert json_grammar.shortest_completion(json_grammar.advance(json_grammar.initial, deep)) == "]" * 300
+    empty = json_grammar.shortest_completion(json_grammar.initial)
+    assert empty is not None and len(empty) == 1 and json_grammar.accepts_text(empty)  # a digit
+
+
 def test_bad_grammars_raise_grammar_error() -> None:
     with pytest.raises(GrammarError, match="LALR"):
         Grammar.from_lark('start: a | b\na: "x"\nb: "x"\n')  # reduce/reduce conflict

@@ -513,11 +513,17 @@ def test_masks_agree_with_the_grammar_on_word_boundaries(tokenizer: Any) -> None
 @pytest.mark.parametrize(
     "cut",
     [
+        "",
+        "SE",
         "SELECT",
         "SELECT name FROM author WHERE name IN (1, 1, 1,",
         "SELECT COUNT(*) FROM paper WHERE title = 'abc",
         "SELECT author.name, (author.aid * 100",
         "SELECT name FROM author JOIN paper ON author.aid",
+        "SELECT name AS nm",  # an alias: the next word needs a space
+        "SELECT AVG(ROUND(ROUND(ROUND(ROUND(R",  # nested: the bounded levels run out below 8
+        "SELECT * FROM author WHERE aid IN (SELECT aid FROM paper WHERE NOT aid IN (SELECT aid",
+        "SELECT CASE WHEN (SELECT 1 FROM paper WHERE pid = 1) AND (SELECT 1 FROM pap",
     ],
 )
 def test_shortest_completion_closes_a_cut_query(cut: str) -> None:
@@ -533,10 +539,34 @@ def test_shortest_completion_closes_a_cut_query(cut: str) -> None:
     state = g.advance(g.initial, cut)
     assert state is not None
     rest = g.shortest_completion(state)
-    if rest is not None:  # a short search may give up; text2sql.close_sql then tries SQL closers
-        assert g.accepts_text(cut + rest)
-        sqlglot.parse_one(cut + rest, read="sqlite")
+    assert rest is not None
+    assert g.accepts_text(cut + rest)
+    sqlglot.parse_one(cut + rest, read="sqlite")
     constraint = Constraint(g, None, "sql")  # type: ignore[arg-type]  # close_sql needs only the grammar
-    closed = close_sql(constraint, cut, ["author", "paper"])
-    assert g.accepts_text(closed), closed
-    sqlglot.parse_one(closed, read="sqlite")
+    closed = close_sql(constraint, cut)
+    assert closed == (cut + rest).strip()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres", "mysql", "duckdb"])
+def test_every_prefix_of_a_query_closes(dialect: str) -> None:
+    """Wherever the token limit falls, the closed query parses in the grammar and in sqlglot."""
+    import sqlglot
+
+    from ragloom.generation.constrain.grammar import compile_grammar
+    from ragloom.generation.constrain.sql import sql_grammar
+
+    g = compile_grammar(sql_grammar({"author": ["aid", "name"], "paper": ["pid", "title", "aid", "year"]}, dialect))
+    date = {"sqlite": "strftime('%Y', paper.year)", "postgres": "date_part('year', paper.year)",
+            "duckdb": "date_trunc('month', paper.year)", "mysql": "year(paper.year)"}[dialect]
+    query = (
+        f"SELECT author.name, COUNT(DISTINCT paper.pid) AS n, {date} FROM author JOIN paper ON "
+        "author.aid = paper.aid WHERE paper.title LIKE '%a%' AND NOT paper.aid IN (SELECT aid FROM paper "
+        "WHERE (pid + 1) * 2 BETWEEN 1 AND 10) GROUP BY author.name HAVING COUNT(*) > 1 ORDER BY n DESC LIMIT 5"
+    )
+    for i in range(len(query)):
+        state = g.advance(g.initial, query[:i])
+        assert state is not None, query[:i]
+        rest = g._planned_completion(state)
+        assert rest is not None, query[:i]
+        assert g.accepts_text(query[:i] + rest), (query[:i], rest)
+        sqlglot.parse_one(query[:i] + rest, read=dialect)
