@@ -21,7 +21,7 @@ import duckdb
 
 from ragloom.connectors.base import Column, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import column_samples, jsonable
+from ragloom.connectors.values import clip_error, column_samples, jsonable
 from ragloom.errors import DeadlineExceeded, InvalidArgument, NotFound, SqlError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class FileConnector:
         except duckdb.InterruptException:
             raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit") from None
         except duckdb.Error as e:
-            raise SqlError(f"DuckDB error: {e}") from None
+            raise SqlError(clip_error(f"DuckDB error: {e}")) from None
         finally:
             timer.cancel()
             try:

@@ -31,7 +31,7 @@ from sqlalchemy.pool import QueuePool
 
 from ragloom.connectors.base import Column, ForeignKey, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import column_samples, jsonable, redact_url, scrub
+from ragloom.connectors.values import clip_error, column_samples, jsonable, redact_url, scrub
 from ragloom.errors import (
     DeadlineExceeded,
     ForbiddenQuery,
@@ -51,7 +51,6 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 SAMPLE_ROWS = 100  # rows read per table to find up to SAMPLES distinct values per column
 SAMPLES = 3
 INTROSPECT_TIMEOUT_S = 5.0
-MAX_ERROR_CHARS = 600
 
 Rows = tuple[list[str], list[tuple[Any, ...]], bool]
 
@@ -240,8 +239,7 @@ class SqlConnector:
             text = f"{e.args[1]} (error {e.args[0]})"
         else:
             text = str(e).strip() or type(e).__name__
-        text = scrub(text, *self._secrets)
-        return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+        return clip_error(scrub(text, *self._secrets))
 
     def _translate(self, e: Exception, timeout_s: float, deadline: float) -> RagloomError:
         """A driver error as ours: time limit, read-only refusal, lost connection, or bad SQL."""

@@ -243,8 +243,8 @@ class Text2Sql:
         ans.sql, ans.error, ans.valid = sql, None, False
         opts = task.options
         try:
-            guard(sql, task.schema.dialect, task.schema, opts.max_rows, getattr(task.connector, "qualifiers", None))
-            ans.valid = True
+            checked = guard(sql, task.schema.dialect, task.schema, opts.max_rows, getattr(task.connector, "qualifiers", None))
+            ans.sql, ans.valid = checked.sql, True  # as it runs (LIMIT, one line), also if the database refuses it
             result = task.connector.execute(sql, max_rows=opts.max_rows, timeout_s=opts.timeout_s)
             ans.columns, ans.rows, ans.truncated, ans.tables = result.columns, result.rows, result.truncated, result.tables
             ans.sql = result.sql

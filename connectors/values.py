@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -69,6 +70,17 @@ def redact_url(url: str) -> str:
             scheme, rest = url.split("://", 1)
             return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
         return url
+
+
+MAX_ERROR_CHARS = 600  # a database's error goes back to the model in the correction prompt
+# DuckDB lists every overload of a function it could not bind: dozens of lines of no use to anyone
+_CANDIDATES = re.compile(r"\n\s*Candidate functions:(\n\t[^\n]*)*")
+
+
+def clip_error(message: str) -> str:
+    """A database's error message cut to what a person (or the model) can act on."""
+    message = _CANDIDATES.sub("", message).strip()
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "..."
 
 
 def scrub(message: str, *secrets: str | None) -> str:
