@@ -512,18 +512,17 @@ class Grammar:
             # separators only where words would run together, then also after the open lexeme,
             # then between every two terminals; the first that the grammar accepts
             for lead, spaced in ((False, False), (True, False), (True, True)):
-                text = self._spell(word + sep if lead and sep and names else word, names, spaced)
+                text = self._spell(word + sep if lead and sep and names else word, names, sep, spaced)
                 if text is not None:
                     nxt = self.advance(state, text)
                     if nxt is not None and self.can_end(nxt):
                         return text
         return None
 
-    def _spell(self, word: str, names: tuple[str, ...], spaced: bool) -> str | None:
-        """`word`, then the terminals' shortest words, separated by the grammar's ignored text
-        (whitespace) as people write it (not before a closer or comma, not after an opener),
-        or (spaced) between every two."""
-        sep = self._separator()
+    def _spell(self, word: str, names: tuple[str, ...], sep: str, spaced: bool) -> str | None:
+        """`word`, then the terminals' shortest words, separated by `sep` (the grammar's ignored
+        text) as people write it (not before a closer or comma, not after an opener), or
+        (spaced) between every two."""
         out = word
         for name in names:
             w = self.shortest_word(self.index[name]) if name in self.index else None
