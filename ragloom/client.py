@@ -45,7 +45,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict
 
-from ragloom.errors import InvalidArgument, RagloomError, from_grpc_code
+from ragloom.errors import InvalidArgument, RagloomError
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
 from ragloom.services._proto import rag_pb2 as apb
@@ -54,6 +54,7 @@ from ragloom.services._proto import retrieval_pb2 as rpb
 from ragloom.services._proto import retrieval_pb2_grpc as rpb_grpc
 from ragloom.services._proto import tables_pb2 as tpb
 from ragloom.services._proto import tables_pb2_grpc as tpb_grpc
+from ragloom.services.status import error_from_status
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -286,7 +287,7 @@ def _cache_stats(msg: apb.CacheStats) -> CacheStats:
 def _error(exc: grpc.RpcError) -> RagloomError:
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)  # type: ignore[attr-defined]
-    err = from_grpc_code(code, details or code.name)
+    err = error_from_status(code, details or code.name)
     err.__cause__ = exc
     return err
 

@@ -1,24 +1,18 @@
-"""One exception hierarchy for all of ragloom, and its single mapping to gRPC status codes.
+"""One exception hierarchy for all of ragloom, free of any transport.
 
-Libraries (runner, retrieval, cache, connectors) raise these; the service layer turns them into
-status codes with `grpc_code()` and never needs to know which part raised.
+Libraries (runner, retrieval, cache, connectors) raise these. `services/status.py` alone maps
+them to gRPC status codes, and back again for the SDK.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class RagloomError(Exception):
     """Base class: a message a person can act on."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
 
 class InvalidArgument(RagloomError):
     """The request itself is wrong (empty prompt, bad sampling value, unknown keyword)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class GrammarError(InvalidArgument):
@@ -44,79 +38,38 @@ class SqlError(InvalidArgument):
 class ForbiddenQuery(RagloomError):
     """SQL the guard refuses: anything but one read-only SELECT over allow-listed tables."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-
 
 class NotFound(RagloomError):
     """A named thing (model, collection, connector, request id) does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
-
 
 class AlreadyExists(RagloomError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    """A thing to be created exists already (collection, connector)."""
 
 
 class ResourceExhausted(RagloomError):
     """Too many requests, or the request can never fit in the KV cache / limits."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class DeadlineExceeded(RagloomError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The request's deadline passed before the work finished; the work was stopped."""
 
 
 class Unavailable(RagloomError):
     """The server is draining or the engine is not running; the caller may retry."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
 
 class FailedPrecondition(RagloomError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The system is not in a state to do this (e.g. a collection's embedder differs)."""
 
 
 class Cancelled(RagloomError):
-    code = grpc.StatusCode.CANCELLED
+    """The caller cancelled the work."""
 
 
 class Unimplemented(RagloomError):
     """The request asks for a feature this server does not provide (yet)."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
-
 
 class ModelError(RagloomError):
     """A model could not be found, converted or loaded (missing path, unsupported architecture)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-def grpc_code(exc: BaseException) -> grpc.StatusCode:
-    """The status code for any exception: ours carry one, anything else is INTERNAL."""
-    if isinstance(exc, RagloomError):
-        return exc.code
-    return grpc.StatusCode.INTERNAL
-
-
-# The reverse direction, for the SDK: a gRPC status back into our hierarchy.
-_BY_CODE: dict[grpc.StatusCode, type[RagloomError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        ResourceExhausted,
-        DeadlineExceeded,
-        Unavailable,
-        FailedPrecondition,
-        Cancelled,
-        Unimplemented,
-        ForbiddenQuery,
-    )
-}
-
-
-def from_grpc_code(code: grpc.StatusCode, message: str) -> RagloomError:
-    return _BY_CODE.get(code, RagloomError)(message)

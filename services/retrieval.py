@@ -2,7 +2,7 @@
 
 The CollectionManager is synchronous and may be slow (embedding, index writes), so every call
 runs in a worker thread (`asyncio.to_thread`) and the event loop keeps serving other RPCs.
-Errors come from the library as RagloomError and become status codes through `grpc_code()`,
+Errors come from the library as RagloomError and become status codes in services/status.py,
 as in services/generation.py. A cancelled call stops waiting, but a call already running in a
 worker thread finishes there (an Upsert batch is stored or not as a whole).
 

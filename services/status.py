@@ -1,8 +1,9 @@
-"""How a failed RPC ends: the one place every servicer turns an exception into a gRPC status.
+"""How a failed RPC ends: the one map between ragloom's errors and gRPC status codes.
 
-RagloomErrors carry their own code (ragloom.errors.grpc_code) and a message meant for the caller;
-anything else is a bug on our side, logged with its traceback and answered INTERNAL without
-leaking details. Cancellation is not a failure: handlers re-raise asyncio.CancelledError.
+Servicers turn an exception into a status here (`failure_status`); the SDK turns a status back
+into the same exception class (`error_from_status`). A RagloomError's message is meant for the
+caller; anything else is a bug on our side, logged with its traceback and answered INTERNAL
+without leaking details. Cancellation is not a failure: handlers re-raise asyncio.CancelledError.
 """
 
 from __future__ import annotations
@@ -14,16 +15,49 @@ from typing import TypeVar
 
 import grpc
 
-from ragloom.errors import RagloomError, grpc_code
+from ragloom import errors as e
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 
+# Most specific first: grpc_code() takes the first class the exception is an instance of.
+_CODES: tuple[tuple[type[e.RagloomError], grpc.StatusCode], ...] = (
+    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),  # GrammarError, SqlError, ... too
+    (e.ForbiddenQuery, grpc.StatusCode.PERMISSION_DENIED),
+    (e.NotFound, grpc.StatusCode.NOT_FOUND),
+    (e.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.ModelError, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.Cancelled, grpc.StatusCode.CANCELLED),
+    (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+)
+# The SDK's direction: the base class for each code (ModelError arrives as FailedPrecondition).
+_ERRORS: dict[grpc.StatusCode, type[e.RagloomError]] = {}
+for _cls, _code in _CODES:
+    _ERRORS.setdefault(_code, _cls)
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    """The status code for any exception: ours map through _CODES, anything else is INTERNAL."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_status(code: grpc.StatusCode, message: str) -> e.RagloomError:
+    """The SDK's side: a status received from the server back into ragloom's hierarchy."""
+    return _ERRORS.get(code, e.RagloomError)(message)
+
+
 def failure_status(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     """(code, message) for `await context.abort(*...)`; `what` names the call in logs and messages."""
-    if isinstance(exc, RagloomError):
+    if isinstance(exc, e.RagloomError):
         log.info("%s rejected: %s: %s", what, type(exc).__name__, exc)
         return grpc_code(exc), str(exc)
     log.error("%s failed", what, exc_info=exc)
