@@ -35,6 +35,7 @@ Stubs are created lazily per service.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -57,7 +58,7 @@ from ragloom.services._proto import tables_pb2_grpc as tpb_grpc
 from ragloom.services.status import error_from_status
 from ragloom.structs import dict_to_struct, struct_to_dict
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = os.environ.get("RAGLOOM_ADDRESS", "127.0.0.1:50051")  # the SDK's and the CLI's default server
 # matches Settings.max_message_bytes' default, so whatever the server may send is accepted
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # documents per Upsert message; a batch is embedded and stored as one unit on the server
