@@ -63,7 +63,7 @@ def _chat_stream(demo: Demo) -> None:
         {"role": "system", "content": "You answer briefly."},
         {"role": "user", "content": f"In one sentence, what is Ragloom?\n\n{SAMPLE}"},
     ]
-    print(f"user: In one sentence, what is Ragloom? (+ a {len(SAMPLE)}-character sample)")
+    print(f"user: In one sentence, what is Ragloom? [then, in the same message, the text to answer from: {SAMPLE!r}]")
     print("assistant: ", end="", flush=True)
     stream = demo.client.stream(messages=messages, max_tokens=48, temperature=0)
     with stream:
