@@ -1,13 +1,41 @@
 """Shared fixtures. The bundled model is converted once into the user's ragloom cache
-(~/.cache/ragloom or $RAGLOOM_DATA_DIR) and reused by every test session after that."""
+(~/.cache/ragloom or $RAGLOOM_DATA_DIR) and reused by every test session after that.
+
+The evaluation data (../shared/data, see its README.md) lives beside the checkout, not in it: tests
+that read it go through `shared_data()`, the one place that decides what a missing folder means."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_REPO = Path(__file__).resolve().parents[1]
+# A checkout that carries its own shared/ (the device machine) is looked at first, then ../shared.
+SHARED_DATA = next(
+    (p for p in (_REPO / "shared" / "data", _REPO.parent / "shared" / "data") if p.is_dir()),
+    _REPO.parent / "shared" / "data",
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def shared_data(subpath: str) -> Path:
+    """The path of `subpath` under the shared evaluation data, which must exist.
+
+    Missing data fails the test in CI (CI=true), where a silent skip would hide a broken setup,
+    and skips it elsewhere (a clone outside the usual workspace), saying what is missing and why."""
+    path = SHARED_DATA / subpath
+    if not path.exists():
+        reason = (f"evaluation data {subpath!r} not found at {path}: these tests read ../shared/data "
+                  "beside the checkout (see that folder's README.md)")
+        if in_ci():
+            pytest.fail(f"{reason}; CI=true, so missing data is an error", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture(scope="session")

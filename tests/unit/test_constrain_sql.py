@@ -9,13 +9,13 @@ import random
 import re
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pytest
 import sqlglot
+from conftest import SHARED_DATA, shared_data
 
 from ragloom.errors import GrammarError
 from ragloom.generation.constrain.grammar import Grammar, _regex_tables, compile_grammar
@@ -23,7 +23,7 @@ from ragloom.generation.constrain.masks import advance_bytes
 from ragloom.generation.constrain.processor import compile_constraint
 from ragloom.generation.constrain.sql import DIALECTS, MAX_DEPTH, _needs_quotes, _quote, sql_grammar
 
-TEXT2SQL = Path(__file__).resolve().parents[3] / "shared" / "data" / "text2sql"
+TEXT2SQL = SHARED_DATA / "text2sql"
 
 # Prefixes on purpose: author / author_id, name / name_id, notes (not), isbn (is), description (desc);
 # date, count and year are also function names (count(, date(, year( in mysql).
@@ -394,9 +394,9 @@ def _gold() -> tuple[list[dict[str, Any]], dict[str, dict[str, list[str]]]]:
 GOLD_FLOOR = {"sqlite": 170, "duckdb": 160, "postgres": 150, "mysql": 85}
 
 
-@pytest.mark.skipif(not (TEXT2SQL / "questions.jsonl").exists(), reason="no text-to-SQL data")
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_gold_sql(dialect: str) -> None:
+    shared_data("text2sql/questions.jsonl")
     rows, schemas = _gold()
     accepted = [r for r in rows if compile_grammar(sql_grammar(schemas[r["db"]], dialect)).accepts_text(r["gold_sql"])]
     print(f"\n{dialect}: {len(accepted)} of {len(rows)} gold queries accepted as-is")
