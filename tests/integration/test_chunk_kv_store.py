@@ -9,6 +9,7 @@ import threading
 import uuid
 
 import pytest
+import redis
 import torch
 
 from ragloom.cache.chunk_kv import (
@@ -47,7 +48,6 @@ def same_kv(a: ChunkKV, b: ChunkKV) -> bool:
 @pytest.fixture
 def redis_prefix():
     """A Redis key prefix of this test's own; everything under it is deleted afterwards."""
-    redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
     try:
         client.ping()

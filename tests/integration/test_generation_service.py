@@ -12,7 +12,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import grpc
 import pytest
 from background_loop import BackgroundLoop
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_loads import wait_idle, wait_idle_async
 
 from ragloom.client import AsyncClient, Client
 from ragloom.config import Settings
@@ -32,12 +32,11 @@ from ragloom.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from ragloom.generation.runner import async_engine
+from ragloom.generation.runner.engine import LLMEngine
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
-
-async_engine = pytest.importorskip("ragloom.generation.runner.async_engine")
-from ragloom.generation.runner.engine import LLMEngine  # noqa: E402
-from ragloom.services.server import RagloomServer, start_server  # noqa: E402
+from ragloom.services.server import RagloomServer, start_server
 
 PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Name three colours."}]
@@ -88,17 +87,6 @@ def served() -> Iterator[Served]:
 def client(served: Served) -> Iterator[Client]:
     with Client(served.address, timeout=60) as c:
         yield c
-
-
-def _wait_kv_free(client: Client, timeout: float = 30.0) -> None:
-    """Poll GetLoads until no KV block is in use (nothing else runs between tests)."""
-    deadline = time.monotonic() + timeout
-    loads = client.loads()
-    while loads.kv_blocks_used or loads.running or loads.waiting:
-        if time.monotonic() > deadline:
-            pytest.fail(f"KV blocks were not freed: {loads}")
-        time.sleep(0.05)
-        loads = client.loads()
 
 
 # -- happy paths ---------------------------------------------------------------------------
@@ -157,7 +145,7 @@ def test_abort_running_stream(client: Client) -> None:
     # a token sampled in the same step as the abort may be counted without being streamed
     assert len(first.token_ids) + sum(len(ch.token_ids) for ch in rest) <= s.usage.completion_tokens
     assert client.abort(s.request_id) is False  # idempotent: already finished
-    _wait_kv_free(client)
+    wait_idle(client)
 
 
 async def test_concurrent_streams(served: Served) -> None:
@@ -170,10 +158,11 @@ async def test_concurrent_streams(served: Served) -> None:
             return s.request_id, s.completion.usage.completion_tokens, s.finish_reason, text
 
         results = await asyncio.gather(*(one(i) for i in range(4)))
-        loads = await ac.loads()
+        # The engine frees the finished requests' slots and KV blocks just after their last message:
+        # wait (bounded) for its loads to read idle; the test fails if they never do (a leak).
+        await wait_idle_async(ac)
     assert sorted(r[0] for r in results) == [f"conc-{i}" for i in range(4)]
     assert all(r[1] == 8 and r[2] == "length" for r in results)
-    assert loads.running == 0 and loads.kv_blocks_used == 0
 
 
 def test_client_cancel_frees_kv_blocks(client: Client) -> None:
@@ -183,7 +172,7 @@ def test_client_cancel_frees_kv_blocks(client: Client) -> None:
     busy = client.loads()
     assert busy.running == 1 and busy.kv_blocks_used > 0
     s.cancel()
-    _wait_kv_free(client)
+    wait_idle(client)
 
 
 def test_deadline_exceeded_aborts_engine_request(client: Client) -> None:
@@ -191,7 +180,7 @@ def test_deadline_exceeded_aborts_engine_request(client: Client) -> None:
         client.generate(PROMPT, max_tokens=LONG, ignore_eos=True, timeout=0.5)
     assert isinstance(info.value.__cause__, grpc.RpcError)
     assert info.value.__cause__.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    _wait_kv_free(client)
+    wait_idle(client)
 
 
 # -- bad requests, each while a good one keeps running ----------------------------------------
@@ -264,7 +253,7 @@ def test_max_concurrent_rpcs_exceeded(served: Served, client: Client) -> None:
             with pytest.raises(ResourceExhausted):
                 lc.generate(PROMPT, max_tokens=2)
             s.cancel()
-            _wait_kv_free(client)
+            wait_idle(client)
             # the slot is free again once the first call has ended
             assert lc.generate(PROMPT, max_tokens=2).usage.completion_tokens >= 1
     finally:

@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,18 +21,19 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from background_loop import BackgroundLoop
+from server_loads import wait_idle
 
 from ragloom.client import AsyncClient, Client
 from ragloom.config import Settings
 from ragloom.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from ragloom.generation.runner import async_engine
+from ragloom.generation.runner.engine import LLMEngine
+from ragloom.retrieval.collections import CollectionManager
 from ragloom.services._proto import rag_pb2 as pb
 from ragloom.services._proto import rag_pb2_grpc as pb_grpc
-
-async_engine = pytest.importorskip("ragloom.generation.runner.async_engine")
-from ragloom.generation.runner.engine import LLMEngine  # noqa: E402
-from ragloom.retrieval.collections import CollectionManager  # noqa: E402
-from ragloom.services.server import RagloomServer, start_server  # noqa: E402
+from ragloom.services.server import RagloomServer, start_server
 
 REDIS_URL = os.environ.get("RAGLOOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -111,7 +111,6 @@ def client(served: Served) -> Iterator[Client]:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A Redis key prefix of this test's own; everything under it is deleted afterwards."""
-    redis = pytest.importorskip("redis")
     r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2)
     try:
         r.ping()
@@ -127,16 +126,6 @@ def redis_prefix() -> Iterator[str]:
         if names:
             r.delete(*names)
         r.close()
-
-
-def _wait_idle(client: Client, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    loads = client.loads()
-    while loads.kv_blocks_used or loads.running or loads.waiting:
-        if time.monotonic() > deadline:
-            pytest.fail(f"the engine did not go idle: {loads}")
-        time.sleep(0.05)
-        loads = client.loads()
 
 
 # -- the flow --------------------------------------------------------------------------------
@@ -176,7 +165,7 @@ def test_ask_streams_passages_then_tokens_then_complete_and_reuses_on_the_second
     stats = client.cache_stats()
     assert stats.hits >= 3 and {t.name for t in stats.tiers} == {"memory", "disk"}
     assert stats.codec_bits == 8 and next(t for t in stats.tiers if t.name == "disk").entries >= 4
-    _wait_idle(client)
+    wait_idle(client)
 
 
 def test_precompute_kv_on_upsert_and_the_async_client(served: Served, client: Client) -> None:
@@ -248,7 +237,7 @@ def test_bad_inputs_get_the_right_codes_and_the_server_keeps_serving(served: Ser
         # the schema forbids stopping before 150 items (300+ tokens), so the answer runs far past 1 s
         client.ask(QUESTION, collection="kb", k=3, max_tokens=400, temperature=0, timeout=1.0,
                    json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 150})
-    _wait_idle(client)
+    wait_idle(client)
     assert client.ask(QUESTION, collection="kb", k=1, **FEW).text  # still serving
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,14 +209,15 @@ async def test_async_client_and_the_loop_keeps_serving(served: Served) -> None:
             upsert = asyncio.ensure_future(ac.upsert("async", gen(), batch_size=300))
             answered_during_upsert = 0
             while not upsert.done():
-                t0 = time.monotonic()
                 assert await ac.health("ragloom.v1.Retrieval", timeout=10) == "SERVING"
-                assert time.monotonic() - t0 < 3.0
                 answered_during_upsert += not upsert.done()
                 await asyncio.sleep(0.05)
             result = await upsert
             assert result.documents == 600
-            assert answered_during_upsert >= 1
+            # Not a timing but a count: a loop blocked while each of the 2 batches is embedded would
+            # answer only around the batch boundaries (one call in flight at each, about 4 in all);
+            # a free loop answers every poll while the 600 documents are embedded (dozens on CPU).
+            assert answered_during_upsert >= 5
             hits = await ac.search("async", "Document number 42", k=3)
             assert hits and "d42" in {h.id for h in hits}
             assert [c.documents for c in await ac.list_collections() if c.name == "async"] == [600]

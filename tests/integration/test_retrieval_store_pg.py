@@ -7,6 +7,7 @@ import shutil
 import uuid
 
 import pytest
+import sqlalchemy
 
 from ragloom.retrieval.collections import CollectionManager, Document
 
@@ -15,7 +16,6 @@ PG_URL = os.environ.get("RAGLOOM_TEST_PG_URL", "postgresql+psycopg://postgres@12
 
 @pytest.fixture
 def schema():
-    sqlalchemy = pytest.importorskip("sqlalchemy")
     try:
         engine = sqlalchemy.create_engine(PG_URL)
         with engine.connect() as c:

@@ -29,13 +29,12 @@ from sql_databases import MYSQL_URL, PG_URL, reachable
 from ragloom.client import Client
 from ragloom.config import Settings
 from ragloom.errors import AlreadyExists, ForbiddenQuery, InvalidArgument, NotFound, RagloomError
+from ragloom.generation.runner import async_engine
+from ragloom.generation.runner.engine import LLMEngine
+from ragloom.retrieval.collections import CollectionManager
 from ragloom.services._proto import tables_pb2 as pb
 from ragloom.services._proto import tables_pb2_grpc as pb_grpc
-
-async_engine = pytest.importorskip("ragloom.generation.runner.async_engine")
-from ragloom.generation.runner.engine import LLMEngine  # noqa: E402
-from ragloom.retrieval.collections import CollectionManager  # noqa: E402
-from ragloom.services.server import RagloomServer, start_server  # noqa: E402
+from ragloom.services.server import RagloomServer, start_server
 
 SHOP_SQL = Path(__file__).resolve().parents[2] / "ragloom" / "demo_data" / "shop.sql"
 PG_ADMIN = PG_URL

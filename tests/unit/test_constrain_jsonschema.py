@@ -14,6 +14,7 @@ import re
 import time
 from fractions import Fraction
 
+import jsonschema
 import pytest
 
 from ragloom.errors import CompileTimeout, GrammarError, UnsupportedKeyword
@@ -333,7 +334,6 @@ def test_grammar_is_lalr_and_interegular_compatible():
 
 
 def test_agrees_with_jsonschema_on_random_values():
-    jsonschema = pytest.importorskip("jsonschema")
     schema = {"type": "object", "properties": {
         "n": {"type": "integer", "minimum": -3, "maximum": 40, "multipleOf": 2},
         "s": {"type": "string", "pattern": "^[ab]*$", "maxLength": 3},
@@ -555,7 +555,6 @@ def _random_value(rng: random.Random, depth: int = 0):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_schemas_agree_with_jsonschema(seed):
-    jsonschema = pytest.importorskip("jsonschema")
     rng = random.Random(seed)
     compiled = 0
     for _ in range(40):

@@ -36,13 +36,18 @@ def test_stop_token_ids_and_max_tokens(engine):
 
 def test_streamed_deltas_concatenate_to_text(engine):
     engine.add_request(Request("s", engine.encode(prompt="Tell me a story:"), SamplingParams(max_tokens=20, seed=3)))
-    pieces, last = [], None
+    pieces: list[str] = []
+    ids: list[int] = []
+    last = None
     while engine.has_unfinished():
         for out in engine.step():
             pieces.append(out.text)
+            ids += out.token_ids
             last = out
     assert last is not None and last.finished and last.completion_tokens == 20
-    assert "".join(pieces) == engine.tokenizer.decode(last and engine.tokenizer.encode("".join(pieces), add_special_tokens=False))
+    assert len(ids) == 20  # every generated token was streamed once
+    # the incremental detokenizer's deltas add up to a plain decode of the generated ids
+    assert "".join(pieces) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize(
