@@ -1,7 +1,7 @@
 """The `ragloom` command: serve, generate, models, ingest, search, collections, ask.
 
 Errors print one line to stderr and exit 1 (2 for usage errors, from argparse); no tracebacks
-unless RAGLOOM_DEBUG=1.
+unless RAGLOOM_DEBUG=1. A reader that closes the output early (`| head`) ends a command silently (141).
 """
 
 from __future__ import annotations
@@ -776,9 +776,29 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that closed our stdout (`ragloom search ... | head`) ends it quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Output still buffered would otherwise be flushed at interpreter exit, where a closed
+            # pipe prints "Exception ignored ... BrokenPipeError"; flushing here lets us catch it.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing more can reach the reader: send what is left to /dev/null so that the exit
+        # flush stays silent, and exit as a process killed by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        raise  # not an error of the command: main() ends quietly
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,8 +11,10 @@ serve until SIGTERM/SIGINT, drain, stop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,40 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # generation get GOAWAY "too_many_pings"; vLLM's front end uses the same values.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC sets SO_REUSEPORT by default on Linux: a second server on a busy port would then
+        # bind too, and the kernel would split connections between the two.
+        ("grpc.so_reuseport", 0),
     ]
+
+
+def _listen_error(host: str, port: int, reason: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"cannot listen on {host}:{port}: {reason}; stop the process using it "
+        "(another `ragloom serve`?) or pick another port with --port N (--port 0 picks a free one)"
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise InvalidArgument naming the port when host:port cannot be bound.
+
+    `serve` calls this before the model loads (seconds to minutes), so a busy port is reported at
+    once; build_server's own bind (without SO_REUSEPORT) still catches a port taken meanwhile."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _listen_error(host, port, f"unknown host ({exc.strerror})") from exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # as gRPC binds: SO_REUSEADDR (a closed server's TIME_WAIT connections don't count)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                in_use = exc.errno == errno.EADDRINUSE
+                raise _listen_error(host, port, "the port is already in use" if in_use else str(exc)) from exc
 
 
 @dataclass
@@ -195,11 +230,11 @@ def build_server(
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
         if owned is not None:
             owned.close()
-        raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        raise _listen_error(settings.host, settings.port, str(exc)) from exc
     if port == 0:  # older grpc versions signal a failed bind this way
         if owned is not None:
             owned.close()
-        raise InvalidArgument(f"cannot listen on {settings.host}:{settings.port} (address in use?)")
+        raise _listen_error(settings.host, settings.port, "the port is probably in use")
     return RagloomServer(
         server=server,
         health=health_servicer,
@@ -233,6 +268,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     from ragloom.generation.runner.engine import LLMEngine
     from ragloom.retrieval.collections import CollectionManager
 
+    check_port_free(settings.host, settings.port)  # a busy port is an error now, not after the model loads
     log.info("loading model %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
     # loading blocks for seconds; keep the loop responsive to signals meanwhile
     llm = await asyncio.to_thread(LLMEngine, settings)
