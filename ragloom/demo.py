@@ -234,6 +234,20 @@ def _tail(path: Path, n: int = 20) -> str:
         return "(no stderr captured)"
 
 
+def prepare_model() -> Path:
+    """Convert the bundled model here, before the server starts, when its cache is empty or stale.
+
+    The server's stderr goes to a file (kept for error reports), which would hide the conversion's
+    progress bar on a first run; converting in the foreground shows it on this terminal, and the
+    server then finds the cache ready. The server is started with the same environment, so the
+    settings (model, data dir) resolve to the same folder."""
+    from ragloom.config import load_settings
+    from ragloom.models import resolve_model
+
+    settings = load_settings()
+    return resolve_model(settings.model, settings.data_dir)
+
+
 def start_server(stderr_path: Path, timeout: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen[str], str, str]:
     """Start `ragloom serve --port 0` and wait for its ready line; returns (process, address, model)."""
     cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--device", "cpu"]
@@ -291,7 +305,13 @@ def stop_server(proc: subprocess.Popen[str]) -> int:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ragloom-demo-") as tmp:
         stderr_path = Path(tmp) / "server.stderr"
-        print("starting `ragloom serve` (the first run converts the bundled model; this can take a minute) ...")
+        print("preparing the model (the first run converts the bundled model; this can take a minute) ...")
+        try:
+            prepare_model()
+        except RagloomError as exc:
+            print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print("starting `ragloom serve` ...")
         try:
             proc, address, model = start_server(stderr_path)
         except DemoError as exc:
