@@ -3,9 +3,13 @@
 Consistency model: the store (SQLite/PostgreSQL) is the truth, the index folder a cache of it.
 An upsert or delete commits to the store first (one transaction), then applies the change to the
 in-memory index and saves it atomically, recording the store version it reflects. If anything
-fails after the commit, the in-memory index is dropped; the next access sees a saved version older
-than the store's and rebuilds from the stored vectors (no re-embedding). If the transaction fails,
-nothing changed anywhere.
+fails after the commit, the in-memory index is dropped and the call still succeeds (the change is
+stored); the next access sees a saved version older than the store's and rebuilds from the stored
+vectors (no re-embedding). If the transaction fails, nothing changed anywhere.
+
+An upsert of many batches is one UpsertTransaction (upsert.py, `begin_upsert`): its batches are
+embedded and staged as they arrive and written by one commit, so a cancelled or failed request
+leaves nothing behind.
 
 Thread-safety: every operation on a collection holds that collection's lock (faiss indexes must
 not be searched while ids are added or removed); different collections proceed in parallel.
@@ -22,13 +26,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
 
 from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from ragloom.retrieval.chunking import Chunk, chunk_text, content_hash
+from ragloom.retrieval.chunking import Chunk, content_hash
 from ragloom.retrieval.embed import Embedder
 from ragloom.retrieval.index import KINDS, VectorIndex, resolve_kind, saved_kind
 from ragloom.retrieval.search import search, validate_filter
@@ -41,6 +45,9 @@ from ragloom.retrieval.store import (
     sqlite_url,
     vector_blob,
 )
+
+if TYPE_CHECKING:
+    from ragloom.retrieval.upsert import UpsertTransaction
 
 log = logging.getLogger(__name__)
 
@@ -254,38 +261,55 @@ class CollectionManager:
         with self.store.session() as s:
             return self._info(s, self._row(s, name))
 
-    # ------------------------------------------------------------------ writes
-
-    def upsert(self, name: str, docs: Iterable[Document], *, show_progress: bool = False) -> UpsertResult:
-        docs = _validate_docs(docs)
+    def chunk_texts(self, name: str, doc_ids: Iterable[str] | None = None) -> list[str]:
+        """The stored chunk texts of a collection (of the given documents only, when doc_ids is
+        given), in document and chunk order: exactly the texts search returns as Hit.text."""
         with self.store.session() as s:
             row = self._row(s, name)
-        emb = self.embedder
-        if row.model != emb.model_id or row.dim != emb.dim:
-            raise FailedPrecondition(
-                f"collection {name!r} was built with {row.model} ({row.dim}-d); this server embeds with "
-                f"{emb.model_id} ({emb.dim}-d)"
+            query = (
+                select(ChunkRow.text)
+                .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
+                .where(ChunkRow.collection_id == row.id)
+                .order_by(DocumentRow.doc_id, ChunkRow.idx)
             )
-        # The embedder truncates past its window; never make chunks it would cut.
-        window = min(row.chunk_tokens, max(8, emb.max_seq_length - 2))
-        overlap = min(row.chunk_overlap, window - 1)
-        per_doc = [chunk_text(d.id, d.text, emb.tokenizer, window, overlap) for d in docs]
-        texts = [c.text for chunks in per_doc for c in chunks]
-        vectors = emb.encode(texts, show_progress=show_progress)
-        return self._write(name, docs, per_doc, vectors)
+            if doc_ids is None:
+                return list(s.scalars(query))
+            ids = list(dict.fromkeys(doc_ids))
+            texts: list[str] = []
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                texts.extend(s.scalars(query.where(DocumentRow.doc_id.in_(ids[start : start + 500]))))
+            return texts
+
+    # ------------------------------------------------------------------ writes
+
+    def begin_upsert(self, name: str) -> UpsertTransaction:
+        """A transaction for one upsert request: add() batches, then commit() (or rollback())."""
+        from ragloom.retrieval.upsert import UpsertTransaction  # it builds on this module
+
+        return UpsertTransaction(self, name)
+
+    def upsert(self, name: str, docs: Iterable[Document]) -> UpsertResult:
+        """Chunk, embed and store these documents in one transaction."""
+        with self.begin_upsert(name) as tx:
+            tx.add(docs)
+            return tx.commit()
 
     def upsert_vectors(self, name: str, docs: Iterable[Document], vectors: np.ndarray) -> UpsertResult:
         """Precomputed embeddings, one per document (each document becomes one chunk)."""
-        docs = _validate_docs(docs)
-        with self.store.session() as s:
-            row = self._row(s, name)
-        vectors = _as_vectors(vectors, row.dim, "vectors")
-        if len(vectors) != len(docs):
-            raise InvalidArgument(f"got {len(vectors)} vectors for {len(docs)} documents")
-        per_doc = [[Chunk(f"{d.id}#0", 0, d.text, 0, len(d.text), content_hash(d.text))] for d in docs]
-        return self._write(name, docs, per_doc, vectors)
+        with self.begin_upsert(name) as tx:
+            tx.add_vectors(docs, vectors)
+            return tx.commit()
 
-    def _write(self, name: str, docs: list[Document], per_doc: list[list[Chunk]], vectors: np.ndarray) -> UpsertResult:
+    def _write(
+        self,
+        name: str,
+        docs: list[Document],
+        per_doc: list[list[Chunk]],
+        vectors: np.ndarray,
+        before_commit: Callable[[CollectionRow], None] | None = None,
+    ) -> UpsertResult:
+        """Store these documents (replacing same ids) in one transaction, then update the index.
+        before_commit(row) runs inside the transaction, last; raising there rolls it back."""
         with self._lock(name):
             with self.store.session() as s, s.begin():
                 row = self._row(s, name, for_update=True)
@@ -314,7 +338,9 @@ class CollectionManager:
                 s.flush()
                 if self._fault:
                     self._fault("store")
-            self._apply(row, old_slots, np.array(new_slots, np.int64), vectors)
+                if before_commit is not None:
+                    before_commit(row)
+            self._apply_committed(row, old_slots, np.array(new_slots, np.int64), vectors)
         return UpsertResult(len(docs), len(new_slots))
 
     def _delete_docs(self, s, row: CollectionRow, doc_ids: list[str]) -> tuple[int, np.ndarray]:  # noqa: ANN001
@@ -363,6 +389,15 @@ class CollectionManager:
                 stale.close()
             raise
 
+    def _apply_committed(self, row: CollectionRow, removed: np.ndarray, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """_apply after a commit: the change is stored, so an index failure does not fail the call
+        (that would tell the caller "not stored"); the dropped index is rebuilt on next use."""
+        try:
+            self._apply(row, removed, slots, vectors)
+        except Exception:
+            log.warning("index of %r not updated after commit %d; it is rebuilt from the store on next use",
+                        row.name, row.version, exc_info=True)
+
     def delete(self, name: str, ids: list[str]) -> int:
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise InvalidArgument("ids must be a list of non-empty document id strings")
@@ -373,7 +408,7 @@ class CollectionManager:
                 if n:
                     row.version += 1
             if n:
-                self._apply(row, slots, np.zeros(0, np.int64), np.zeros((0, row.dim), np.float32))
+                self._apply_committed(row, slots, np.zeros(0, np.int64), np.zeros((0, row.dim), np.float32))
             return n
 
     # ------------------------------------------------------------------ search
