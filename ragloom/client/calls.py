@@ -1,0 +1,81 @@
+"""The RPCs an API method asks for, as plain values: each method is a generator that yields one
+of these and is sent the response, so that one definition serves the blocking and the asyncio
+client (see drivers.py), and what goes over the wire can be read without a channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from ragloom.client.results import StreamChunk
+from ragloom.errors import RagloomError
+from ragloom.services.status import error_from_status
+
+R = TypeVar("R")
+
+
+class State(Protocol):
+    """Folds a server stream's messages into a result (see streams.py)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, msg: Any) -> StreamChunk | None: ...
+
+
+class RequestSource(Protocol):
+    """Turns items into a client stream's messages, as the blocking or the asyncio client needs them."""
+
+    def requests(self, items: Any) -> Iterator[Any]: ...
+
+    def arequests(self, items: Any) -> AsyncIterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class Call:
+    stub: type  # the generated stub class, e.g. GenerationStub
+    method: str  # its method, e.g. "Generate"
+    timeout: float | None  # None: the client's
+
+
+@dataclass(frozen=True)
+class Unary(Call):
+    """One request, one response: the op is sent the response message."""
+
+    request: Any
+
+
+@dataclass(frozen=True)
+class ServerStream(Call):
+    """One request, a stream of responses folded into `state`; the op is sent None once the
+    stream has ended (or the wrapping Stream is handed to the caller: see drivers.streaming)."""
+
+    request: Any
+    state: State
+
+
+@dataclass(frozen=True)
+class ClientStream(Call):
+    """A stream of requests that `source` makes of `items`, one response: the op is sent the
+    response message."""
+
+    source: RequestSource
+    items: Any
+
+
+AnyCall = Unary | ServerStream | ClientStream
+# an API method: yields the calls to make, is sent each response (or thrown its RagloomError),
+# returns the method's result
+Op = Generator[AnyCall, Any, R]
+
+
+def _error(exc: grpc.RpcError) -> RagloomError:
+    """The ragloom error for a failed call, with the RpcError as __cause__."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)  # type: ignore[attr-defined]
+    err = error_from_status(code, details or code.name)
+    err.__cause__ = exc
+    return err

@@ -1,0 +1,48 @@
+"""The `json_schema=` argument: what is sent for it, and how the output is parsed back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from ragloom.errors import InvalidArgument
+
+# what json_schema= accepts: a schema as a mapping, as JSON text, or a pydantic model class
+JsonSchema = Mapping[str, Any] | str | bool | type[BaseModel]
+
+
+def is_model_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema sent for a pydantic model class (nested models under $defs included)."""
+    return model.model_json_schema()
+
+
+def schema_text(schema: JsonSchema) -> str:
+    if is_model_class(schema):
+        return json.dumps(model_schema(schema))  # type: ignore[arg-type]
+    if isinstance(schema, str):
+        return schema  # sent as given: the server says where it is not valid JSON
+    if isinstance(schema, Mapping | bool):
+        try:
+            return json.dumps(schema if isinstance(schema, bool) else dict(schema))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"json_schema cannot be serialized as JSON: {exc}") from exc
+    raise InvalidArgument(
+        f"json_schema must be a dict, JSON text or a pydantic model class, got {type(schema).__name__}"
+    )
+
+
+def output_parser(json_schema: JsonSchema | None) -> Callable[[str], Any] | None:
+    """How Completion.parsed is made from the output text: json.loads, or the pydantic model's
+    model_validate_json; None for other constraints (their output is the text itself)."""
+    if json_schema is None:
+        return None
+    if is_model_class(json_schema):
+        return json_schema.model_validate_json  # type: ignore[union-attr]
+    return json.loads
