@@ -7,11 +7,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from ragloom.errors import InvalidArgument
 
 # what json_schema= accepts: a schema as a mapping, as JSON text, or a pydantic model class
 JsonSchema = Mapping[str, Any] | str | bool | type[BaseModel]
+
+
+class ClosedModelsJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema, with every model's object closed (`additionalProperties: false`)
+    unless that model accepts extra keys (`extra="allow"`).
+
+    pydantic leaves model objects open because validation ignores extra keys by default; for
+    constrained decoding an open object lets the model add keys until max_tokens runs out, so
+    the output never finishes and never parses."""
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        json_schema = super().model_schema(schema)
+        # RootModel and models with a custom schema may not produce an object: leave those alone
+        if json_schema.get("type") == "object" and schema["cls"].model_config.get("extra") != "allow":
+            json_schema.setdefault("additionalProperties", False)
+        return json_schema
 
 
 def is_model_class(value: Any) -> bool:
@@ -20,7 +38,7 @@ def is_model_class(value: Any) -> bool:
 
 def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The JSON Schema sent for a pydantic model class (nested models under $defs included)."""
-    return model.model_json_schema()
+    return model.model_json_schema(schema_generator=ClosedModelsJsonSchema)
 
 
 def schema_text(schema: JsonSchema) -> str:

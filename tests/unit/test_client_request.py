@@ -85,7 +85,9 @@ def test_constraint_fields() -> None:
     req = build_generate_request("p", messages=None, request_id=None, json_schema='{"type": "string"}', strict=False)
     assert req.json_schema == '{"type": "string"}' and req.HasField("strict") and req.strict is False
     req = build_generate_request("p", messages=None, request_id=None, json_schema=Point, strict=True)
-    assert json.loads(req.json_schema) == Point.model_json_schema() and req.strict is True
+    # pydantic's schema, closed to extra keys (see test_client_schemas.py)
+    assert json.loads(req.json_schema) == {**Point.model_json_schema(), "additionalProperties": False}
+    assert req.strict is True
     req = build_generate_request("p", messages=None, request_id=None, grammar='start: "a"', strict=False)
     assert req.lark_grammar == 'start: "a"' and not req.HasField("strict")  # strict is for json_schema only
     req = build_generate_request("p", messages=None, request_id=None, regex="[0-9]+")
