@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from ragloom.connectors.base import Connector
 from ragloom.connectors.files import SUFFIXES, FileConnector
 from ragloom.connectors.guard import guard
@@ -36,6 +39,8 @@ def open_connector(name: str, url_or_path: str) -> Connector:
     if "://" in target:
         scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
         if scheme in SCHEMES:
+            if SCHEMES[scheme] == "sqlite":
+                _check_sqlite_file(target)
             return SqlConnector(name, target)
         if scheme == "file":
             return open_connector(name, target[len("file://"):])
@@ -46,10 +51,31 @@ def open_connector(name: str, url_or_path: str) -> Connector:
         )
     path = Path(target).expanduser()
     if not path.exists():
-        raise NotFound(f"no such file or folder: {path}")
+        raise NotFound(f"no such file or folder: {path}{_relative_note(path)}")
     if path.is_file() and path.suffix.lower() in SQLITE_SUFFIXES:
         return SqlConnector(name, f"sqlite:///{path.resolve()}")
     return FileConnector(name, path)
+
+
+def _relative_note(path: Path) -> str:
+    # the caller's relative path means its own directory, which the server cannot know (the SDK
+    # and the CLI send paths absolute; a raw gRPC caller may not): say which directory was used
+    if path.is_absolute():
+        return ""
+    return f" (a relative path is resolved in the server's working directory, {Path.cwd()}; give an absolute path)"
+
+
+def _check_sqlite_file(url: str) -> None:
+    """A relative SQLite path that does not exist: NotFound naming the server's directory."""
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return  # SqlConnector says what is wrong with the URL
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.is_absolute() and not path.is_file():
+        raise NotFound(f"SQLite database file not found: {path}{_relative_note(path)}")
 
 
 def dialect_of(url_or_path: str) -> str:

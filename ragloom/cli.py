@@ -228,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
         help="register a database or data file on a server",
         description="Register a database or files under NAME on the server. The server opens it read-only,\n"
         "introspects its tables (columns, keys, samples, row counts) and keeps the registration\n"
-        "across restarts. Passwords are never printed or logged.",
+        "across restarts. Passwords are never printed or logged. A relative path (./shop.db,\n"
+        "sqlite:///data/shop.db, exports/) means this shell's directory: it is sent absolute.",
         epilog="examples:\n"
         "  ragloom connect shop sqlite:///data/shop.db\n"
         "  ragloom connect sales postgresql://reader@db.internal:5432/sales\n"
