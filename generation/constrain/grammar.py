@@ -14,8 +14,10 @@ still accept, and "can the parser shift T" is decided by running LALR's reductio
 state's lookahead set (LALR merges lookaheads and may reduce before it notices an error).
 
 Not supported: Earley-only (ambiguous or non-LALR(1)) grammars, which lark reports as conflicts;
-regex features interegular cannot compile (lookarounds, backreferences); terminals that can run
-into each other in the grammar (a+ followed by a+), which lark's own lexer cannot split either.
+regex features regex_parser.py cannot read (lookarounds, backreferences, inline flags other than
+lark's scoped (?i:...) and (?s:...)); terminals that can run into each other in the grammar (a+
+followed by a+), which lark's own lexer cannot split either. Terminal automata come from
+automata.py, the same builder that jsonschema.py uses (literal alternations take a linear fast path).
 Token-level masks are built on top of this in masks.py.
 
 Word boundaries: a grammar that declares `%declare WORD_BOUNDARY` (sql.py's) does not let a lexeme
@@ -33,15 +35,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import interegular
 import lark
 import numpy as np
-from interegular.fsm import anything_else
 from lark.exceptions import LarkError
 from lark.lexer import Lexer, PatternStr, TerminalDef
 from lark.load_grammar import load_grammar
 
 from ragloom.errors import GrammarError
+
+from .automata import to_dfa
+from .charsets import cs_size
+from .regex_ast import PatternUnsupported, TooComplex
+from .regex_parser import parse_pattern
 
 END = "$END"
 _WORD_BOUNDARY = re.compile(r"^%declare\b[^\n]*\bWORD_BOUNDARY\b", re.M)
@@ -138,7 +143,8 @@ def _literal_alternatives(pattern: str) -> list[list[tuple[str, bool]]] | None:
 
 def _alternation_tables(alts: list[list[tuple[str, bool]]]) -> Tables:
     """DFA tables for alternatives of literal characters: subset construction over the positions,
-    linear in their total length (interegular takes a second for a hundred column names)."""
+    linear in their total length. The general builder (`_vre_tables`) gives the same language, but
+    parses, builds an NFA and minimizes: ten times slower on sql.py's per-schema name terminals."""
     start = frozenset((i, 0) for i in range(len(alts)))
     states = {start: 0}
     rows: list[dict[str, frozenset[tuple[int, int]]]] = []
@@ -170,59 +176,60 @@ def _alternation_tables(alts: list[list[tuple[str, bool]]]) -> Tables:
 
 
 # Cached by pattern: grammars built per request (one per schema, sql.py) share most of their terminals,
-# and interegular takes tens of milliseconds for some of them. The tables are never written to.
+# and a long bounded string (`{0,200}` of JSON characters) takes tenths of a second. Never written to.
 @lru_cache(maxsize=2048)
 def _regex_tables(pattern: str) -> Tables:
     alts = _literal_alternatives(pattern)
-    tables = _alternation_tables(alts) if alts is not None else _interegular_tables(pattern)
+    tables = _alternation_tables(alts) if alts is not None else _vre_tables(pattern)
     tables[0].setflags(write=False)
     tables[1].setflags(write=False)
     return tables
 
 
-def _interegular_tables(pattern: str) -> Tables:
+_MAX_EXPLICIT_CHARS = 200_000  # characters listed in class_of; all others share one class
+
+
+def _vre_tables(pattern: str) -> Tables:
+    """Tables from regex.py's own automaton: parse (Python syntax, lark's scoped flags), subset
+    construction, minimization; then one character class per distinct transition column, the
+    largest of them left implicit ("any other char")."""
     try:
-        fsm: Any = interegular.parse_pattern(pattern).to_fsm()
-    except Exception as e:  # interegular raises several types for unsupported syntax
+        dfa = to_dfa(parse_pattern(pattern, flavor="lark", search=False))
+    except (PatternUnsupported, TooComplex) as e:
         raise ValueError(f"is not supported ({e})") from e
-    symbols = fsm.alphabet._symbol_mapping
-    n_classes = len(set(symbols.values()))
-    class_of: dict[str, int] = {c: int(sym) for c, sym in symbols.items() if isinstance(c, str)}
-    other = symbols.get(anything_else, n_classes)
-    members: dict[int, set[str]] = {}
-    for c, sym in class_of.items():
-        members.setdefault(sym, set()).add(c)
-    class_chars: list[frozenset[str] | None] = [
-        None if sym == other else frozenset(members.get(sym, ())) for sym in range(max(n_classes, other + 1))
-    ]
-    # relabel states 0..n-1 (initial first) and drop the ones that can no longer accept
-    order = [fsm.initial] + [s for s in fsm.states if s != fsm.initial]
-    idx = {s: i for i, s in enumerate(order)}
-    live = set(fsm.finals)
-    changed = True
-    while changed:
-        changed = False
-        for st in order:
-            if st not in live and any(t in live for t in fsm.map.get(st, {}).values()):
-                live.add(st)
-                changed = True
-    if fsm.initial not in live:
+    if not dfa.trans:
         raise ValueError("matches nothing")
-    trans = np.full((len(order), len(class_chars)), -1, np.int32)
-    for st, row in fsm.map.items():
-        for sym, t in row.items():
-            if st in live and t in live:
-                trans[idx[st], sym] = idx[t]
-    accepting = np.array([st in fsm.finals for st in order], bool)
-    if accepting[0]:
+    if 0 in dfa.finals:
         raise ValueError("matches the empty string")
-    return trans, accepting, class_of, other, class_chars
+    # one column per atom, plus one (all dead) for the atoms no transition uses
+    cols = np.full((dfa.n, len(dfa.atoms) + 1), -1, np.int32)
+    for q, row in enumerate(dfa.trans):
+        for a, t in row.items():
+            cols[q, a] = t
+    trans, class_of_col = np.unique(cols, axis=1, return_inverse=True)
+    class_of_col = class_of_col.reshape(-1)
+    sizes = np.zeros(trans.shape[1], np.int64)
+    for a, atom in enumerate(dfa.atoms):
+        sizes[class_of_col[a]] += cs_size(atom)
+    other = int(np.argmax(sizes))
+    if int(sizes.sum() - sizes[other]) > _MAX_EXPLICIT_CHARS:
+        raise ValueError("is not supported (its character classes are too large)")
+    members: list[set[str]] = [set() for _ in range(trans.shape[1])]
+    for a, atom in enumerate(dfa.atoms):
+        k = int(class_of_col[a])
+        if k != other:
+            members[k].update(chr(cp) for lo, hi in atom for cp in range(lo, hi + 1))
+    class_of = {c: k for k, chars in enumerate(members) for c in chars}
+    class_chars: list[frozenset[str] | None] = [None if k == other else frozenset(m) for k, m in enumerate(members)]
+    accepting = np.zeros(dfa.n, bool)
+    accepting[sorted(dfa.finals)] = True
+    return np.ascontiguousarray(trans, np.int32), accepting, class_of, other, class_chars
 
 
 class _NoLexer(Lexer):
     """lark wants a lexer; the Grammar is its own. lark's contextual lexer would build one lexer per
-    parser state and check every pair of regex terminals for collisions with interegular (seconds
-    for the SQL grammars), only to warn about overlaps that the Grammar resolves by priority."""
+    parser state and check every pair of regex terminals for collisions (with interegular, when it
+    happens to be installed: seconds for the SQL grammars), only to warn about overlaps that the Grammar resolves by priority."""
 
     def __init__(self, conf: Any) -> None:
         pass

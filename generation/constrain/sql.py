@@ -55,7 +55,7 @@ from collections.abc import Mapping, Sequence
 
 from ragloom.errors import GrammarError
 from ragloom.generation.constrain import regex as R
-from ragloom.generation.constrain.jsonschema import int_range
+from ragloom.generation.constrain.schema_numbers import int_range
 
 DIALECTS = ("sqlite", "postgres", "mysql", "duckdb")
 
@@ -244,7 +244,7 @@ def _alias_terminal(excluded: set[str]) -> str:
 
 
 # Aliases that a database would refuse after AS (in one dialect or another) and that a model might
-# plausibly pick, plus the clause keywords. Kept short: interegular's cost grows with every word.
+# plausibly pick, plus the clause keywords. Kept short: the terminal's automaton grows with every word.
 ALIAS_EXCLUDED = frozenset("all asc desc end from group key limit order rank rows user values where".split())
 _ALIAS = _alias_terminal(set(ALIAS_EXCLUDED))
 

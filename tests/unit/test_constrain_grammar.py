@@ -209,3 +209,49 @@ def test_characters_split_across_tokens(tokenizer) -> None:
     assert m.is_allowed(tokenizer.eos_token_id)
     start = c.matcher()
     assert not any(start.is_allowed(t) for t in vocab.partial)  # a JSON value cannot start with one
+
+
+def test_regex_terminal_automata_match_like_python_re() -> None:
+    """Terminal automata come from regex.py's own builder: on random regexes with classes, groups,
+    bounded and open repetition, lark's scoped flags (?i:...) and (?s:...), they accept exactly what
+    Python's re.fullmatch accepts (with ASCII classes: \\d \\w \\s are ASCII here, as they were with
+    interegular)."""
+    import random
+    import re
+
+    from ragloom.generation.constrain.grammar import _regex_tables
+
+    rng = random.Random(7)
+    pieces = ["a", "B", "\\.", ".", "[a-c]", "[^a\\n]", "\\d", "\\s", "\\w"]
+
+    def rnd(depth: int = 0) -> str:
+        k = rng.randint(0, 6 if depth < 3 else 0)
+        if k == 0:
+            return rng.choice(pieces)
+        if k == 1:
+            return rnd(depth + 1) + rnd(depth + 1)
+        if k == 2:
+            return f"(?:{rnd(depth + 1)}|{rnd(depth + 1)})"
+        if k == 3:
+            return f"(?:{rnd(depth + 1)}){rng.choice(['*', '+', '?', '{1,3}', '{2}'])}"
+        if k == 4:
+            return f"(?i:{rnd(depth + 1)})"
+        if k == 5:
+            return f"(?s:{rnd(depth + 1)})"
+        return f"(?is:{rnd(depth + 1)})"
+
+    alphabet = "aAbBcC.1 \n_é"
+    checked = 0
+    for _ in range(300):
+        pattern = rnd()
+        if re.fullmatch(pattern, "", re.ASCII):
+            continue  # a terminal may not match the empty string
+        trans, accepting, class_of, other, _ = _regex_tables(pattern)
+        for _ in range(30):
+            s = "".join(rng.choices(alphabet, k=rng.randint(1, 5)))
+            q = 0
+            for ch in s:
+                q = int(trans[q, class_of.get(ch, other)]) if q >= 0 else -1
+            assert (q >= 0 and bool(accepting[q])) == bool(re.fullmatch(pattern, s, re.ASCII)), (pattern, s)
+            checked += 1
+    assert checked > 1000

@@ -355,7 +355,7 @@ def test_word_boundaries_only_where_declared() -> None:
 
 
 def test_literal_alternations_match_like_python_re() -> None:
-    """Alternations of (case-insensitive) strings get their DFA without interegular: same language."""
+    """Alternations of (case-insensitive) strings get their DFA from the linear fast path: same language as Python re."""
     rng = random.Random(0)
     alphabet = 'abAB_." 1'
     for _ in range(200):

@@ -1,0 +1,89 @@
+"""`$id` / `$ref` resolution within one document: base URIs, JSON pointers, anchors."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urldefrag, urljoin
+
+from .schema_keywords import LIST_KW, MAP_KW, SINGLE_KW
+from .schema_values import Refuse
+
+_DEFAULT_BASE = "https://ragloom.invalid/schema.json"
+
+
+def _join(base: str, ref: str) -> str:
+    if ref.startswith("#"):
+        return base.split("#")[0] + ref
+    if ":" in ref.split("/")[0]:
+        return ref
+    return urljoin(base, ref)
+
+
+class Registry:
+    def __init__(self, root: Any) -> None:
+        self.resources: dict[str, Any] = {}
+        self.anchors: dict[str, Any] = {}
+        self.base_of: dict[int, str] = {}
+        self.root_base = _DEFAULT_BASE
+        self.resources[_DEFAULT_BASE] = root
+        self._walk(root, _DEFAULT_BASE)
+
+    def _walk(self, s: Any, base: str) -> None:
+        if not isinstance(s, dict):
+            return
+        sid = s.get("$id")
+        if isinstance(sid, str):
+            base = urldefrag(_join(base, sid))[0]
+            self.resources.setdefault(base, s)
+        self.base_of[id(s)] = base
+        for kw in ("$anchor", "$dynamicAnchor"):
+            a = s.get(kw)
+            if isinstance(a, str):
+                self.anchors.setdefault(base + "#" + a, s)
+        for k, v in s.items():
+            if k in MAP_KW and isinstance(v, dict):
+                for vv in v.values():
+                    self._walk(vv, base)
+            elif k in LIST_KW and isinstance(v, list):
+                for vv in v:
+                    self._walk(vv, base)
+            elif k in SINGLE_KW:
+                self._walk(v, base)
+
+    def base(self, s: Any, default: str) -> str:
+        return self.base_of.get(id(s), default) if isinstance(s, dict) else default
+
+    def resolve(self, ref: str, base: str) -> tuple[Any, str]:
+        full = _join(base, ref)
+        uri, frag = urldefrag(full)
+        if uri not in self.resources:
+            raise Refuse(
+                "$ref",
+                f"$ref {ref!r} points outside this schema ({uri}); remote references are not supported",
+            )
+        doc = self.resources[uri]
+        if not frag:
+            target = doc
+        elif frag.startswith("/"):
+            target = doc
+            cur_base = uri
+            for raw in frag[1:].split("/"):
+                seg = unquote(raw).replace("~1", "/").replace("~0", "~")
+                if isinstance(target, dict) and seg in target:
+                    target = target[seg]
+                elif isinstance(target, list) and seg.isdigit() and int(seg) < len(target):
+                    target = target[int(seg)]
+                else:
+                    raise Refuse("$ref", f"$ref {ref!r}: JSON pointer {frag!r} does not resolve")
+                if (
+                    isinstance(target, dict)
+                    and isinstance(target.get("$id"), str)
+                    and id(target) not in self.base_of
+                ):
+                    cur_base = urldefrag(_join(cur_base, target["$id"]))[0]
+            return target, self.base_of.get(id(target), cur_base) if isinstance(target, dict) else cur_base
+        else:
+            target = self.anchors.get(uri + "#" + unquote(frag))
+            if target is None:
+                raise Refuse("$ref", f"$ref {ref!r}: no anchor {frag!r}")
+        return target, self.base(target, uri)
