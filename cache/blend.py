@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from ragloom.generation.runner.model import DecoderLayer, LlamaModel, attend, rms_norm
+from ragloom.generation.runner.batch import may_attend
+from ragloom.generation.runner.model import LlamaModel, attend
 from ragloom.generation.runner.rope import apply_rotary
 
 Mode = Literal["full", "prefix", "blend", "epic"]
@@ -72,11 +72,6 @@ def rotate_keys(model: LlamaModel, k: torch.Tensor, delta: int) -> torch.Tensor:
     if delta < 0:
         sin = -sin
     return apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
-
-
-def _mlp(layer: DecoderLayer, x: torch.Tensor, eps: float) -> torch.Tensor:
-    gate, up = layer.gate_up(rms_norm(x, layer.post_norm, eps)).chunk(2, dim=-1)
-    return x + layer.down(F.silu(gate) * up)
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,6 @@ def blend(
         bc = BlendConfig(**{**bc.__dict__, "check_layers": (check_layer,)})
     device = model.embed.weight.device
     dtype = model.embed.weight.dtype
-    eps = cfg.rms_norm_eps
     token_ids = [t for s in segments for t in s.token_ids]
     n = len(token_ids)
     if n == 0:
@@ -206,11 +200,9 @@ def blend(
     for li, layer in enumerate(layers):
         qpos = positions[active_idx]
         cos, sin = model.rope.tables(qpos)
-        x = rms_norm(h, layer.input_norm, eps)
-        q, k, v = layer.qkv(x).split(layer.split, dim=-1)
-        q = apply_rotary(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)
-        k = apply_rotary(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        # The model's own steps of a layer (runner/model.py); only the KV they attend over and
+        # the tokens they run on are blending's.
+        q, k, v = layer.project(h, cos, sin)
         k_all[li, active_idx] = k
         v_all[li, active_idx] = v
         if li in keep_ratios:
@@ -234,16 +226,11 @@ def blend(
                            sinks_dev[active_idx], chunk_dev[active_idx],
                            math.ceil(keep_ratios[li] * n_candidates - 1e-9), attn)
             q, h, active_idx, qpos = q[keep], h[keep], active_idx[keep], qpos[keep]
-        mask = key_pos <= qpos.view(-1, 1)
-        if cfg.sliding_window is not None:
-            mask &= qpos.view(-1, 1) - key_pos < cfg.sliding_window
+        mask = may_attend(qpos.view(-1, 1), key_pos, cfg.sliding_window)
         out = attend(q.unsqueeze(0), k_all[li].unsqueeze(0), v_all[li].unsqueeze(0), mask.view(1, 1, *mask.shape))
-        h = h + layer.o(out.squeeze(0))
-        h = _mlp(layer, h, eps)
+        h = layer.output(h, out.squeeze(0))
 
-    last = rms_norm(h[-1:], model.norm, eps)
-    weight = model.embed.weight if model.lm_head is None else model.lm_head.weight
-    logits = F.linear(last, weight).float()[0]
+    logits = model.logits(h[-1:])[0]
     recomputed = len(active_idx)
     reused_mask = torch.ones(n, dtype=torch.bool)
     reused_mask[active_idx.cpu()] = False

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 import torch
 
 
+def may_attend(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """Which keys each query may see (bool, broadcast of the two position tensors): causal, and
+    within the sliding window when the model has one. The one rule for the runner's steps and
+    for blending (cache/blend.py)."""
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= q_pos - k_pos < sliding_window
+    return mask
+
+
 @dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] new tokens of all sequences, concatenated
@@ -56,10 +66,8 @@ class ForwardBatch:
         for b, (s, n) in enumerate(zip(starts, q_lens)):
             q_pos[b, :n] = torch.arange(s, s + n)
         k_pos = torch.arange(lk)
-        mask = k_pos.view(1, 1, lk) <= q_pos.unsqueeze(-1)
+        mask = may_attend(q_pos.unsqueeze(-1), k_pos.view(1, 1, lk), sliding_window)
         mask &= k_pos.view(1, 1, lk) < torch.tensor(kv_lens).view(batch, 1, 1)
-        if sliding_window is not None:
-            mask &= q_pos.unsqueeze(-1) - k_pos.view(1, 1, lk) < sliding_window
 
         def t(x: list[int]) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.long).to(device, non_blocking=True)

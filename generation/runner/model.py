@@ -55,14 +55,26 @@ class DecoderLayer(nn.Module):
         self.input_norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.post_norm = nn.Parameter(torch.ones(cfg.hidden_size))
 
-    def attention(self, x: torch.Tensor, layer: int, batch: ForwardBatch, kv: KVCache,
-                  cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # The layer's steps are methods of their own so that cache/blend.py, which runs a layer on a
+    # subset of tokens over KV it assembles itself, calls this code rather than a copy of it.
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input norm, fused q/k/v projection and RoPE: q [T, H, d]; k (rotated), v [T, KVH, d]."""
         cfg = self.cfg
         tokens = x.shape[0]
-        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q, k, v = self.qkv(rms_norm(x, self.input_norm, cfg.rms_norm_eps)).split(self.split, dim=-1)
         q = apply_rotary(q.view(tokens, cfg.num_heads, cfg.head_dim), cos, sin)
         k = apply_rotary(k.view(tokens, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-        kv.write(layer, batch.slot_mapping, k, v.view(tokens, cfg.num_kv_heads, cfg.head_dim))
+        return q, k, v.view(tokens, cfg.num_kv_heads, cfg.head_dim)
+
+    def attend_paged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+                     batch: ForwardBatch, kv: KVCache) -> torch.Tensor:
+        """Store this step's k/v in the paged cache, then attend each sequence over its cached
+        KV: [T, H * d], before the output projection."""
+        cfg = self.cfg
+        kv.write(layer, batch.slot_mapping, k, v)
         keys, values = kv.gather(layer, batch.gather_slots)  # [B, Lk, kvh, d]
 
         b, lq = batch.batch_size, batch.max_query_len
@@ -75,14 +87,18 @@ class DecoderLayer(nn.Module):
         out = out.reshape(b * lq, cfg.num_heads * cfg.head_dim)
         if batch.q_index is not None:
             out = out.index_select(0, batch.q_index)
-        return self.o(out)
+        return out
+
+    def output(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection and residual, then the SwiGLU MLP and its residual: the layer's result."""
+        x = x + self.o(attn)
+        gate, up = self.gate_up(rms_norm(x, self.post_norm, self.cfg.rms_norm_eps)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
 
     def forward(self, x: torch.Tensor, layer: int, batch: ForwardBatch, kv: KVCache,
                 cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        eps = self.cfg.rms_norm_eps
-        x = x + self.attention(rms_norm(x, self.input_norm, eps), layer, batch, kv, cos, sin)
-        gate, up = self.gate_up(rms_norm(x, self.post_norm, eps)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        q, k, v = self.project(x, cos, sin)
+        return self.output(x, self.attend_paged(q, k, v, layer, batch, kv))
 
 
 class LlamaModel(nn.Module):
@@ -136,6 +152,10 @@ class LlamaModel(nn.Module):
         cos, sin = self.rope.tables(batch.positions)
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, i, batch, kv, cos, sin)
-        x = rms_norm(x.index_select(0, batch.logits_indices), self.norm, self.cfg.rms_norm_eps)
+        return self.logits(x.index_select(0, batch.logits_indices))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head over hidden states [N, hidden]: logits [N, vocab] in float32."""
+        x = rms_norm(x, self.norm, self.cfg.rms_norm_eps)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, weight).float()

@@ -68,6 +68,50 @@ def test_full_mode_matches_the_engine_prefill(engine, parts) -> None:
     assert torch.allclose(res.k, kv.k[:, slots], atol=1e-4)
 
 
+def _engine_prefill(engine, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The runner's own forward over `ids` from scratch: (last logits, K, V of every layer)."""
+    from ragloom.generation.runner.batch import ForwardBatch
+    from ragloom.generation.runner.kv import KVCache
+
+    cfg = engine.config
+    kv = KVCache(cfg.num_layers, -(-len(ids) // 16), 16, cfg.num_kv_heads, cfg.head_dim, torch.float32, engine.device)
+    table = kv.allocator.allocate(kv.num_blocks)
+    slots = kv.slots(table, 0, len(ids))
+    fwd = ForwardBatch.build([ids], [0], [slots], [1], engine.device)
+    with torch.inference_mode():
+        logits = engine.model(fwd, kv)[0]
+    index = torch.tensor(slots)
+    return logits, kv.k[:, index], kv.v[:, index]
+
+
+def test_recomputing_everything_is_the_runners_forward_bit_for_bit(engine, parts) -> None:
+    # Blending runs the model's own layer steps, so with every token recomputed (mode "full", or
+    # "blend" at ratio 1.0 with nothing stored) it does exactly the forward's arithmetic.
+    ids = _prompt(parts)
+    logits, k, v = _engine_prefill(engine, ids)
+    for res in (blend(engine.model, [Segment(ids)], mode="full"),
+                blend(engine.model, [Segment(ids)], mode="blend", ratio=1.0)):
+        assert res.recomputed == len(ids)
+        assert torch.equal(res.logits, logits)
+        assert torch.equal(res.k, k) and torch.equal(res.v, v)
+
+
+def test_a_change_to_the_model_reaches_blending(engine, parts, monkeypatch) -> None:
+    # Stand-in for an edit of the model's code: its RMSNorm (input, post-attention and final norms)
+    # changes. A blend path with its own copy of the layer would keep the old numbers.
+    from ragloom.generation.runner import model as model_mod
+
+    ids = _prompt(parts)
+    before = blend(engine.model, [Segment(ids)], mode="full").logits
+    norm = model_mod.rms_norm
+    monkeypatch.setattr(model_mod, "rms_norm", lambda x, weight, eps: norm(x, weight, eps) * 1.5)
+    logits, k, v = _engine_prefill(engine, ids)
+    res = blend(engine.model, [Segment(ids)], mode="full")
+    assert not torch.allclose(logits, before, atol=1e-2)  # the change does change the model
+    assert torch.equal(res.logits, logits)
+    assert torch.equal(res.k, k) and torch.equal(res.v, v)
+
+
 def test_exact_prefix_reuse_and_full_ratio_equal_full_prefill(engine, parts) -> None:
     full = blend(engine.model, _segments(parts), mode="full")
     prefix = blend(engine.model, _segments(parts), mode="prefix")
