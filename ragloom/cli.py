@@ -573,10 +573,28 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 print(f"created collection {args.collection!r}", file=sys.stderr)
             except AlreadyExists:
                 pass
+        # The bar counts documents the server acknowledged (embedded and staged in the upsert's
+        # transaction); the last ones are acknowledged by the commit, so 100% means stored.
+        acked = 0
+
+        def progress(n: int) -> None:
+            nonlocal acked
+            acked += n
+            bar.update(n)
+
         with tqdm(total=len(docs), unit="doc", desc="ingest", disable=args.quiet, file=sys.stderr) as bar:
-            result = client.upsert(
-                args.collection, docs, batch_size=args.batch_size, progress=bar.update, precompute_kv=args.precompute_kv
-            )
+            try:
+                result = client.upsert(
+                    args.collection, docs, batch_size=args.batch_size, progress=progress,
+                    precompute_kv=args.precompute_kv,
+                )
+            except BaseException:  # Ctrl-C too: the call is cancelled, and rolled back
+                bar.close()
+                if acked < len(docs):  # the ingest is one transaction: without its commit, none of it
+                    print(f"ragloom: ingest into {args.collection!r} failed after the server acknowledged {acked} of "
+                          f"{len(docs)} documents; nothing was stored (an ingest is one transaction: run it again)",
+                          file=sys.stderr)
+                raise
     print(f"ingested {result.documents} documents ({result.chunks} chunks) into {args.collection!r}")
     if args.precompute_kv:
         print(f"precomputed the KV of {result.kv_precomputed} chunks (the others were cached already)")

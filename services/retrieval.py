@@ -3,11 +3,16 @@
 The CollectionManager is synchronous and may be slow (embedding, index writes), so every call
 runs in a worker thread (`asyncio.to_thread`) and the event loop keeps serving other RPCs.
 Errors come from the library as RagloomError and become status codes in services/status.py,
-as in services/generation.py. A cancelled call stops waiting, but a call already running in a
-worker thread finishes there (an Upsert batch is stored or not as a whole).
+as in services/generation.py.
+
+`Upsert` is one UpsertTransaction per call (retrieval/upsert.py): each message's documents are
+embedded and staged in a worker thread (acknowledged when the first message asked for
+`progress`), and the half-close commits them all. When the call ends any other way (client
+cancel, deadline, error, server shutdown) the transaction is rolled back, which also stops a
+batch still embedding in its thread at its next embedder batch: nothing of the call is stored.
 
 `Upsert(precompute_kv=true)` hands the upserted documents to a `precompute(collection, doc_ids)`
-callback once every batch is stored (the Rag service's, which prefills their chunk KV on the
+callback once the call has committed (the Rag service's, which prefills their chunk KV on the
 engine thread); a server without one (no model) refuses it with FAILED_PRECONDITION up front.
 """
 
@@ -23,9 +28,10 @@ import numpy as np
 
 from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
+from ragloom.retrieval.upsert import UpsertTransaction
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
-from ragloom.services.status import unary
+from ragloom.services.status import failure_status, unary
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,10 @@ def documents_from_proto(msgs: Sequence[pb.Document]) -> tuple[list[Document], n
     if len(sizes) != 1:
         raise InvalidArgument(f"vectors in one batch must have one length, got {sorted(sizes)}")
     return docs, np.asarray([list(m.vector) for m in msgs], dtype=np.float32)
+
+
+def _rolled_back(tx: UpsertTransaction | None) -> str:
+    return "" if tx is None or tx.state == "committed" else "; rolled back, nothing stored"
 
 
 # (collection, document ids) -> chunks whose KV was computed
@@ -140,46 +150,65 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
 
     async def Upsert(
         self, request_iterator: AsyncIterator[pb.UpsertRequest], context: grpc.aio.ServicerContext
-    ) -> pb.UpsertResponse:
-        async def work() -> pb.UpsertResponse:
-            totals = {"documents": 0, "chunks": 0}
-            name: str | None = None
-            precompute = False
-            doc_ids: list[str] = []
+    ) -> AsyncIterator[pb.UpsertResponse]:
+        # context.abort() raises, so it is called outside the try (as in generation.py)
+        failure: tuple[grpc.StatusCode, str] | None = None
+        tx: UpsertTransaction | None = None
+        what = "Upsert"
+        try:
+            progress = precompute = False
+            acked = 0
             async for req in request_iterator:
-                if name is None:
+                if progress and tx is not None and acked < tx.documents:
+                    # The previous batch is staged and another message came: acknowledge it. The
+                    # last batch is acknowledged by the commit, so the counts reach the call's total
+                    # only with committed=true (a bar at 100% means stored).
+                    acked = tx.documents
+                    yield pb.UpsertResponse(documents=tx.documents, chunks=tx.chunks)
+                if tx is None:
                     if not req.collection:
                         raise InvalidArgument("the first UpsertRequest must name the collection")
-                    precompute = req.precompute_kv
+                    precompute, progress = req.precompute_kv, req.progress
                     if precompute and self._precompute is None:
                         raise FailedPrecondition("precompute_kv needs a server with a model loaded; this one has none")
-                    name = req.collection
-                    await self._open(name, req.create_if_missing)
-                elif req.collection and req.collection != name:
+                    what = f"Upsert {req.collection!r}"
+                    await self._open(req.collection, req.create_if_missing)
+                    tx = await asyncio.to_thread(self._mgr.begin_upsert, req.collection)
+                elif req.collection and req.collection != tx.name:
                     raise InvalidArgument(
-                        f"this Upsert stream writes to {name!r}; a later message names {req.collection!r}"
+                        f"this Upsert stream writes to {tx.name!r}; a later message names {req.collection!r}"
                     )
                 if not req.documents:
                     continue
+                assert tx is not None  # opened by the first message
                 docs, vectors = documents_from_proto(req.documents)
                 if vectors is None:
-                    result = await asyncio.to_thread(self._mgr.upsert, name, docs)
+                    await asyncio.to_thread(tx.add, docs)
                 else:
-                    result = await asyncio.to_thread(self._mgr.upsert_vectors, name, docs, vectors)
-                totals["documents"] += result.documents
-                totals["chunks"] += result.chunks
-                if precompute:
-                    doc_ids.extend(d.id for d in docs)
-            if name is None:
+                    await asyncio.to_thread(tx.add_vectors, docs, vectors)
+            if tx is None:
                 raise InvalidArgument("empty Upsert stream: the first message must name the collection")
-            log.info("Upsert %r: %d documents, %d chunks", name, totals["documents"], totals["chunks"])
-            kv = 0
-            if precompute and doc_ids:
+            result = await asyncio.to_thread(tx.commit)
+            log.info("Upsert %r: committed %d documents, %d chunks", tx.name, result.documents, result.chunks)
+            done = pb.UpsertResponse(documents=result.documents, chunks=result.chunks, committed=True)
+            if precompute and tx.documents:
+                if progress:  # the data is stored whatever precomputing does next
+                    yield done
                 assert self._precompute is not None
-                kv = await self._precompute(name, doc_ids)
-            return pb.UpsertResponse(**totals, kv_precomputed=kv)
-
-        return await unary("Upsert", context, work)
+                done.kv_precomputed = await self._precompute(tx.name, list(tx.document_ids))
+            yield done
+        except asyncio.CancelledError:
+            log.info("%s: cancelled by the client or its deadline%s", what, _rolled_back(tx))
+            raise
+        except Exception as exc:
+            failure = failure_status(exc, what)
+            if tx is not None and tx.state != "committed":
+                log.info("%s: rolled back, nothing stored", what)
+        finally:
+            if tx is not None:
+                tx.rollback()  # a no-op once committed; otherwise stops a batch still embedding
+        if failure is not None:
+            await context.abort(*failure)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         async def work() -> pb.DeleteResponse:

@@ -84,14 +84,18 @@ _GENERATE_DOC = """\
 
 _UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async iterable) of mappings
         {"id": str, "text": str, "metadata": dict (optional), "vector": list[float] (optional)};
-        streamed to the server in batches of batch_size, each stored as it arrives. A document
-        whose id exists replaces it. create_if_missing creates the collection with default
-        options. precompute_kv=True also has the server prefill and store the chunk KV of the
-        upserted chunks once they are stored (the call returns after that; see ask()), so
-        the first ask() over them already reuses it. progress(n) is called as each batch of n
-        documents is sent. A document that
-        cannot be sent (no id, text not a string, metadata not JSON-like) raises InvalidArgument
-        after the batches before it were stored."""
+        streamed to the server in batches of batch_size and stored as one transaction: when the
+        call returns, all of them are stored; when it raises (a bad document, an error of the
+        iterable, a timeout, a cancel, the server going away), none of them is, and documents
+        they would have replaced keep their old version. A document whose id exists replaces
+        it. create_if_missing creates the (empty) collection with default options, outside the
+        transaction. precompute_kv=True also has the server prefill and store the chunk KV of
+        the upserted chunks once they are stored (the call returns after that; see ask()), so
+        the first ask() over them already reuses it. progress(n) is called as the server
+        acknowledges n more documents (embedded and staged in the transaction); the last ones
+        are acknowledged by the commit, so the counts reach the total only once all is stored.
+        A document that cannot be sent (no id, text not a string, metadata not JSON-like)
+        raises InvalidArgument, and nothing is stored."""
 
 _ASK_DOC = """        Search `collection` for the k passages (default 5) most similar to `question` (filter:
         metadata, as in search()), put them into the prompt from their cached chunk KV (the
@@ -226,6 +230,8 @@ class Api(ClientBase):
             raise
         if feed.error is not None:
             raise feed.error
+        if resp is None or not resp.committed:  # a server that ends the call without committing
+            raise RagloomError("the server ended the upsert without committing it: nothing was stored")
         return upsert_result_from(resp)
 
     @rpc

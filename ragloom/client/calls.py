@@ -4,7 +4,7 @@ client (see drivers.py), and what goes over the wire can be read without a chann
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,11 +27,18 @@ class State(Protocol):
 
 
 class RequestSource(Protocol):
-    """Turns items into a client stream's messages, as the blocking or the asyncio client needs them."""
+    """Turns items into a client stream's messages, as the blocking or the asyncio client needs them,
+    and hears the server's messages (acknowledgements) as they come."""
 
     def requests(self, items: Any) -> Iterator[Any]: ...
 
     def arequests(self, items: Any) -> AsyncIterator[Any]: ...
+
+    def attach(self, cancel: Callable[[], Any]) -> None:
+        """Given the started call's cancel(), so that failing items cancel the call rather than end
+        the stream (a stream that ends normally asks the server to commit what it got)."""
+
+    def receive(self, msg: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,8 @@ class ServerStream(Call):
 
 @dataclass(frozen=True)
 class ClientStream(Call):
-    """A stream of requests that `source` makes of `items`, one response: the op is sent the
-    response message."""
+    """A stream of requests that `source` makes of `items`, and the server's stream of replies:
+    each goes to source.receive() as it arrives; the op is sent the last one (None if none came)."""
 
     source: RequestSource
     items: Any

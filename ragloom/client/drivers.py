@@ -36,7 +36,16 @@ def _perform(client: ClientBase, call: AnyCall) -> Any:
     fn, timeout = client._start(call)
     try:
         if isinstance(call, ClientStream):
-            return fn(call.source.requests(call.items), timeout=timeout)
+            replies = fn(call.source.requests(call.items), timeout=timeout)
+            call.source.attach(replies.cancel)
+            last = None
+            try:
+                for last in replies:
+                    call.source.receive(last)
+            except BaseException:  # Ctrl-C or a failing callback: the server must not commit
+                replies.cancel()
+                raise
+            return last
         if isinstance(call, ServerStream):
             with Messages(fn(call.request, timeout=timeout), call.state) as messages:
                 for _ in messages:
@@ -63,7 +72,16 @@ async def _aperform(client: ClientBase, call: AnyCall) -> Any:
     fn, timeout = client._start(call)
     try:
         if isinstance(call, ClientStream):
-            return await fn(call.source.arequests(call.items), timeout=timeout)
+            replies = fn(call.source.arequests(call.items), timeout=timeout)
+            call.source.attach(replies.cancel)
+            last = None
+            try:
+                async for last in replies:
+                    call.source.receive(last)
+            except BaseException:  # a cancelled task or a failing callback: the server must not commit
+                replies.cancel()
+                raise
+            return last
         if isinstance(call, ServerStream):
             async with AsyncMessages(fn(call.request, timeout=timeout), call.state) as messages:
                 async for _ in messages:

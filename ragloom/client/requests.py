@@ -5,6 +5,7 @@ connector paths are made absolute."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from ragloom.services._proto import retrieval_pb2 as rpb
 from ragloom.services._proto import tables_pb2 as tpb
 from ragloom.structs import dict_to_struct
 
-# documents per Upsert message; a batch is embedded and stored as one unit on the server
+# documents per Upsert message; the server acknowledges each message's documents once staged
 DEFAULT_UPSERT_BATCH = 256
 # a batch is also sent early once it holds this many bytes, so long texts stay under message limits
 UPSERT_BATCH_BYTES = 4 * 1024 * 1024
@@ -241,11 +242,12 @@ def to_document(doc: Any, position: int = 0) -> rpb.Document:
 
 
 class _UpsertFeed:
-    """Turns documents into UpsertRequests: a header naming the collection, then batches.
+    """Turns documents into UpsertRequests: a header naming the collection, then batches; and
+    the server's acknowledgements into progress(n) calls.
 
-    A document that cannot be converted (or an error raised by the caller's iterable) ends the
-    stream early and is kept in .error, so the caller raises it once the call is over (batches
-    already sent stay stored, as with any failure mid-stream)."""
+    The call is one transaction on the server. A document that cannot be converted (or an error
+    raised by the caller's iterable) is kept in .error, so the caller raises it once the call is
+    over, and cancels the call: ending the stream normally would commit the batches before it."""
 
     def __init__(
         self,
@@ -259,12 +261,17 @@ class _UpsertFeed:
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.header = rpb.UpsertRequest(
-            collection=name, create_if_missing=create_if_missing, precompute_kv=precompute_kv
+            collection=name, create_if_missing=create_if_missing, precompute_kv=precompute_kv,
+            progress=progress is not None,  # acknowledgements only when someone shows them
         )
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.progress = progress
         self.error: Exception | None = None
+        self.acknowledged = 0  # documents the server acknowledged (reported to progress)
+        self.committed = False  # a committed=true reply came: the call's documents are stored
+        self._cancel: Callable[[], Any] | None = None
+        self._attached = threading.Event()
         self._batch: list[rpb.Document] = []
         self._bytes = 0
         self._count = 0
@@ -284,10 +291,30 @@ class _UpsertFeed:
             ready.append(self._take())
         return ready
 
+    def attach(self, cancel: Callable[[], Any]) -> None:
+        self._cancel = cancel
+        self._attached.set()
+        if self.error is not None:  # the documents failed before the call was handed back
+            cancel()
+
+    def receive(self, msg: rpb.UpsertResponse) -> None:
+        """A reply: the counts are cumulative; the last documents are acknowledged by the commit."""
+        self.committed = self.committed or msg.committed
+        if msg.documents > self.acknowledged:
+            n, self.acknowledged = msg.documents - self.acknowledged, msg.documents
+            if self.progress is not None:
+                self.progress(n)
+
+    def _fail(self, exc: Exception, wait: bool) -> None:
+        """Keep the documents' error and cancel the call, so the server rolls back."""
+        self.error = exc
+        if wait:  # the blocking client iterates on gRPC's thread, possibly before attach()
+            self._attached.wait(30)
+        if self._cancel is not None:
+            self._cancel()
+
     def _take(self) -> rpb.UpsertRequest:
         req = rpb.UpsertRequest(documents=self._batch)
-        if self.progress is not None:
-            self.progress(len(self._batch))
         self._batch = []
         self._bytes = 0
         return req
@@ -301,7 +328,7 @@ class _UpsertFeed:
             for doc in docs:
                 yield from self.add(doc)
         except Exception as exc:  # raised by the caller once the call is over, not inside gRPC
-            self.error = exc
+            self._fail(exc, wait=True)
             return
         last = self.flush()
         if last is not None:
@@ -318,7 +345,7 @@ class _UpsertFeed:
                 for req in self.add(doc):
                     yield req
         except Exception as exc:  # raised by the caller once the call is over, not inside gRPC
-            self.error = exc
+            self._fail(exc, wait=False)  # attach() ran before the loop started this iteration
             return
         last = self.flush()
         if last is not None:

@@ -89,26 +89,30 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "create_if_missing", "documents", "precompute_kv")
+    __slots__ = ("collection", "create_if_missing", "documents", "precompute_kv", "progress")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     PRECOMPUTE_KV_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     create_if_missing: bool
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     precompute_kv: bool
-    def __init__(self, collection: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., precompute_kv: _Optional[bool] = ...) -> None: ...
+    progress: bool
+    def __init__(self, collection: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., precompute_kv: _Optional[bool] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("documents", "chunks", "kv_precomputed")
+    __slots__ = ("documents", "chunks", "kv_precomputed", "committed")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     KV_PRECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
     documents: int
     chunks: int
     kv_precomputed: int
-    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., kv_precomputed: _Optional[int] = ...) -> None: ...
+    committed: bool
+    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., kv_precomputed: _Optional[int] = ..., committed: _Optional[bool] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

@@ -49,7 +49,7 @@ class RetrievalStub:
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
-        self.Upsert = channel.stream_unary(
+        self.Upsert = channel.stream_stream(
                 '/ragloom.v1.Retrieval/Upsert',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertResponse.FromString,
@@ -89,10 +89,23 @@ class RetrievalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upsert(self, request_iterator, context):
-        """Client-streaming: the first message names the collection (and options); every message
-        may carry a batch of documents. Each batch is stored as it arrives (batches are not one
-        transaction: a failure leaves the earlier batches stored). A document whose id exists
-        replaces it (upsert).
+        """One transaction per call: the first message names the collection (and options); every
+        message may carry a batch of documents. Documents are embedded and staged as they arrive,
+        and nothing becomes visible (to Search, ListCollections, or after a restart) until the
+        client half-closes and the whole call commits. A call that is cancelled, passes its
+        deadline, fails, or whose server dies before the commit leaves the collection as it was:
+        documents it would have replaced keep their old version. A document whose id exists
+        replaces it (upsert); within one call, a repeated id's last version wins.
+
+        Responses: without `progress` the server sends exactly one message, the final one
+        (committed = true), so clients generated when this RPC returned a single UpsertResponse
+        keep working unchanged on the wire. With `progress` it also acknowledges the documents
+        embedded and staged in the call's transaction so far (committed = false, counts since the
+        call began), once per batch as the next message arrives; the last batch is acknowledged by
+        the commit, so the counts reach the call's total only in the committed message. That
+        message is the only proof of a commit: a call that ends in an error without one stored
+        nothing. With precompute_kv, the commit is acknowledged first (with progress) and a last
+        message adds kv_precomputed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +142,7 @@ def add_RetrievalServicer_to_server(servicer, server):
                     request_deserializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsRequest.FromString,
                     response_serializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsResponse.SerializeToString,
             ),
-            'Upsert': grpc.stream_unary_rpc_method_handler(
+            'Upsert': grpc.stream_stream_rpc_method_handler(
                     servicer.Upsert,
                     request_deserializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertRequest.FromString,
                     response_serializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertResponse.SerializeToString,
@@ -247,7 +260,7 @@ class Retrieval:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/ragloom.v1.Retrieval/Upsert',

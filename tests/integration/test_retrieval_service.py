@@ -285,14 +285,14 @@ def test_bad_searches_and_names_are_invalid_argument(client: Client, sample: str
         client.create_collection("bad-overlap", chunk_tokens=16, chunk_overlap=16)
 
 
-def test_sdk_rejects_unsendable_documents_after_earlier_batches(client: Client) -> None:
+def test_sdk_rejects_unsendable_documents_and_stores_none(client: Client) -> None:
     client.create_collection("partial")
     try:
         docs = [{"id": "ok", "text": "fine"}, {"id": "bad", "text": "x", "metadata": {"when": object()}}]
         with pytest.raises(InvalidArgument, match="JSON-like"):
             client.upsert("partial", docs, batch_size=1)
-        # the batch before the bad document was stored; the bad one never left the client
-        assert [c.documents for c in client.list_collections() if c.name == "partial"] == [1]
+        # one transaction: the SDK cancels the call, so the batch sent before the bad one is not stored
+        assert [c.documents for c in client.list_collections() if c.name == "partial"] == [0]
     finally:
         client.delete_collection("partial")
 
@@ -308,7 +308,7 @@ def test_raw_stream_protocol_errors(served: Served, sample: str) -> None:
         ]
         for requests, words in cases:
             with pytest.raises(grpc.RpcError) as info:
-                stub.Upsert(iter(requests), timeout=30)
+                list(stub.Upsert(iter(requests), timeout=30))  # a reply stream: the error comes with it
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
             assert words in info.value.details()
         # unset k means 10, not 0

@@ -61,14 +61,23 @@ def test_upsert_feed_header_then_batches_by_count_and_bytes() -> None:
         ["z"],
     ]
     assert all(not r.collection for r in reqs[1:])
-    assert sent == [3, 3, 1, 1, 1] and feed.error is None
+    # progress comes from the server's acknowledgements (cumulative counts), not from sending
+    assert reqs[0].progress and sent == [] and feed.error is None
+    for documents, committed in ((3, False), (6, False), (6, False), (9, True)):
+        feed.receive(pb.UpsertResponse(documents=documents, committed=committed))
+    assert sent == [3, 3, 3] and feed.committed and feed.acknowledged == 9
+    quiet = _UpsertFeed("c", batch_size=3, create_if_missing=False, progress=None)
+    assert not next(iter(quiet.requests([]))).progress  # nobody shows them: the server sends only the result
 
 
-def test_upsert_feed_stops_at_a_bad_document_and_keeps_the_error() -> None:
+def test_upsert_feed_cancels_the_call_at_a_bad_document_and_keeps_the_error() -> None:
     feed = _UpsertFeed("c", batch_size=1, create_if_missing=False, progress=None)
+    cancelled: list[bool] = []
+    feed.attach(lambda: cancelled.append(True))  # as the driver does once the call started
     reqs = list(feed.requests([{"id": "a", "text": "x"}, {"id": "b"}, {"id": "c", "text": "never sent"}]))
     assert [[d.id for d in r.documents] for r in reqs] == [[], ["a"]]
     assert isinstance(feed.error, InvalidArgument)
+    assert cancelled == [True]  # ending the stream normally would have committed "a"
 
 
 def test_unset_options_are_absent() -> None:
