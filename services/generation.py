@@ -1,7 +1,7 @@
 """The `ragloom.v1.Generation` servicer: protobuf in, engine Request out, engine Outputs back as a stream.
 
 All validation errors come from the libraries as RagloomError and are turned into status codes
-by `failure_status()` (services/status.py), in one place. Cancellation needs no code of its own:
+by services/status.py (`abort_on_failure`), in one place. Cancellation needs no code of its own:
 when the client cancels, disconnects or its deadline passes, grpc.aio cancels this handler, which
 cancels the `async for` over the engine stream, and the engine aborts the request and frees its
 KV blocks.
@@ -29,7 +29,7 @@ from ragloom.generation.runner.engine import Output, Request
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
-from ragloom.services.status import failure_status
+from ragloom.services.status import abort_on_failure
 
 if TYPE_CHECKING:
     from ragloom.generation.runner.async_engine import AsyncEngine
@@ -56,6 +56,18 @@ def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
     return SamplingParams(**kwargs, stop=list(msg.stop), stop_token_ids=list(msg.stop_token_ids))  # type: ignore[arg-type]
 
 
+def parse_json_schema(text: str) -> dict[str, Any] | bool:
+    """A request's json_schema field (Generate's and Ask's), parsed: InvalidArgument unless it is a
+    JSON object or true/false."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
+    if not isinstance(spec, dict | bool):
+        raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+    return spec
+
+
 def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | None:
     """(kind, spec, strict) for LLMEngine.compile_constraint, or None when unconstrained.
 
@@ -66,12 +78,7 @@ def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | No
     strict = msg.strict if msg.HasField("strict") else True
     spec: Any
     if kind == "json_schema":
-        try:
-            spec = json.loads(msg.json_schema)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
-        if not isinstance(spec, dict | bool):
-            raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+        spec = parse_json_schema(msg.json_schema)
     elif kind == "lark_grammar":
         if not msg.lark_grammar.strip():
             raise InvalidArgument("lark_grammar is empty")
@@ -89,12 +96,17 @@ def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | No
     return kind, spec, strict
 
 
-def _usage(out: Output) -> pb.Usage:
+def usage_from_output(out: Output) -> pb.Usage:
     return pb.Usage(
         prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens,
         cached_tokens=out.cached_tokens,
     )
+
+
+def chunk_from_output(out: Output) -> pb.Chunk:
+    """An engine Output's new text as the Chunk that Generate and Ask stream."""
+    return pb.Chunk(text=out.text, token_ids=out.token_ids, usage=usage_from_output(out))
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
@@ -104,7 +116,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     # -- request translation -------------------------------------------------------------
 
-    async def _to_request(self, msg: pb.GenerateRequest) -> Request:
+    async def _to_request(self, msg: pb.GenerateRequest, request_id: str) -> Request:
         if msg.model and msg.model != self._model_id:
             raise NotFound(f"model {msg.model!r} is not served here (this server serves {self._model_id!r})")
         constraint_spec = constraint_from_proto(msg)
@@ -129,7 +141,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             # compiling can take seconds: neither the event loop nor the engine thread waits for it
             constraint = await asyncio.to_thread(llm.compile_constraint, kind, spec, strict=strict)
         return Request(
-            request_id=msg.request_id or uuid.uuid4().hex,
+            request_id=request_id,
             prompt_token_ids=token_ids,
             params=params,
             constraint=constraint,
@@ -140,27 +152,21 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        request_id = request.request_id or "-"
-        # context.abort() raises, so it is called outside the try: the generic handler
-        # below must not swallow it as an "unexpected" error.
-        failure: tuple[grpc.StatusCode, str] | None = None
-        try:
-            req = await self._to_request(request)
+        request_id = request.request_id or uuid.uuid4().hex
+        async with abort_on_failure(f"Generate {request_id}", context):
+            req = await self._to_request(request, request_id)
             warnings = list(req.constraint.warnings) if req.constraint is not None else []
-            request_id = req.request_id
             # aclosing: if gRPC cancels us while we are parked at a `yield`, closing this
             # generator closes the engine stream now (aborting the request), not at GC time.
             async with contextlib.aclosing(self._engine.generate(req)) as outputs:
                 async for out in outputs:
                     if out.text or out.token_ids:
-                        yield pb.GenerateResponse(
-                            chunk=pb.Chunk(text=out.text, token_ids=out.token_ids, usage=_usage(out))
-                        )
+                        yield pb.GenerateResponse(chunk=chunk_from_output(out))
                     if out.finished:
                         yield pb.GenerateResponse(
                             complete=pb.Complete(
                                 finish_reason=out.finish_reason or "stop",
-                                usage=_usage(out),
+                                usage=usage_from_output(out),
                                 request_id=request_id,
                                 warnings=warnings,
                             )
@@ -168,13 +174,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         return
             # the engine stream ended without a finished Output: a runner bug, not the caller's
             raise RuntimeError(f"engine stream for {request_id} ended without finishing")
-        except asyncio.CancelledError:
-            log.info("Generate %s: cancelled by the client or its deadline", request_id)
-            raise
-        except Exception as exc:
-            failure = failure_status(exc, f"Generate {request_id}")
-        if failure is not None:
-            await context.abort(*failure)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         if not request.request_id:

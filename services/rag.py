@@ -5,7 +5,8 @@ than it must:
 
 1. validation of everything cheap to check (question, mode, ratio, k, sampling), and the JSON
    Schema compiled in a worker thread (as in services/generation.py);
-2. the collection searched in a worker thread (CollectionManager is synchronous);
+2. the collection searched in a worker thread (CollectionManager is synchronous; stored data is
+   reached only through it, never through retrieval's tables);
 3. the plan (`RagPipeline.plan`) built in a worker thread: chunk-KV lookups and codec decoding
    happen there; computing missing chunk KV and blending happen inside the engine's step;
 4. the passages streamed first, then the answer's tokens from `AsyncEngine.generate`, then one
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -42,12 +42,10 @@ from ragloom.cache.chunk_kv import ChunkKVStore
 from ragloom.cache.rag import DEFAULT_SYSTEM_PROMPT, AskPlan, PassageText, RagPipeline
 from ragloom.errors import InvalidArgument
 from ragloom.generation.constrain.processor import Constraint, GrammarProcessor
-from ragloom.generation.runner.engine import Output
-from ragloom.services._proto import generation_pb2 as gpb
 from ragloom.services._proto import rag_pb2 as pb
 from ragloom.services._proto import rag_pb2_grpc as pb_grpc
-from ragloom.services.generation import sampling_from_proto
-from ragloom.services.status import failure_status
+from ragloom.services.generation import chunk_from_output, parse_json_schema, sampling_from_proto
+from ragloom.services.status import abort_on_failure
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 if TYPE_CHECKING:
@@ -63,32 +61,6 @@ DEFAULT_EPIC_TOKENS = 16
 # passages per engine call while precomputing: decode steps of running requests go in between
 PRECOMPUTE_BATCH = 4
 COMPUTED = "computed"  # Passage.cache for a chunk whose KV this request prefills
-
-
-def chunk_texts(collections: CollectionManager, name: str, doc_ids: Sequence[str] | None = None) -> list[str]:
-    """The stored chunk texts of a collection (of the given documents only, when doc_ids is given),
-    in document and chunk order: exactly the texts search returns as Hit.text."""
-    from sqlalchemy import select
-
-    from ragloom.retrieval.store import ChunkRow, CollectionRow, DocumentRow
-
-    collections.get_collection(name)  # NotFound for an unknown collection
-    texts: list[str] = []
-    with collections.store.session() as s:
-        coll = s.scalars(select(CollectionRow.id).where(CollectionRow.name == name)).one()
-        query = (
-            select(ChunkRow.text)
-            .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
-            .where(ChunkRow.collection_id == coll)
-            .order_by(DocumentRow.doc_id, ChunkRow.idx)
-        )
-        if doc_ids is None:
-            texts.extend(s.scalars(query))
-        else:
-            ids = list(dict.fromkeys(doc_ids))
-            for start in range(0, len(ids), 500):
-                texts.extend(s.scalars(query.where(DocumentRow.doc_id.in_(ids[start : start + 500]))))
-    return texts
 
 
 def _tier_stats(name: str, st: dict[str, Any]) -> pb.TierStats:
@@ -120,12 +92,6 @@ def stats_to_proto(stats: dict[str, Any]) -> pb.CacheStats:
         codec_bits=int(codec.get("bits", 0)),
         codec_group_size=int(codec.get("group_size", 0)),
         codec_entropy=bool(codec.get("entropy", False)),
-    )
-
-
-def _gen_usage(out: Output) -> gpb.Usage:
-    return gpb.Usage(
-        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens
     )
 
 
@@ -175,12 +141,7 @@ class RagServicer(pb_grpc.RagServicer):
     async def _constraint(self, msg: pb.AskRequest) -> Constraint | None:
         if not msg.HasField("json_schema"):
             return None
-        try:
-            spec = json.loads(msg.json_schema)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
-        if not isinstance(spec, dict | bool):
-            raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+        spec = parse_json_schema(msg.json_schema)
         strict = msg.strict if msg.HasField("strict") else True
         llm = self._engine.engine
         # compiling can take seconds: neither the event loop nor the engine thread waits for it
@@ -217,9 +178,7 @@ class RagServicer(pb_grpc.RagServicer):
     async def Ask(self, request: pb.AskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AskResponse]:
         request_id = request.request_id or uuid.uuid4().hex
         what = f"Ask {request_id}"
-        # context.abort() raises, so it is called outside the try (as in generation.py)
-        failure: tuple[grpc.StatusCode, str] | None = None
-        try:
+        async with abort_on_failure(what, context):
             plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
             warnings = list(constraint.warnings) if constraint is not None else []
             if not plan.passages:
@@ -241,9 +200,7 @@ class RagServicer(pb_grpc.RagServicer):
                 async for out in outputs:
                     if out.text or out.token_ids:
                         texts.append(out.text)
-                        yield pb.AskResponse(
-                            chunk=gpb.Chunk(text=out.text, token_ids=out.token_ids, usage=_gen_usage(out))
-                        )
+                        yield pb.AskResponse(chunk=chunk_from_output(out))
                     if out.finished:
                         usage = plan.usage
                         if out.finish_reason != "abort" and not usage.done.is_set():
@@ -277,13 +234,6 @@ class RagServicer(pb_grpc.RagServicer):
                         )
                         return
             raise RuntimeError(f"engine stream for {request_id} ended without finishing")
-        except asyncio.CancelledError:
-            log.info("%s: cancelled by the client or its deadline", what)
-            raise
-        except Exception as exc:
-            failure = failure_status(exc, what)
-        if failure is not None:
-            await context.abort(*failure)
 
     async def GetCacheStats(self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext) -> pb.CacheStats:
         return stats_to_proto(await asyncio.to_thread(self.store.stats))
@@ -294,7 +244,7 @@ class RagServicer(pb_grpc.RagServicer):
         """Prefill and store the chunk KV of the collection's chunks (of doc_ids only, when given)
         that are not stored yet, for Asks with the default system prompt. Returns how many were
         computed."""
-        texts = await asyncio.to_thread(chunk_texts, self._mgr, collection, doc_ids)
+        texts = await asyncio.to_thread(self._mgr.chunk_texts, collection, doc_ids)
         computed = 0
         for start in range(0, len(texts), PRECOMPUTE_BATCH):
             batch = texts[start : start + PRECOMPUTE_BATCH]

@@ -9,8 +9,9 @@ without leaking details. Cancellation is not a failure: handlers re-raise asynci
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -64,16 +65,26 @@ def failure_status(exc: Exception, what: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error in {what}; see server log"
 
 
-async def unary(rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_T]]) -> _T:
-    """Run a unary handler's work(); its failure ends the call with failure_status()."""
-    # context.abort() raises, so it is called outside the try
+@contextlib.asynccontextmanager
+async def abort_on_failure(rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around a handler's work (unary, or a stream's every yield): its failure ends the call with
+    failure_status(); cancellation is logged and passes on."""
+    # context.abort() raises, so it is called outside the try: the generic handler must not
+    # swallow it as an "unexpected" error
     failure: tuple[grpc.StatusCode, str] | None = None
     try:
-        return await work()
+        yield
     except asyncio.CancelledError:
         log.info("%s: cancelled by the client or its deadline", rpc)
         raise
     except Exception as exc:
         failure = failure_status(exc, rpc)
-    await context.abort(*failure)
-    raise AssertionError("unreachable: context.abort raises")
+    if failure is not None:
+        await context.abort(*failure)
+
+
+async def unary(rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a unary handler's work(); its failure ends the call with failure_status()."""
+    async with abort_on_failure(rpc, context):
+        return await work()
+    raise AssertionError("unreachable: abort_on_failure re-raises or aborts, and context.abort raises")

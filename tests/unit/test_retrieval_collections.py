@@ -228,3 +228,19 @@ def test_long_documents_are_chunked_with_overlap(tmp_path, embedder):
     hit = m.search("l", "volcanic eruption with lava", k=1)[0]
     assert hit.id == "long" and "volcano" in hit.text and hit.chunk_id != "long#0"
     m.close()
+
+
+def test_chunk_texts_reads_stored_chunks_in_document_order(mgr, tmp_path, embedder):
+    # ordered by document id, then chunk index: what Ask's precompute stores KV for
+    by_id = {d.id: d.text for d in DOCS}
+    assert mgr.chunk_texts("c") == [by_id[i] for i in sorted(by_id)]
+    assert mgr.chunk_texts("c", ["qcd", "cat", "qcd", "missing"]) == [by_id["cat"], by_id["qcd"]]
+    assert mgr.chunk_texts("c", []) == []
+    with pytest.raises(NotFound):
+        mgr.chunk_texts("nope")
+    m = CollectionManager(tmp_path / "long", embedder=embedder)
+    m.create_collection("l", chunk_tokens=16, chunk_overlap=4)
+    text = " ".join(f"sentence number {i} talks about topic {i % 7}." for i in range(12))
+    m.upsert("l", [Document("long", text)])
+    assert m.chunk_texts("l") == [c.text for c in chunk_text("long", text, embedder.tokenizer, 16, 4)]
+    m.close()
