@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict
 
 from ragloom.services._proto import generation_pb2 as pb
@@ -210,102 +211,66 @@ class SqlResult(_Frozen):
 
 # -- from protobuf ----------------------------------------------------------------------
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def from_fields(cls: type[_M], msg: Message, **converted: Any) -> _M:
+    """cls from msg's fields of the same names; `converted` gives those that need converting
+    (Structs, maps, repeated and optional fields, nested messages)."""
+    return cls(**{name: getattr(msg, name) for name in cls.model_fields if name not in converted}, **converted)
+
 
 def usage_from(msg: pb.Usage) -> Usage:
-    return Usage(
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        cached_tokens=msg.cached_tokens,
-    )
+    return from_fields(Usage, msg)
 
 
 def loads_from(msg: pb.GetLoadsResponse) -> Loads:
-    return Loads(
-        running=msg.running,
-        waiting=msg.waiting,
-        kv_blocks_used=msg.kv_blocks_used,
-        kv_blocks_total=msg.kv_blocks_total,
-        kv_usage=msg.kv_usage,
-        model=msg.model,
-    )
+    return from_fields(Loads, msg)
 
 
 def collection_from(msg: rpb.CollectionInfo) -> CollectionInfo:
-    return CollectionInfo(
-        name=msg.name,
-        dim=msg.dim,
-        model=msg.model,
-        documents=msg.documents,
-        chunks=msg.chunks,
-        index=msg.index,
+    return from_fields(
+        CollectionInfo, msg,
         created_at=msg.created_at.ToDatetime(tzinfo=UTC) if msg.HasField("created_at") else None,
-        chunk_tokens=msg.chunk_tokens,
-        chunk_overlap=msg.chunk_overlap,
         metadata=struct_to_dict(msg.metadata),
         index_requested=msg.index_requested or msg.index,
     )
 
 
 def hit_from(msg: rpb.Hit) -> Hit:
-    return Hit(id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=struct_to_dict(msg.metadata))
+    return from_fields(Hit, msg, metadata=struct_to_dict(msg.metadata))
 
 
 def passage_from(msg: apb.Passage) -> Passage:
-    return Passage(
-        id=msg.id, chunk_id=msg.chunk_id, score=msg.score, text=msg.text, metadata=struct_to_dict(msg.metadata),
-        cache=msg.cache, tokens=msg.tokens,
-    )
+    return from_fields(Passage, msg, metadata=struct_to_dict(msg.metadata))
 
 
 def ask_usage_from(msg: apb.AskUsage) -> AskUsage:
-    return AskUsage(
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        reused_tokens=msg.reused_tokens,
-        recomputed_tokens=msg.recomputed_tokens,
-        chunks_computed=msg.chunks_computed,
-        tier_hits=dict(msg.tier_hits),
-    )
+    return from_fields(AskUsage, msg, tier_hits=dict(msg.tier_hits))
 
 
 def cache_stats_from(msg: apb.CacheStats) -> CacheStats:
-    return CacheStats(
-        hits=msg.hits,
-        misses=msg.misses,
-        redis_errors=msg.redis_errors,
-        tiers=[
-            TierStats(
-                name=t.name, kind=t.kind, available=t.available, entries=t.entries, bytes=t.bytes, hits=t.hits,
-                misses=t.misses, puts=t.puts, evictions=t.evictions, errors=t.errors, corrupt=t.corrupt,
-                mismatches=t.mismatches, detail=struct_to_dict(t.detail),
-            )
-            for t in msg.tiers
-        ],
-        codec_bits=msg.codec_bits,
-        codec_group_size=msg.codec_group_size,
-        codec_entropy=msg.codec_entropy,
-    )
+    tiers = [from_fields(TierStats, t, detail=struct_to_dict(t.detail)) for t in msg.tiers]
+    return from_fields(CacheStats, msg, tiers=tiers)
 
 
 def connector_from(msg: tpb.ConnectorInfo) -> ConnectorInfo:
-    return ConnectorInfo(name=msg.name, url=msg.url, dialect=msg.dialect, tables=msg.tables, examples=msg.examples)
+    return from_fields(ConnectorInfo, msg)
 
 
 def schema_from(msg: tpb.SchemaInfo) -> SchemaInfo:
     tables = [
-        TableInfo(
-            name=t.name,
-            columns=[ColumnInfo(name=c.name, type=c.type, nullable=c.nullable, primary_key=c.primary_key,
-                                description=c.description, samples=plain_list(c.samples)) for c in t.columns],
+        from_fields(
+            TableInfo, t,
+            columns=[from_fields(ColumnInfo, c, samples=plain_list(c.samples)) for c in t.columns],
             primary_key=list(t.primary_key),
-            foreign_keys=[ForeignKeyInfo(columns=list(f.columns), ref_table=f.ref_table, ref_columns=list(f.ref_columns))
+            foreign_keys=[from_fields(ForeignKeyInfo, f, columns=list(f.columns), ref_columns=list(f.ref_columns))
                           for f in t.foreign_keys],
             row_count=t.row_count if t.HasField("row_count") else None,
-            description=t.description,
         )
         for t in msg.tables
     ]
-    return SchemaInfo(connector=msg.connector, dialect=msg.dialect, tables=tables)
+    return from_fields(SchemaInfo, msg, tables=tables)
 
 
 def plain_list(lv: Any) -> list[Any]:
@@ -314,5 +279,5 @@ def plain_list(lv: Any) -> list[Any]:
 
 
 def upsert_result_from(msg: rpb.UpsertResponse) -> UpsertResult:
-    return UpsertResult(documents=msg.documents, chunks=msg.chunks, kv_precomputed=msg.kv_precomputed)
+    return from_fields(UpsertResult, msg)
 

@@ -230,13 +230,17 @@ class AsyncMessages(_Messages[S]):
 
 # -- what stream() and stream_ask() return ----------------------------------------------------
 
+_RS = TypeVar("_RS", _StreamState, _AskState)
 
-class _CompletionView(_Messages[_StreamState]):
+
+class _RequestView(_Messages[_RS]):
     @property
     def request_id(self) -> str:
         """Known before the first chunk: pass it to abort() from elsewhere."""
         return self._state.request_id
 
+
+class _CompletionView(_RequestView[_StreamState]):
     @property
     def completion(self) -> Completion | None:
         """The whole result (full text, finish_reason, usage) once the stream is exhausted."""
@@ -244,18 +248,14 @@ class _CompletionView(_Messages[_StreamState]):
 
     @property
     def finish_reason(self) -> str | None:
-        return self._state.completion.finish_reason if self._state.completion else None
+        return self.completion.finish_reason if self.completion else None
 
     @property
     def usage(self) -> Usage | None:
-        return self._state.completion.usage if self._state.completion else None
+        return self.completion.usage if self.completion else None
 
 
-class _AnswerView(_Messages[_AskState]):
-    @property
-    def request_id(self) -> str:
-        return self._state.request_id
-
+class _AnswerView(_RequestView[_AskState]):
     @property
     def passages(self) -> list[Passage] | None:
         """The retrieved passages; set before the first chunk is yielded."""
@@ -268,11 +268,11 @@ class _AnswerView(_Messages[_AskState]):
 
     @property
     def finish_reason(self) -> str | None:
-        return self._state.answer.finish_reason if self._state.answer else None
+        return self.answer.finish_reason if self.answer else None
 
     @property
     def usage(self) -> AskUsage | None:
-        return self._state.answer.usage if self._state.answer else None
+        return self.answer.usage if self.answer else None
 
 
 class Stream(_CompletionView, Messages[_StreamState]):
