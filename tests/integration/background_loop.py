@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -24,3 +26,46 @@ class BackgroundLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+@dataclass
+class LiveServer:
+    """A grpc.aio ragloom server on a BackgroundLoop, with its engine (None: no model)."""
+
+    bg: BackgroundLoop
+    server: Any  # RagloomServer
+    engine: Any = None  # AsyncEngine
+
+    @property
+    def address(self) -> str:
+        return str(self.server.address)
+
+    @property
+    def llm(self) -> Any:  # LLMEngine
+        return self.engine.engine
+
+
+@contextmanager
+def live_server(settings: Any, engine_settings: Any = None, *, model: bool = True, **services: Any) -> Iterator[LiveServer]:
+    """Start `ragloom serve`'s server in-process on a free port: the bundled model's engine
+    (built from engine_settings, default settings) unless model=False, and the given services
+    (collections=..., chunk_store=...); stop everything on exit."""
+    from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.generation.runner.engine import LLMEngine
+    from ragloom.services.server import start_server
+
+    bg = BackgroundLoop()
+    engine = None
+    try:
+        if model:
+            engine = AsyncEngine(LLMEngine(engine_settings or settings))
+            bg.run(engine.start())
+        server = bg.run(start_server(settings, engine, **services))
+        try:
+            yield LiveServer(bg, server, engine)
+        finally:
+            bg.run(server.stop(0))
+    finally:
+        if engine is not None:
+            bg.run(engine.shutdown())
+        bg.close()

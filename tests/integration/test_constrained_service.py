@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,15 @@ import grpc
 import jsonschema
 import lark
 import pytest
-from background_loop import BackgroundLoop
+from background_loop import LiveServer, live_server
 from pydantic import BaseModel, Field
 from server_loads import wait_idle_async
 
 from ragloom.client import AsyncClient, Client
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
-from ragloom.generation.runner import async_engine
-from ragloom.generation.runner.engine import LLMEngine
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
-from ragloom.services.server import RagloomServer, start_server
 
 PERSON_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -63,35 +59,13 @@ class City(BaseModel):
     population_millions: int = Field(ge=0, le=50)
 
 
-@dataclass
-class Served:
-    bg: BackgroundLoop
-    engine: Any  # AsyncEngine
-    server: RagloomServer
-
-    @property
-    def llm(self) -> LLMEngine:
-        return self.engine.engine
-
-    @property
-    def address(self) -> str:
-        return self.server.address
+Served = LiveServer
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    settings = Settings(host="127.0.0.1", port=0, device="cpu", kv_cache_tokens=4096, shutdown_grace_s=1.0)
-    llm = LLMEngine(settings)
-    bg = BackgroundLoop()
-    engine = async_engine.AsyncEngine(llm)
-    bg.run(engine.start())
-    server = bg.run(start_server(settings, engine))
-    try:
-        yield Served(bg, engine, server)
-    finally:
-        bg.run(server.stop(0))
-        bg.run(engine.shutdown())
-        bg.close()
+    with live_server(Settings(host="127.0.0.1", port=0, device="cpu", kv_cache_tokens=4096, shutdown_grace_s=1.0)) as s:
+        yield s
 
 
 @pytest.fixture

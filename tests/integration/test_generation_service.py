@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from background_loop import BackgroundLoop
+from background_loop import LiveServer, live_server
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_loads import wait_idle, wait_idle_async
 
@@ -32,11 +31,9 @@ from ragloom.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from ragloom.generation.runner import async_engine
-from ragloom.generation.runner.engine import LLMEngine
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
-from ragloom.services.server import RagloomServer, start_server
+from ragloom.services.server import start_server
 
 PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Name three colours."}]
@@ -44,15 +41,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # small, so the oversize test sends only 2 MiB
 LONG = 400  # max_tokens for requests that must still be running when we act on them
 
 
-@dataclass
-class Served:
-    bg: BackgroundLoop
-    engine: Any  # AsyncEngine
-    server: RagloomServer
-
-    @property
-    def address(self) -> str:
-        return self.server.address
+Served = LiveServer
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -69,18 +58,8 @@ def _settings(**overrides: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    settings = _settings()
-    llm = LLMEngine(settings)
-    bg = BackgroundLoop()
-    engine = async_engine.AsyncEngine(llm)
-    bg.run(engine.start())
-    server = bg.run(start_server(settings, engine))
-    try:
-        yield Served(bg, engine, server)
-    finally:
-        bg.run(server.stop(0))
-        bg.run(engine.shutdown())
-        bg.close()
+    with live_server(_settings()) as s:
+        yield s
 
 
 @pytest.fixture

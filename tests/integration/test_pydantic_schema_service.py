@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import jsonschema
 import pytest
-from background_loop import BackgroundLoop
+from background_loop import live_server
 from pydantic import BaseModel
 
 from ragloom.client import Client, model_schema
 from ragloom.config import Settings
-from ragloom.generation.runner.async_engine import AsyncEngine
-from ragloom.generation.runner.engine import LLMEngine
-from ragloom.services.server import start_server
 
 
 class Person(BaseModel):  # as in the README
@@ -32,17 +28,8 @@ README_MESSAGES = [{"role": "user", "content": "Marie is 34 and lives in Lyon. H
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
-    settings = Settings(host="127.0.0.1", port=0, device="cpu", kv_cache_tokens=2048, shutdown_grace_s=1.0)
-    bg = BackgroundLoop()
-    engine = AsyncEngine(LLMEngine(settings))
-    bg.run(engine.start())
-    server: Any = bg.run(start_server(settings, engine))
-    try:
-        yield server.address
-    finally:
-        bg.run(server.stop(0))
-        bg.run(engine.shutdown())
-        bg.close()
+    with live_server(Settings(host="127.0.0.1", port=0, device="cpu", kv_cache_tokens=2048, shutdown_grace_s=1.0)) as s:
+        yield s.address
 
 
 def test_readme_person_example_is_a_validated_person(address: str) -> None:
