@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store-url", help="SQLAlchemy URL for collections and documents (default: SQLite in the data dir)"
     )
-    serve.add_argument("--model", help="bundled model name or a local HF model folder (see `ragloom models`)")
+    serve.add_argument(
+        "--model", help="bundled or installed model name (see `ragloom models`), or a local HF model folder"
+    )
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
@@ -119,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "instead of refusing the schema",
     )
     _add_config(gen)
-    gen.add_argument("--model", help="(--local) model to load")
+    gen.add_argument("--model", help="(--local) model to load: a name from `ragloom models` or an HF folder")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(--local) where the model runs")
     gen.add_argument("--data-dir", type=Path, help="(--local) model conversion cache")
 
