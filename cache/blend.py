@@ -136,8 +136,7 @@ def blend(
     bc = config or DEFAULT_BLEND
     if check_layer is not None:  # the old single-check-layer argument
         bc = BlendConfig(**{**bc.__dict__, "check_layers": (check_layer,)})
-    device = model.embed.weight.device
-    dtype = model.embed.weight.dtype
+    device, dtype = model.device, model.dtype  # of activations and KV (weights may be packed)
     token_ids = [t for s in segments for t in s.token_ids]
     n = len(token_ids)
     if n == 0:

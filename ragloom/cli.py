@@ -22,6 +22,13 @@ from ragloom.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, Rag
 _EPILOG = "Settings precedence: defaults < --config TOML file < RAGLOOM_* environment < flags."
 
 
+WEIGHT_CHOICES = ["auto", "float32", "bf16", "int8", "int4"]
+WEIGHTS_HELP = (
+    "weight format of the model's linears: auto (default: a GGUF model's 4-bit blocks stay int4 on a CPU "
+    "with bf16, dense float elsewhere), float32, bf16, int8, int4"
+)
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML settings file (keys as in ragloom.config.Settings)")
 
@@ -57,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         "--model", help="bundled or installed model name (see `ragloom models`), or a local HF model folder"
     )
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
+    serve.add_argument("--weights", choices=WEIGHT_CHOICES, help=WEIGHTS_HELP)
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
         "--chunk-kv-redis-url",
@@ -123,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(gen)
     gen.add_argument("--model", help="(--local) model to load: a name from `ragloom models` or an HF folder")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(--local) where the model runs")
+    gen.add_argument("--weights", choices=WEIGHT_CHOICES, help="(--local) " + WEIGHTS_HELP)
     gen.add_argument("--data-dir", type=Path, help="(--local) model conversion cache")
 
     models = sub.add_parser(
@@ -321,6 +330,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         store_url=args.store_url,
         model=args.model,
         device=args.device,
+        weights=args.weights,
         log_level=args.log_level,
         chunk_kv_redis_url=args.chunk_kv_redis_url,
         chunk_kv_disk_dir=args.chunk_kv_dir,
@@ -432,7 +442,9 @@ async def _generate_local(args: argparse.Namespace) -> int:
     from ragloom.generation.runner.params import SamplingParams
 
     spec = _constraint(args)  # file and JSON errors before the model loads
-    settings = load_settings(args.config, data_dir=args.data_dir, model=args.model, device=args.device)
+    settings = load_settings(
+        args.config, data_dir=args.data_dir, model=args.model, device=args.device, weights=args.weights
+    )
     llm = await asyncio.to_thread(LLMEngine, settings)
     sampling = {k: v for k, v in _sampling(args).items() if v is not None}
     params = SamplingParams(**sampling)  # type: ignore[arg-type]

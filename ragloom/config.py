@@ -31,6 +31,12 @@ class EngineSettings(BaseSettings):
     model: str = Field(BUNDLED_LLM, description="bundled model name, or a local HF model folder")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    weights: Literal["auto", "float32", "bf16", "int8", "int4"] = Field(
+        "auto",
+        description="weight format of the linears: auto keeps a GGUF model's 4-bit blocks as int4 "
+        "(int8 for wider blocks) on a CPU with bf16, dense elsewhere; float32/bf16 dense; "
+        "int8/int4 quantized (requantizing what does not map exactly)",
+    )
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
     kv_cache_tokens: int = Field(
         16384, ge=16, description="KV cache capacity in tokens, all sequences together (bundled model: 45 KiB each in float32)"

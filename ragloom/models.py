@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,44 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def gguf_source(name_or_path: str) -> Path | None:
+    """The GGUF file a model name comes from (bundled models), or None (a local HF folder)."""
+    return bundled_gguf_path() if name_or_path == BUNDLED_LLM else None
+
+
+def cached_artifact(folder: Path, filename: str, source: Path, version: str,
+                    build: Callable[[Path], None]) -> Path:
+    """`folder/filename`, built once from `source` by `build(tmp_path)`; rebuilt when missing,
+    stale (source changed, other `version`) or interrupted. Like a conversion, its manifest
+    (`filename.manifest.json`) is written last, so a file without one is never trusted.
+    Used for the runner's packed weights, which live beside the converted HF folder."""
+    path, manifest_path = folder / filename, folder / f"{filename}.manifest.json"
+    st = source.stat()
+    identity = {"path": str(source), "size": st.st_size, "mtime": int(st.st_mtime)}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["version"] == version and manifest["source"] == identity and manifest["size"] == path.stat().st_size:
+            return path
+        log.warning("cached %s is stale; rebuilding it", path)
+    except (OSError, KeyError, ValueError, TypeError):
+        if path.exists():
+            log.warning("cached %s has no valid manifest (interrupted?); rebuilding it", path)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        build(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    manifest = {"version": version, "source": identity, "size": path.stat().st_size}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return path
 
 
 def _check_local_folder(path: Path) -> Path:

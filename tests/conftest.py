@@ -43,7 +43,8 @@ def engine():
     from ragloom.config import EngineSettings
     from ragloom.generation.runner.engine import LLMEngine
 
-    return LLMEngine(EngineSettings(device="cpu", kv_cache_tokens=8192, max_num_seqs=16))
+    # float32 weights: the reference the runner tests compare with transformers (auto may pack int4)
+    return LLMEngine(EngineSettings(device="cpu", weights="float32", kv_cache_tokens=8192, max_num_seqs=16))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,11 +26,20 @@ from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.kv import KVCache
 from ragloom.generation.runner.model import LlamaModel
 from ragloom.generation.runner.params import SamplingParams
+from ragloom.generation.runner.quant import cpu_bf16_supported
 from ragloom.generation.runner.sampler import LogitsProcessor, SamplingRow, sample
 from ragloom.generation.runner.scheduler import Scheduler
 from ragloom.generation.runner.sequence import Sequence
-from ragloom.generation.runner.weights import ModelConfig, load_state_dict
-from ragloom.models import model_id, resolve_model
+from ragloom.generation.runner.weights import (
+    PACK_VERSION,
+    ModelConfig,
+    build_state,
+    gguf_tensors,
+    load_state,
+    load_state_dict,
+    save_state,
+)
+from ragloom.models import cached_artifact, gguf_source, model_id, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +125,8 @@ class LLMEngine:
 
         started = time.perf_counter()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
-        self.model = LlamaModel(cfg, self.max_model_len, self.device, self.dtype).to(self.device, self.dtype)
-        self.model.load_hf_state(load_state_dict(folder, self.dtype, self.device))
+        self.model = LlamaModel(cfg, self.max_model_len, self.device, self.dtype)
+        self._load_weights(folder)
         self.model.eval()
         self.eos_ids = set(cfg.eos_token_ids) | (
             {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -128,10 +139,32 @@ class LLMEngine:
         self._seqs: dict[str, Sequence] = {}
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
-            "loaded %s (%s, %d layers) on %s/%s in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB)",
+            "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB)",
             self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
-            time.perf_counter() - started, num_blocks * settings.block_size, num_blocks, self.kv.bytes / 2**20,
+            self.weights_summary, time.perf_counter() - started, num_blocks * settings.block_size, num_blocks, self.kv.bytes / 2**20,
         )
+
+    def _load_weights(self, folder: Path) -> None:
+        """Weights in the format `settings.weights` asks for. A GGUF model's quantized formats come
+        from its packed cache (built once from the GGUF's raw blocks, beside the dequantized HF
+        folder); dense formats and HF folders load the safetensors and convert in memory."""
+        requested = self.settings.weights
+        gguf = gguf_source(self.settings.model)
+        packed = requested in ("int8", "int4") or (requested == "auto" and self.device.type == "cpu"
+                                                    and cpu_bf16_supported())
+        if gguf is None or not packed:
+            weights = None if requested == "auto" else requested  # auto: dense in the engine's dtype
+            self.model.load_hf_state(load_state_dict(folder, self.dtype, self.device), weights)
+        else:
+            cfg, device = self.config, self.device
+            name = f"weights-{requested}-{device.type}.safetensors"
+            path = cached_artifact(
+                folder / "packed", name, gguf, PACK_VERSION,  # not beside *.safetensors: those are the HF weights
+                lambda tmp: save_state(build_state(gguf_tensors(gguf, cfg), cfg, requested, device), tmp),
+            )
+            self.model.load_state(load_state(path))
+        formats = self.model.weight_formats.values()
+        self.weights_summary = ", ".join(f"{n} {f}" for f, n in Counter(formats).most_common())
 
     # ---- input -------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, optional tied embeddings. Q/K/V and gate/up
 projections are fused into one matmul each at load time: fewer, larger kernels matter more than
-anything else for a 135M model, where per-op overhead rivals the arithmetic.
+anything else for a 135M model, where per-op overhead rivals the arithmetic. Every linear (and the
+LM head) is a `QuantLinear`: its weight may be dense float32/bf16 or packed int8/int4 (quant.py),
+while activations, norms and the KV cache stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from torch import nn
 from ragloom.errors import ModelError
 from ragloom.generation.runner.batch import ForwardBatch
 from ragloom.generation.runner.kv import KVCache
+from ragloom.generation.runner.quant import QuantEmbedding, QuantLinear
 from ragloom.generation.runner.rope import RotaryEmbedding, apply_rotary
-from ragloom.generation.runner.weights import ModelConfig
+from ragloom.generation.runner.weights import ModelConfig, build_state, float_tensors, hf_names
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -43,17 +46,30 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    # The linears come from stored weights in any format (quant.py); `load` builds them.
+    qkv: QuantLinear
+    o: QuantLinear
+    gate_up: QuantLinear
+    down: QuantLinear
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.cfg = cfg
         q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.split = (q, kv, kv)
-        self.qkv = nn.Linear(cfg.hidden_size, q + 2 * kv, bias=cfg.attention_bias)
-        self.o = nn.Linear(q, cfg.hidden_size, bias=False)
-        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.input_norm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.post_norm = nn.Parameter(torch.ones(cfg.hidden_size))
+        self.input_norm = nn.Parameter(torch.ones(cfg.hidden_size, device=device, dtype=dtype), requires_grad=False)
+        self.post_norm = nn.Parameter(torch.ones(cfg.hidden_size, device=device, dtype=dtype), requires_grad=False)
+
+    def load(self, state: dict[str, torch.Tensor], prefix: str, device: torch.device, dtype: torch.dtype) -> None:
+        """Take this layer's parameters (runner names, weights.py) out of `state`."""
+        bias = state.pop(prefix + "qkv.bias", None)
+        self.qkv = QuantLinear(_take_weight(state, prefix + "qkv"), device, bias, dtype)
+        self.o = QuantLinear(_take_weight(state, prefix + "o"), device, None, dtype)
+        self.gate_up = QuantLinear(_take_weight(state, prefix + "gate_up"), device, None, dtype)
+        self.down = QuantLinear(_take_weight(state, prefix + "down"), device, None, dtype)
+        with torch.no_grad():
+            self.input_norm.copy_(_take(state, prefix + "input_norm"))
+            self.post_norm.copy_(_take(state, prefix + "post_norm"))
 
     # The layer's steps are methods of their own so that cache/blend.py, which runs a layer on a
     # subset of tokens over KV it assembles itself, calls this code rather than a copy of it.
@@ -101,50 +117,79 @@ class DecoderLayer(nn.Module):
         return self.output(x, self.attend_paged(q, k, v, layer, batch, kv))
 
 
+def _take(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    try:
+        return state.pop(name)
+    except KeyError:
+        raise ModelError(f"weights are missing {name}") from None
+
+
+def _take_weight(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A stored weight's tensors (<prefix>.weight, or .qweight/.scale[/.zero]) by part name."""
+    parts = {k.removeprefix(prefix + "."): state.pop(k) for k in
+             [k for k in state if k.startswith(prefix + ".") and k != prefix + ".bias"]}
+    if not parts:
+        raise ModelError(f"weights are missing {prefix}")
+    return parts
+
+
 class LlamaModel(nn.Module):
+    embed: QuantEmbedding
+    head: QuantLinear  # the LM head; for tied embeddings it reads the embedding's own table
+
     def __init__(self, cfg: ModelConfig, max_positions: int, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.device, self.dtype = device, dtype  # of activations, norms and the KV cache
+        self.layers = nn.ModuleList(DecoderLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size, device=device, dtype=dtype), requires_grad=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_positions, device, dtype)
 
     @property
     def decoder_layers(self) -> list[DecoderLayer]:
         return cast(list[DecoderLayer], list(self.layers))  # ModuleList items are typed as Module
 
-    def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Take HF parameter names, fusing q/k/v and gate/up; every tensor must be used."""
+    @property
+    def weight_formats(self) -> dict[str, str]:
+        """Each linear's stored format and kernel ("int4 via int4-cpu"), for logs and tests."""
+        linears = {"head": self.head}
+        for i, layer in enumerate(self.decoder_layers):
+            linears |= {f"layers.{i}.{n}": getattr(layer, n) for n in ("qkv", "o", "gate_up", "down")}
+        return {name: f"{lin.format} via {lin.kernel.name}" for name, lin in linears.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the runner's parameters (names and formats: weights.py); every tensor must be used."""
         state = dict(state)
-
-        def take(name: str) -> torch.Tensor:
-            try:
-                return state.pop(name)
-            except KeyError:
-                raise ModelError(f"checkpoint is missing {name}") from None
-
+        device, dtype = self.device, self.dtype
+        embed = _take_weight(state, "embed")
+        self.embed = QuantEmbedding(embed, device, dtype)
+        head = embed if self.cfg.tie_word_embeddings else _take_weight(state, "lm_head")
+        # Logits are wanted in float32; the head runs in its kernel's dtype either way.
+        self.head = QuantLinear(head, device, None, torch.float32)
         with torch.no_grad():
-            self.embed.weight.copy_(take("model.embed_tokens.weight"))
-            self.norm.copy_(take("model.norm.weight"))
-            if self.lm_head is not None:
-                self.lm_head.weight.copy_(take("lm_head.weight"))
-            elif "lm_head.weight" in state and not torch.equal(state.pop("lm_head.weight"), self.embed.weight):
+            self.norm.copy_(_take(state, "norm"))
+        for i, layer in enumerate(self.decoder_layers):
+            layer.load(state, f"layers.{i}.", device, dtype)
+        if state:
+            raise ModelError(f"weights have tensors this architecture does not use: {list(state)[:5]}")
+
+    def load_hf_state(self, state: dict[str, torch.Tensor], weights: str | None = None) -> None:
+        """Take HF parameter names (dense), fusing q/k/v and gate/up, in `weights`' formats
+        (default: dense in the model's dtype)."""
+        state = {k: v for k, v in state.items() if "rotary_emb" not in k}
+        if self.cfg.tie_word_embeddings and "lm_head.weight" in state:
+            head, embed = state.pop("lm_head.weight"), state.get("model.embed_tokens.weight")
+            if embed is not None and not torch.equal(head, embed):
                 raise ModelError("tie_word_embeddings is set but lm_head.weight differs from the embedding")
-            for i, layer in enumerate(self.decoder_layers):
-                p = f"model.layers.{i}."
-                layer.qkv.weight.copy_(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
-                if layer.qkv.bias is not None:
-                    layer.qkv.bias.copy_(torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
-                layer.o.weight.copy_(take(p + "self_attn.o_proj.weight"))
-                layer.gate_up.weight.copy_(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
-                layer.down.weight.copy_(take(p + "mlp.down_proj.weight"))
-                layer.input_norm.copy_(take(p + "input_layernorm.weight"))
-                layer.post_norm.copy_(take(p + "post_attention_layernorm.weight"))
-        leftover = [k for k in state if "rotary_emb" not in k]
+        dense = weights is None
+        runner = build_state(float_tensors(state), self.cfg, "float32" if dense else str(weights), self.device)
+        if dense:  # keep the checkpoint's values in the model's dtype, as before (float16 included)
+            runner = {k: v.to(self.dtype) for k, v in runner.items()}
+        used = set(hf_names(self.cfg))
+        leftover = [k for k in state if k not in used]
         if leftover:
             raise ModelError(f"checkpoint has tensors this architecture does not use: {leftover[:5]}")
+        self.load_state(runner)
 
     def forward(self, batch: ForwardBatch, kv: KVCache) -> torch.Tensor:
         """Logits [N, vocab] (float32) at batch.logits_indices."""
@@ -156,6 +201,4 @@ class LlamaModel(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head over hidden states [N, hidden]: logits [N, vocab] in float32."""
-        x = rms_norm(x, self.norm, self.cfg.rms_norm_eps)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight).float()
+        return self.head(rms_norm(x, self.norm, self.cfg.rms_norm_eps)).float()
