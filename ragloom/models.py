@@ -164,9 +164,13 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def gguf_source(name_or_path: str) -> Path | None:
-    """The GGUF file a model name comes from (bundled models), or None (a local HF folder)."""
-    return bundled_gguf_path() if name_or_path == BUNDLED_LLM else None
+def gguf_source(name_or_path: str, data_dir: Path) -> Path | None:
+    """The GGUF file a bundled or packaged model comes from (the runner keeps its blocks
+    quantized), or None for a local HF folder."""
+    if name_or_path == BUNDLED_LLM:
+        return bundled_gguf_path()
+    packaged = packaged_model(name_or_path)
+    return None if packaged is None else ensure_gguf(packaged, data_dir)
 
 
 def cached_artifact(folder: Path, filename: str, source: Path, version: str,

@@ -149,7 +149,7 @@ class LLMEngine:
         from its packed cache (built once from the GGUF's raw blocks, beside the dequantized HF
         folder); dense formats and HF folders load the safetensors and convert in memory."""
         requested = self.settings.weights
-        gguf = gguf_source(self.settings.model)
+        gguf = gguf_source(self.settings.model, self.settings.data_dir)
         packed = requested in ("int8", "int4") or (requested == "auto" and self.device.type == "cpu"
                                                     and cpu_bf16_supported())
         if gguf is None or not packed:

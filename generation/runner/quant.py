@@ -228,6 +228,13 @@ def choose_kernel(fmt: Format, device: torch.device, n: int, k: int, group_size:
     return Kernel("int4-cpu" if fmt == "int4" else "int8-cpu", act)
 
 
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` at a 64-byte-aligned address (a copy if it is not). Tensors read from safetensors can
+    sit at any offset of the file, and `_weight_int8pack_mm` segfaults on such a weight (seen with
+    Qwen2.5-Coder-1.5B's qkv at an address = 56 mod 64); torch's own allocations are aligned."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
 def tinygemm_layout(state: dict[str, torch.Tensor]) -> torch.Tensor:
     """Stored int4 codes as CUDA tinygemm's packing step takes them: uint8 [N, K/2] with the even
     column in the *high* nibble (the stored layout and the CPU kernel's input have it low)."""
@@ -262,14 +269,14 @@ class QuantLinear(nn.Module):
             self.register_buffer(buffer, None)
         name = self.kernel.name
         if name == "dense":
-            self.register_buffer("weight", state["weight"].to(device, act).contiguous())
+            self.register_buffer("weight", aligned(state["weight"].to(device, act).contiguous()))
         elif name in ("int8-cpu", "int8-dequant"):
-            self.register_buffer("qweight", state["qweight"].to(device).contiguous())
-            self.register_buffer("scales", state["scale"].to(device, act).contiguous())
+            self.register_buffer("qweight", aligned(state["qweight"].to(device).contiguous()))
+            self.register_buffer("scales", aligned(state["scale"].to(device, act).contiguous()))
         else:
             # [K/g, N, 2]; .contiguous() matters: the kernels ignore strides and read garbage.
             sz = torch.stack([state["scale"], state["zero"]], dim=-1).transpose(0, 1)
-            self.register_buffer("scales", sz.to(device, act).contiguous())
+            self.register_buffer("scales", aligned(sz.to(device, act).contiguous()))
             if name == "int4-cpu":
                 packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(state).to(device), 1)
             else:

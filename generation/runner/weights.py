@@ -194,7 +194,7 @@ def gguf_tensors(path: Path, cfg: ModelConfig) -> dict[str, SourceTensor]:
         if arch == "llama" and heads is not None and hf.endswith(".weight"):
             data = data[_unpermute_rows(rows, heads)]
         if int(t.tensor_type) in (0, 1):  # F32, F16
-            tensor = torch.from_numpy(np.ascontiguousarray(data)).float()
+            tensor = torch.from_numpy(np.array(data, dtype=np.float32))  # a copy: the GGUF is mapped read-only
             out[hf] = SourceTensor(None, rows, cols, tensor=tensor.reshape(-1) if len(shape) == 1 else tensor)
         else:
             out[hf] = SourceTensor(int(t.tensor_type), rows, cols, raw=np.ascontiguousarray(data))
@@ -280,5 +280,6 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
+    # aligned here, once, so that a tied head and the embedding keep sharing one table
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+        return {name: quant.aligned(f.get_tensor(name)) for name in f.keys()}

@@ -248,6 +248,16 @@ def test_mixed_model_forward_tracks_float32():
     assert rel["int4"] > 3 * rel["auto"]
 
 
+def test_float_checkpoint_requantizes_on_request():
+    """An HF folder (float safetensors) stays dense under auto and is requantized under int8/int4."""
+    hf = {k: v.dense() for k, v in tiny_sources().items()}
+    for requested, expected in ((None, "float32"), ("int8", "int8"), ("int4", "int4")):
+        model = LlamaModel(TINY, 128, CPU, torch.float32)
+        model.load_hf_state(hf, requested)
+        assert model.decoder_layers[0].qkv.format == expected
+        assert model.head.format == ("int8" if expected == "int4" else expected)
+
+
 # ---- the bundled model: int4 against its float32 dequantized weights -----------------------------
 
 
@@ -360,3 +370,15 @@ def test_cli_weights_flag(capsys, monkeypatch):
     monkeypatch.setattr("ragloom.services.server.serve", lambda settings, *a, **k: seen.setdefault("w", settings.weights))
     cli.main(["serve", "--weights", "int8", "--port", "0"])
     assert seen["w"] == "int8"
+
+
+def test_unaligned_weights_are_realigned():
+    """safetensors can hand out tensors at any address; the int8 kernel segfaults on those."""
+    raw = torch.zeros(64 * 1536 + 8, dtype=torch.int8)
+    w = raw[8:].view(64, 1536)  # 8 bytes past an aligned allocation
+    w.copy_(torch.randint(-127, 128, (64, 1536), dtype=torch.int8))
+    assert w.data_ptr() % 64 != 0
+    lin = QuantLinear({"qweight": w, "scale": torch.rand(64)}, CPU)
+    assert lin.qweight is not None and lin.qweight.data_ptr() % 64 == 0
+    assert torch.equal(lin.qweight, w)
+    assert quant.aligned(lin.qweight) is lin.qweight  # aligned tensors are not copied
