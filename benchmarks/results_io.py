@@ -16,9 +16,12 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def _portable(value: Any) -> Any:
-    """Absolute paths under the checkout or the home folder become '<repo>/…' and '~/…'."""
+    """Absolute paths under the checkout, the shared data beside it or the home folder become
+    '<repo>/…', '<repo>/../shared/…' and '~/…'."""
     if isinstance(value, str):
-        return value.replace(str(REPO), "<repo>").replace(str(Path.home()), "~")
+        shared = str(REPO.parent / "shared")
+        return (value.replace(str(REPO), "<repo>").replace(shared, "<repo>/../shared")
+                .replace(str(Path.home()), "~"))
     if isinstance(value, dict):
         return {k: _portable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
