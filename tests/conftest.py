@@ -57,3 +57,20 @@ def hf_model(engine):
 
     folder = resolve_model(engine.settings.model, engine.settings.data_dir)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def prefill_logits(engine, ids: list[int]):
+    """The engine's model run over one prompt from position 0: logits for every position. The KV
+    blocks it uses are released again, so the engine's cache is as before."""
+    import torch
+
+    from ragloom.generation.runner.batch import ForwardBatch
+
+    blocks: list[int] = []
+    engine.kv.reserve(blocks, len(ids))
+    try:
+        batch = ForwardBatch.build([ids], [0], [engine.kv.slots(blocks, 0, len(ids))], [len(ids)], engine.device)
+        with torch.inference_mode():
+            return engine.model(batch, engine.kv)
+    finally:
+        engine.kv.release(blocks)

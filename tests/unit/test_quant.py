@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import prefill_logits
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, quants
 
 from ragloom.config import EngineSettings, load_settings
@@ -282,17 +283,6 @@ def test_setting_from_env_and_bad_value(monkeypatch):
         load_settings(weights="int3")
 
 
-def _prefill_logits(engine, ids: list[int]) -> torch.Tensor:
-    blocks: list[int] = []
-    engine.kv.reserve(blocks, len(ids))
-    try:
-        batch = ForwardBatch.build([ids], [0], [engine.kv.slots(blocks, 0, len(ids))], [len(ids)], engine.device)
-        with torch.inference_mode():
-            return engine.model(batch, engine.kv)
-    finally:
-        engine.kv.release(blocks)
-
-
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at", "Paris, London, Berlin,"]
 
 
@@ -305,7 +295,7 @@ def test_int4_model_matches_float32_greedy_and_logits(int4_engine, engine):
     worst = 0.0
     for p in PROMPTS:
         ids = engine.encode(prompt=p)
-        a, b = _prefill_logits(int4_engine, ids), _prefill_logits(engine, ids)
+        a, b = prefill_logits(int4_engine, ids), prefill_logits(engine, ids)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
         worst = max(worst, (a - b).abs().max().item())
     print(f"int4 vs float32 max abs logit diff: {worst:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import prefill_logits
 
 from ragloom.generation.runner.batch import ForwardBatch
 from ragloom.generation.runner.params import SamplingParams
@@ -33,24 +34,13 @@ PROMPTS = [
 ]
 
 
-def _prefill_logits(engine, ids: list[int]) -> torch.Tensor:
-    blocks: list[int] = []
-    engine.kv.reserve(blocks, len(ids))
-    try:
-        batch = ForwardBatch.build([ids], [0], [engine.kv.slots(blocks, 0, len(ids))], [len(ids)], engine.device)
-        with torch.inference_mode():
-            return engine.model(batch, engine.kv)
-    finally:
-        engine.kv.release(blocks)
-
-
 def test_prefill_logits_match_transformers(engine, hf_model):
     worst = 0.0
     for prompt in PROMPTS[:6]:
         ids = engine.encode(prompt=prompt)
         with torch.inference_mode():
             ref = hf_model(torch.tensor([ids])).logits[0]
-        ours = _prefill_logits(engine, ids)
+        ours = prefill_logits(engine, ids)
         worst = max(worst, (ref - ours).abs().max().item())
     print(f"max abs logit diff vs transformers: {worst:.2e}")
     assert worst < 1e-3
@@ -126,8 +116,8 @@ def test_bfloat16_engine_runs_and_mostly_agrees(engine):
     bf16 = LLMEngine(EngineSettings(device="cpu", dtype="bfloat16", kv_cache_tokens=256))
     assert bf16.kv.k.dtype == torch.bfloat16
     ids = engine.encode(prompt="The capital of France is")
-    ref = _prefill_logits(engine, ids)[-1]
-    ours = _prefill_logits(bf16, ids)[-1]
+    ref = prefill_logits(engine, ids)[-1]
+    ours = prefill_logits(bf16, ids)[-1]
     assert ours.dtype == torch.float32  # logits are always float32 for the sampler
     assert ours.argmax() == ref.argmax()
     assert torch.nn.functional.cosine_similarity(ours, ref, dim=0) > 0.99
