@@ -26,7 +26,6 @@ from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.kv import KVCache
 from ragloom.generation.runner.model import LlamaModel
 from ragloom.generation.runner.params import SamplingParams
-from ragloom.generation.runner.quant import cpu_bf16_supported
 from ragloom.generation.runner.sampler import LogitsProcessor, SamplingRow, sample
 from ragloom.generation.runner.scheduler import Scheduler
 from ragloom.generation.runner.sequence import Sequence
@@ -150,8 +149,7 @@ class LLMEngine:
         folder); dense formats and HF folders load the safetensors and convert in memory."""
         requested = self.settings.weights
         gguf = gguf_source(self.settings.model, self.settings.data_dir)
-        packed = requested in ("int8", "int4") or (requested == "auto" and self.device.type == "cpu"
-                                                    and cpu_bf16_supported())
+        packed = requested in ("int8", "int4") or (requested == "auto" and self.device.type == "cpu")
         if gguf is None or not packed:
             weights = None if requested == "auto" else requested  # auto: dense in the engine's dtype
             self.model.load_hf_state(load_state_dict(folder, self.dtype, self.device), weights)

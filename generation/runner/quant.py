@@ -18,9 +18,15 @@ reports it).
 `QuantLinear` packs a stored weight for the device's kernel once, at load time:
 CPU int4 -> ``_weight_int4pack_mm_for_cpu``; CUDA int4 -> tinygemm ``_weight_int4pack_mm`` (its own
 packing, with inner k-tiles); CPU int8 -> ``_weight_int8pack_mm``; CUDA int8 -> dequantizing
-matmul. The int kernels run with bf16 activations: on this CPU (AVX-512 bf16) they are 3-8x faster
-than float32 ``F.linear`` at batch 1, while with float32 or fp16 activations they are 10-100x
-slower than float32 (measured; see `cpu_bf16_supported`).
+matmul. The int kernels run with bf16 activations, on every CPU: with float32 or fp16 activations
+they are 10-100x slower than float32 ``F.linear``, with bf16 they beat it at decode sizes both on
+an AVX-512-bf16 CPU (3-8x at batch 1) and on an AVX2 CPU without native bf16 (1.2-3x at batch 1-8).
+
+Large batches (prefill) are another matter: there the int kernels lose to a dense matmul (2x on
+AVX2 at 128+ rows, 1.6x on AVX-512 bf16 for a 1,500-token prompt), so on CPU a linear given
+`DENSE_ROWS` rows or more dequantizes its weight for that call and runs ``F.linear`` in
+`dense_dtype()` (bf16 where the CPU has it, float32 otherwise). The dequantization costs a few
+percent of such a matmul, and the weight never stays resident in dense form.
 """
 
 from __future__ import annotations
@@ -181,12 +187,21 @@ def convert(weight: torch.Tensor | None, fmt: Format, groups: Int4Groups | None 
 
 @functools.cache
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bf16 natively (AVX-512 BF16 / AMX). Without it the int kernels, which
-    need bf16 activations to be fast, lose to float32 and `auto` keeps float32."""
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 / AMX). Only dense matmuls care: bf16
+    ``F.linear`` beats float32 with it and is 5-7x slower than float32 without it (AVX2)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def dense_dtype() -> torch.dtype:
+    """The dtype of a CPU linear's dequantized large-batch (prefill) path."""
+    return torch.bfloat16 if cpu_bf16_supported() else torch.float32
+
+
+# Rows from which a CPU int linear dequantizes and runs dense (see the module docstring).
+DENSE_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -224,8 +239,7 @@ def choose_kernel(fmt: Format, device: torch.device, n: int, k: int, group_size:
         return Kernel("int8-dequant", torch.bfloat16)
     if device.type != "cpu":
         raise ModelError(f"no weight kernels for device {device}")
-    act = torch.bfloat16 if cpu_bf16_supported() else torch.float32
-    return Kernel("int4-cpu" if fmt == "int4" else "int8-cpu", act)
+    return Kernel("int4-cpu" if fmt == "int4" else "int8-cpu", torch.bfloat16)
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
@@ -249,6 +263,7 @@ class QuantLinear(nn.Module):
     weight: torch.Tensor | None  # dense kernels
     qweight: torch.Tensor | None  # int kernels, packed for the device
     scales: torch.Tensor | None  # int8: [N]; int4: [K/g, N, 2] (scale, zero)
+    codes: torch.Tensor | None  # int4 on CPU: the stored uint8 [N, K/2], for the dense path
     bias: torch.Tensor | None
 
     def __init__(self, state: dict[str, torch.Tensor], device: torch.device,
@@ -265,7 +280,7 @@ class QuantLinear(nn.Module):
         self.group_size = group
         self.kernel = kernel or choose_kernel(self.format, device, self.out_features, self.in_features, group)
         act = self.kernel.compute_dtype
-        for buffer in ("weight", "qweight", "scales", "bias"):
+        for buffer in ("weight", "qweight", "scales", "codes", "bias"):
             self.register_buffer(buffer, None)
         name = self.kernel.name
         if name == "dense":
@@ -279,6 +294,8 @@ class QuantLinear(nn.Module):
             self.register_buffer("scales", aligned(sz.to(device, act).contiguous()))
             if name == "int4-cpu":
                 packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(state).to(device), 1)
+                # The packed layout is the kernel's private business; the dense path reads these.
+                self.register_buffer("codes", state["qweight"].to(device).contiguous())
             else:
                 packed = torch.ops.aten._convert_weight_to_int4pack(
                     tinygemm_layout(state).to(device), self.kernel.inner_k_tiles)
@@ -287,10 +304,27 @@ class QuantLinear(nn.Module):
             self.register_buffer("bias", bias.to(device, out_dtype))
         self.out_dtype = out_dtype
 
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight [N, K] in `dtype`, from the CPU int kernels' buffers (the dense path)."""
+        assert self.scales is not None
+        if self.kernel.name == "int8-cpu":
+            assert self.qweight is not None
+            return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
+        assert self.codes is not None
+        n, k, g = self.out_features, self.in_features, self.group_size
+        codes = torch.stack([self.codes & 0x0F, self.codes >> 4], dim=-1).view(n, k // g, g).to(dtype)
+        sz = self.scales.to(dtype).transpose(0, 1).contiguous()  # [N, K/g, 2]: what the int4 kernel uses
+        return torch.addcmul(sz[..., 1:], codes.sub_(8), sz[..., :1]).view(n, k)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.kernel.compute_dtype)
         name = self.kernel.name
+        if name in ("int4-cpu", "int8-cpu") and x.numel() >= DENSE_ROWS * shape[-1]:
+            dtype = dense_dtype()
+            y = F.linear(x.reshape(-1, shape[-1]).to(dtype), self.dequantized(dtype))
+            y = y.to(self.out_dtype).reshape(*shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        x2 = x.reshape(-1, shape[-1]).to(self.kernel.compute_dtype)
         if name == "dense":
             assert self.weight is not None
             y = F.linear(x2, self.weight)

@@ -107,7 +107,7 @@ def load_state_dict(folder: Path, dtype: torch.dtype, device: torch.device) -> d
 
 
 # Bump when build_state's output changes: packed caches of another version are rebuilt.
-PACK_VERSION = "1"
+PACK_VERSION = "2"
 
 
 @dataclass
@@ -207,15 +207,15 @@ def float_tensors(state: dict[str, torch.Tensor]) -> dict[str, SourceTensor]:
 
 def linear_format(requested: str, sources: list[SourceTensor], device: torch.device) -> quant.Format:
     """The one format of a (fused) linear. `auto`: CUDA runs bf16 (a small model there is bound by
-    kernel launches, not weight bytes); a CPU without bf16 runs float32 (the int kernels lose to
-    float32 there); otherwise GGUF blocks stay quantized: int4 when every member is a 4-bit block
-    type (exact), int8 when any member has more bits (Q5/Q6/Q8: a Q4_K_M file's Q6_K v or down
-    projections) so that no member loses precision to int4; float checkpoints stay float32."""
+    kernel launches, not weight bytes); on CPU GGUF blocks stay quantized: int4 when every member
+    is a 4-bit block type (exact), int8 when any member has more bits (Q5/Q6/Q8: a Q4_K_M file's
+    Q6_K v or down projections) so that no member loses precision to int4; float checkpoints stay
+    float32."""
     if requested != "auto":
         return quant.parse_format(requested)
     if device.type == "cuda":
         return "bf16"
-    if not quant.cpu_bf16_supported() or any(s.ggml_type is None for s in sources):
+    if any(s.ggml_type is None for s in sources):
         return "float32"
     return "int4" if all(s.ggml_type in quant.EXACT_INT4_TYPES for s in sources) else "int8"
 

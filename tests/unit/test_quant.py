@@ -85,12 +85,11 @@ def test_4bit_blocks_map_exactly_onto_int4_groups(qtype, gguf_tensors):
         exact = QuantLinear(stored, CPU, kernel=Kernel("int4-cpu", torch.float32))
         err, scale = _matmul_error(exact, ref)
         assert err <= 2e-5 * scale, (qtype, err, scale)
-        if quant.cpu_bf16_supported():
-            # bf16 activations round the scales and zeros to bf16 too: ~0.5% of the output range.
-            fast = QuantLinear(stored, CPU)
-            assert fast.kernel == Kernel("int4-cpu", torch.bfloat16)
-            err, scale = _matmul_error(fast, ref)
-            assert err <= 1.5e-2 * scale, (qtype, err, scale)
+        # bf16 activations round the scales and zeros to bf16 too: ~0.5% of the output range.
+        fast = QuantLinear(stored, CPU)
+        assert fast.kernel == Kernel("int4-cpu", torch.bfloat16)
+        err, scale = _matmul_error(fast, ref)
+        assert err <= 1.5e-2 * scale, (qtype, err, scale)
 
 
 def test_scales_must_be_contiguous_for_the_kernel():
@@ -163,10 +162,30 @@ def test_cuda_dispatch_and_tinygemm_packing_decisions():
 
 
 def test_cpu_dispatch():
-    act = torch.bfloat16 if quant.cpu_bf16_supported() else torch.float32
-    assert quant.choose_kernel("int4", CPU, 960, 576) == Kernel("int4-cpu", act)
-    assert quant.choose_kernel("int8", CPU, 960, 576) == Kernel("int8-cpu", act)
+    # bf16 activations on every CPU: with float32 ones the int kernels are 10-100x slower.
+    assert quant.choose_kernel("int4", CPU, 960, 576) == Kernel("int4-cpu", torch.bfloat16)
+    assert quant.choose_kernel("int8", CPU, 960, 576) == Kernel("int8-cpu", torch.bfloat16)
     assert quant.choose_kernel("float32", CPU, 960, 576) == Kernel("dense", torch.float32)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_large_batches_run_dense_on_the_dequantized_weight(fmt):
+    """From DENSE_ROWS rows on, a CPU int linear runs F.linear on its dequantized weight (the int
+    kernels lose to a dense matmul at prefill sizes); both paths compute the same product."""
+    src = synthetic(T.Q4_K, 96, 512)
+    stored = quant.convert(src.dense(), fmt, src.int4_groups() if fmt == "int4" else None)
+    lin = QuantLinear(stored, CPU)
+    # The dense path uses the values the int kernel uses (its bf16 scales): the dequantized
+    # weight matches the stored one to bf16 rounding of the scales.
+    ref = quant.dequantize_state(stored)
+    w = lin.dequantized(torch.float32)
+    assert (w - ref).abs().max() <= 8e-3 * ref.abs().max()
+    rows = torch.randn(quant.DENSE_ROWS, 512)
+    dense = lin(rows)  # the dense path
+    per_row = torch.cat([lin(rows[i : i + 8]) for i in range(0, len(rows), 8)])  # the int kernel
+    exact = rows @ w.T
+    assert (dense - exact).abs().max() <= 1e-2 * exact.abs().max()  # float32 here, bf16 on bf16 CPUs
+    assert (per_row - exact).abs().max() <= 2e-2 * exact.abs().max()
 
 
 # ---- the model on packed weights (a tiny synthetic model with a Q4_K_M-like mix) -----------------
@@ -204,8 +223,7 @@ def tiny_sources() -> dict[str, SourceTensor]:
     return src
 
 
-def test_fused_linear_format_is_chosen_per_fused_linear(monkeypatch):
-    monkeypatch.setattr(quant, "cpu_bf16_supported", lambda: True)
+def test_fused_linear_format_is_chosen_per_fused_linear():
     src = tiny_sources()
     state = weights.build_state(src, TINY, "auto", CPU)
     fmt = {k.rsplit(".", 1)[0]: quant.stored_format({k.rsplit(".", 1)[1]: v})
@@ -291,7 +309,16 @@ def test_int4_model_matches_float32_greedy_and_logits(int4_engine, engine):
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     ours = [c.token_ids for c in int4_engine.generate(PROMPTS, params)]
     ref = [c.token_ids for c in engine.generate(PROMPTS, params)]
-    assert ours == ref
+    # Greedy outputs agree until a near-tie: bf16 activations may flip a choice whose float32
+    # logits are within a fraction of a logit (vLLM's check_logprobs_close, by margin).
+    for prompt, a, b in zip(PROMPTS, ours, ref):
+        split = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if split is not None:
+            logits = prefill_logits(engine, engine.encode(prompt=prompt) + b[:split])[-1]
+            margin = (logits[b[split]] - logits[a[split]]).item()
+            print(f"{prompt!r}: int4 leaves float32's greedy path at token {split}, margin {margin:.3f}")
+            assert margin < 0.5, (prompt, split, margin)
+    assert sum(a == b for a, b in zip(ours, ref)) >= len(PROMPTS) - 1
     worst = 0.0
     for p in PROMPTS:
         ids = engine.encode(prompt=p)
