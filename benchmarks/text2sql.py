@@ -8,11 +8,13 @@ text-to-SQL pipeline (connectors/text2sql.py) with the bundled model, on a conne
 and dialect (SQLite files; PostgreSQL and MariaDB databases `t2s_<db>` built from the original
 Postgres dumps by benchmarks/text2sql_data.py on first use).
 
-Four cumulative configurations (--steps):
+Five cumulative configurations (--steps):
 - plain:   prompt with the full schema, free decoding, no retry;
 - link:    + schema linking (only the relevant tables in prompt and grammar);
 - grammar: + decoding constrained by a SQL grammar built from the (linked) schema;
-- correct: + one self-correction round with the error text when the query fails.
+- correct: + one self-correction round with the error text when the query fails;
+- ground:  + value grounding: stored values the question's literals name (case, spelling,
+           abbreviations) listed under the schema (connectors/grounding.py, as CHESS does).
 
 Execution accuracy as sql-eval computes it (text2sql_data.results_match): the prediction is correct
 if its result set matches ANY gold alternative's on the same database (gold columns matched by
@@ -27,7 +29,7 @@ columns), execution-error rate (the final attempt failed), mean generated tokens
 question; per-category accuracy and every answer in the JSON. Before the model runs, every gold
 alternative of all 210 questions is executed on each dialect (the gold sanity line).
 
-    python benchmarks/text2sql.py                                   # SQLite, 42 questions, 4 steps
+    python benchmarks/text2sql.py                                   # SQLite, 42 questions, 5 steps
     python benchmarks/text2sql.py --dialects sqlite,postgres,mysql --every 5
     python benchmarks/text2sql.py --gold-only --dialects sqlite,postgres,mysql   # data check, no model
 """
@@ -74,7 +76,7 @@ from text2sql_data import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("plain", "link", "grammar", "correct")
+STEPS = ("plain", "link", "grammar", "correct", "ground")
 QUICK = {"limit": 6, "max_tokens": 96}
 
 
@@ -84,8 +86,8 @@ def log(msg: str) -> None:
 
 def step_options(step: str, max_tokens: int, timeout_s: float) -> dict[str, Any]:
     level = STEPS.index(step)
-    return {"link": level >= 1, "grammar": level >= 2, "self_correct": level >= 3, "max_tokens": max_tokens,
-            "timeout_s": timeout_s}
+    return {"link": level >= 1, "grammar": level >= 2, "self_correct": level >= 3, "ground_values": level >= 4,
+            "max_tokens": max_tokens, "timeout_s": timeout_s}
 
 
 # --------------------------------------------------------------------------- databases
@@ -203,6 +205,7 @@ def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache, data: Pat
         "rows": n_rows,
         "reexec_error": reexec_error,
         "linked_tables": list(answer.linked_tables),
+        "grounded_values": list(getattr(answer, "grounded_values", [])),
         "prompt_tokens": answer.prompt_tokens,
         "generated_tokens": answer.generated_tokens,
         "seconds": answer.seconds,
@@ -336,7 +339,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(
             "Text-to-SQL execution accuracy on defog sql-eval with ragloom's pipeline and the bundled model: "
-            "plain prompt, + schema linking, + SQL grammar, + self-correction, per dialect. Writes "
+            "plain prompt, + schema linking, + SQL grammar, + self-correction, + value grounding, per dialect. Writes "
             "benchmarks/results/text2sql-<device>.json."
         )
     )

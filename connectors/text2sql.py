@@ -12,6 +12,9 @@ Steps, each of which can be switched off to measure its gain (benchmarks/text2sq
 - `grammar`: decoding constrained by `sql_grammar(linked tables, dialect)`, so only real tables
   and columns can be named and the output always parses; off = free text, SQL cut out of it.
 - `self_correct`: when the guard or the database rejects the query, ask once more with the error.
+- `ground_values`: the stored values that the question's literals name ('US' -> 'United States',
+  'arizona' -> 'Arizona'), found in an index of each text column's distinct values (grounding.py,
+  as CHESS does), are listed under the schema, one comment line per column.
 
 Small tables can instead be answered directly from a compact serialization of their rows
 (mode "table", or "auto" when the linked tables fit in `table_token_budget` tokens).
@@ -30,6 +33,7 @@ import sqlglot
 from sqlglot import exp
 
 from ragloom.connectors.base import Connector, Schema
+from ragloom.connectors.grounding import ValueMatch, grounding_lines, value_index
 from ragloom.connectors.guard import guard
 from ragloom.connectors.schema import SchemaLinker, schema_ddl, serialize_rows
 from ragloom.errors import ForbiddenQuery, InvalidArgument, RagloomError, SqlError
@@ -59,6 +63,10 @@ class Text2SqlOptions:
     few_shot: int = 3  # similar solved examples put in the prompt, when the connector has some
     samples: int = 2  # sample values per column in the schema text
     table_token_budget: int = 1500
+    # Off until benchmarks/text2sql.py (step "ground") shows it helps: its first question on a
+    # connector also reads every short text column's distinct values (cached afterwards).
+    ground_values: bool = False
+    ground_limit: int = 8  # matched values shown in the prompt, at most
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -71,6 +79,8 @@ class Text2SqlOptions:
             raise InvalidArgument(f"timeout_s must be > 0, got {self.timeout_s}")
         if not self.temperature >= 0:
             raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
+        if self.ground_limit < 1:
+            raise InvalidArgument(f"ground_limit must be >= 1, got {self.ground_limit}")
 
 
 @dataclass
@@ -91,6 +101,7 @@ class SqlAnswer:
     mode: str = "sql"  # what answered: "sql" or "table"
     answer: str = ""  # the text answer of table mode
     failed_sql: list[str] = field(default_factory=list)  # the attempts not answered with, for the caller to see
+    grounded_values: list[str] = field(default_factory=list)  # "table.column = 'value'" shown in the prompt
 
 
 @dataclass
@@ -112,6 +123,7 @@ class SqlTask:
     job: GenerationJob | None = None
     answer: SqlAnswer | None = None
     scope: list[str] | None = None  # tables the correction round's grammar keeps to
+    values: list[ValueMatch] = field(default_factory=list)  # stored values the question names (ground_values)
 
 
 def extract_sql(text: str) -> str:
@@ -205,7 +217,12 @@ class Text2Sql:
                     f"their rows (over {opts.table_token_budget} tokens); use mode 'sql' or 'auto'"
                 )
         shots = self._examples(question, examples, opts.few_shot)
-        user = f"Database schema ({DIALECT_NAMES.get(schema.dialect, schema.dialect)}):\n{schema_ddl(linked, opts.samples)}\n\n"
+        ddl = schema_ddl(linked, opts.samples)
+        if opts.ground_values:
+            task.values = self._ground(connector, question, linked, opts)
+            if lines := grounding_lines(task.values, linked):
+                ddl += "\n" + "\n".join(lines)
+        user = f"Database schema ({DIALECT_NAMES.get(schema.dialect, schema.dialect)}):\n{ddl}\n\n"
         for ex in shots:
             user += f"Question: {ex['question']}\nSQL: {ex['sql']}\n\n"
         user += f"Question: {question}"
@@ -223,7 +240,10 @@ class Text2Sql:
         job = task.job
         assert job is not None, "feed() without a pending job"
         task.job = None
-        ans = task.answer or SqlAnswer(task.question, linked_tables=[t.name for t in task.linked.tables])
+        ans = task.answer or SqlAnswer(
+            task.question, linked_tables=[t.name for t in task.linked.tables],
+            grounded_values=[f"{m.table}.{m.column} = '{m.value}'" for m in task.values],
+        )
         task.answer = ans
         ans.prompt_tokens += len(job.prompt_ids)
         ans.generated_tokens += completion_tokens
@@ -302,6 +322,13 @@ class Text2Sql:
             constraint = self.engine.compile_constraint("sql", {"tables": tables, "dialect": task.schema.dialect})
         params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
         return GenerationJob(self.engine.encode(messages=task.messages), params, constraint)
+
+    def _ground(self, connector: Connector, question: str, linked: Schema, opts: Text2SqlOptions) -> list[ValueMatch]:
+        """The stored values the question names, in the columns the prompt shows."""
+        matches = value_index(connector).match(question, limit=4 * opts.ground_limit)
+        # the index covers every table; only what the linked schema shows can be named in the SQL
+        shown = [m for m in matches if (t := linked.table(m.table)) is not None and t.column(m.column) is not None]
+        return shown[: opts.ground_limit]
 
     def _examples(self, question: str, examples: Sequence[dict[str, str]], k: int) -> list[dict[str, str]]:
         if not examples or k <= 0:
