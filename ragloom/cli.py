@@ -295,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  ragloom sql shop 'How many orders were placed per country?'\n"
         "  ragloom sql shop 'Top 3 customers by revenue' --no-grammar\n"
+        "  ragloom sql shop 'How many customers live in germany?' --ground-values\n"
         "  ragloom sql shop --execute 'SELECT country, count(*) FROM customers GROUP BY country'\n\n" + _EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -306,6 +307,10 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--no-link", action="store_true", help="show the model the whole schema, not the linked part")
     sql.add_argument("--no-grammar", action="store_true", help="decode without the SQL grammar")
     sql.add_argument("--no-correct", action="store_true", help="no self-correction round")
+    sql.add_argument("--ground-values", action="store_true",
+                     help="match the question's words to values the database stores ('germany' -> 'Germany', "
+                     "'US' -> 'United States') and show the model those (printed before the SQL); the first "
+                     "such question on a connector reads each text column's distinct values (up to 30 s)")
     sql.add_argument("--instructions", help="extra guidance for the model")
     sql.add_argument("--max-rows", type=int, help="most rows to return (server default 1000)")
     sql.add_argument("--max-tokens", type=int, help="most tokens of SQL to generate (default 160)")
@@ -750,6 +755,11 @@ def _cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sql_string(value: str) -> str:
+    """A SQL string literal: 'O''Brien'."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _print_rows(columns: list[str], rows: list[list[Any]], limit: int = 50) -> None:
     from ragloom.connectors.schema import serialize_rows
 
@@ -808,7 +818,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
             r = client.sql(
                 args.name, args.question, mode=args.mode, link=False if args.no_link else None,
                 grammar=False if args.no_grammar else None, self_correct=False if args.no_correct else None,
-                instructions=args.instructions, max_rows=args.max_rows, max_tokens=args.max_tokens,
+                ground_values=True if args.ground_values else None, instructions=args.instructions,
+                max_rows=args.max_rows, max_tokens=args.max_tokens,
             )
     if args.json:
         print(json.dumps(r.model_dump(), ensure_ascii=False, default=str))
@@ -816,6 +827,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     if r.mode == "table":
         print(r.answer)
         return 0
+    for g in r.grounded_values:
+        print(f"-- value: '{g.span}' -> {g.table}.{g.column} = {_sql_string(g.value)} ({g.kind} {g.score:.2f})")
     for failed in r.failed_sql:
         print(f"-- attempt not used (failed): {failed}")
     print(r.sql)

@@ -351,6 +351,7 @@ class Api(ClientBase):
         link: bool | None = None,
         grammar: bool | None = None,
         self_correct: bool | None = None,
+        ground_values: bool | None = None,
         max_rows: int | None = None,
         timeout_s: float | None = None,
         instructions: str | None = None,
@@ -361,10 +362,16 @@ class Api(ClientBase):
     ) -> Op[SqlResult]:
         """Answer a question over connector `name` with SQL written by the model (schema linking,
         a SQL grammar of the linked schema, guard, read-only execution, one correction round).
-        `.sql .columns .rows`; when the model's query failed, `.error` says why."""
+        `.sql .columns .rows`; when the model's query failed, `.error` says why.
+
+        ground_values=True (server default off) matches the question's words to the values the
+        database stores ('arizona' -> 'Arizona', 'US' -> 'United States') and shows the model
+        those in the linked columns; `.grounded_values` lists them. The first such question on a
+        connector builds its distinct-value index (a query per text column, at most 30 s)."""
         req = build_query_request(name, question, mode=mode, link=link, grammar=grammar, self_correct=self_correct,
                                   max_rows=max_rows, timeout_s=timeout_s, instructions=instructions,
-                                  max_tokens=max_tokens, temperature=temperature, request_id=request_id)
+                                  max_tokens=max_tokens, temperature=temperature, request_id=request_id,
+                                  ground_values=ground_values)
         state = _QueryState()
         yield ServerStream(tpb_grpc.TablesStub, "Query", timeout, request=req, state=state)
         return state.final()

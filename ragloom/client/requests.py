@@ -172,11 +172,12 @@ def build_ask_request(
 def build_query_request(
     connector: str, question: str, *, mode: str | None, link: bool | None, grammar: bool | None,
     self_correct: bool | None, max_rows: int | None, timeout_s: float | None, instructions: str | None,
-    max_tokens: int | None, temperature: float | None, request_id: str | None,
+    max_tokens: int | None, temperature: float | None, request_id: str | None, ground_values: bool | None = None,
 ) -> tpb.QueryRequest:
     req = tpb.QueryRequest(connector=connector, question=question, mode=mode or "", max_rows=max_rows or 0,
                            timeout_s=timeout_s or 0.0, instructions=instructions or "", request_id=request_id or "")
-    for name, value in (("link", link), ("grammar", grammar), ("self_correct", self_correct)):
+    for name, value in (("link", link), ("grammar", grammar), ("self_correct", self_correct),
+                        ("ground_values", ground_values)):
         if value is not None:
             setattr(req, name, value)
     _set_sampling(req.sampling, {"max_tokens": max_tokens, "temperature": temperature})

@@ -190,6 +190,17 @@ class SchemaInfo(_Frozen):
     tables: list[TableInfo]
 
 
+class GroundedValue(_Frozen):
+    """A stored value the question named, shown to the model (`sql(..., ground_values=True)`)."""
+
+    table: str
+    column: str
+    value: str  # exactly as stored: what a WHERE clause should compare with
+    span: str  # the question's words it matched
+    score: float  # 1.0 exact (case, accents, punctuation ignored); lower for fuzzy, abbreviation, partial
+    kind: str  # "exact" | "abbreviation" | "fuzzy" | "partial"
+
+
 class SqlResult(_Frozen):
     """What `sql()` / `execute_sql()` return: the statement that ran, its columns and rows."""
 
@@ -198,6 +209,7 @@ class SqlResult(_Frozen):
     rows: list[list[Any]]
     tables: list[str] = []  # tables the statement read
     linked_tables: list[str] = []  # tables the prompt showed (sql() only)
+    grounded_values: list[GroundedValue] = []  # stored values the prompt showed (sql(ground_values=True))
     truncated: bool = False  # more rows existed than max_rows
     attempts: int = 1
     valid: bool = True  # parses and names only real tables and columns
@@ -271,6 +283,10 @@ def schema_from(msg: tpb.SchemaInfo) -> SchemaInfo:
         for t in msg.tables
     ]
     return from_fields(SchemaInfo, msg, tables=tables)
+
+
+def grounded_value_from(msg: tpb.GroundedValue) -> GroundedValue:
+    return from_fields(GroundedValue, msg, score=round(msg.score, 4))  # a float32 on the wire
 
 
 def plain_list(lv: Any) -> list[Any]:

@@ -19,6 +19,7 @@ from ragloom.client.results import (
     StreamChunk,
     Usage,
     ask_usage_from,
+    grounded_value_from,
     passage_from,
     plain_list,
     usage_from,
@@ -161,7 +162,8 @@ class _QueryState:
             c, h = msg.complete, self.header or tpb.QueryHeader()
             self.result = SqlResult(
                 sql=c.sql, columns=list(h.columns), rows=self.rows, tables=list(h.tables),
-                linked_tables=list(h.linked_tables), truncated=c.truncated, attempts=c.attempts, valid=c.valid,
+                linked_tables=list(h.linked_tables),
+                grounded_values=[grounded_value_from(g) for g in h.grounded_values], truncated=c.truncated, attempts=c.attempts, valid=c.valid,
                 error=c.error or None, mode=c.mode or "sql", answer=c.answer, failed_sql=list(c.failed_sql),
                 usage=Usage(prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens),
                 request_id=h.request_id,

@@ -129,7 +129,7 @@ class AddExampleResponse(_message.Message):
     def __init__(self, examples: _Optional[int] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("request_id", "connector", "question", "mode", "link", "grammar", "self_correct", "max_rows", "timeout_s", "instructions", "sampling", "batch_rows")
+    __slots__ = ("request_id", "connector", "question", "mode", "link", "grammar", "self_correct", "max_rows", "timeout_s", "instructions", "sampling", "batch_rows", "ground_values")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class QueryRequest(_message.Message):
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    GROUND_VALUES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     connector: str
     question: str
@@ -154,7 +155,8 @@ class QueryRequest(_message.Message):
     instructions: str
     sampling: _generation_pb2.SamplingParams
     batch_rows: int
-    def __init__(self, request_id: _Optional[str] = ..., connector: _Optional[str] = ..., question: _Optional[str] = ..., mode: _Optional[str] = ..., link: _Optional[bool] = ..., grammar: _Optional[bool] = ..., self_correct: _Optional[bool] = ..., max_rows: _Optional[int] = ..., timeout_s: _Optional[float] = ..., instructions: _Optional[str] = ..., sampling: _Optional[_Union[_generation_pb2.SamplingParams, _Mapping]] = ..., batch_rows: _Optional[int] = ...) -> None: ...
+    ground_values: bool
+    def __init__(self, request_id: _Optional[str] = ..., connector: _Optional[str] = ..., question: _Optional[str] = ..., mode: _Optional[str] = ..., link: _Optional[bool] = ..., grammar: _Optional[bool] = ..., self_correct: _Optional[bool] = ..., max_rows: _Optional[int] = ..., timeout_s: _Optional[float] = ..., instructions: _Optional[str] = ..., sampling: _Optional[_Union[_generation_pb2.SamplingParams, _Mapping]] = ..., batch_rows: _Optional[int] = ..., ground_values: _Optional[bool] = ...) -> None: ...
 
 class ExecuteSqlRequest(_message.Message):
     __slots__ = ("connector", "sql", "max_rows", "timeout_s", "batch_rows")
@@ -171,18 +173,36 @@ class ExecuteSqlRequest(_message.Message):
     def __init__(self, connector: _Optional[str] = ..., sql: _Optional[str] = ..., max_rows: _Optional[int] = ..., timeout_s: _Optional[float] = ..., batch_rows: _Optional[int] = ...) -> None: ...
 
 class QueryHeader(_message.Message):
-    __slots__ = ("sql", "columns", "tables", "linked_tables", "request_id")
+    __slots__ = ("sql", "columns", "tables", "linked_tables", "request_id", "grounded_values")
     SQL_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     LINKED_TABLES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUNDED_VALUES_FIELD_NUMBER: _ClassVar[int]
     sql: str
     columns: _containers.RepeatedScalarFieldContainer[str]
     tables: _containers.RepeatedScalarFieldContainer[str]
     linked_tables: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, sql: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., tables: _Optional[_Iterable[str]] = ..., linked_tables: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    grounded_values: _containers.RepeatedCompositeFieldContainer[GroundedValue]
+    def __init__(self, sql: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., tables: _Optional[_Iterable[str]] = ..., linked_tables: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., grounded_values: _Optional[_Iterable[_Union[GroundedValue, _Mapping]]] = ...) -> None: ...
+
+class GroundedValue(_message.Message):
+    __slots__ = ("table", "column", "value", "span", "score", "kind")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    column: str
+    value: str
+    span: str
+    score: float
+    kind: str
+    def __init__(self, table: _Optional[str] = ..., column: _Optional[str] = ..., value: _Optional[str] = ..., span: _Optional[str] = ..., score: _Optional[float] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class RowBatch(_message.Message):
     __slots__ = ("rows",)

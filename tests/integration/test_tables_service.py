@@ -41,6 +41,7 @@ PG_ADMIN = PG_URL
 MY_ADMIN = MYSQL_URL
 SHOP_TABLES = {"customers", "products", "orders"}
 QUESTION = "How many customers are there in each country?"
+GROUND_QUESTION = "How many customers are there in germany?"  # the data says 'Germany'
 
 
 def _shop_statements() -> list[str]:
@@ -171,6 +172,17 @@ def test_question_without_grammar_or_linking(client: Client) -> None:
     assert r.linked_tables and set(r.linked_tables) == SHOP_TABLES  # no linking: the whole schema
 
 
+@pytest.mark.parametrize("name", ["shop", "shop_pg"])
+def test_ground_values_reported_in_the_header(client: Client, name: str) -> None:
+    r = client.sql(name, GROUND_QUESTION, ground_values=True, max_tokens=48)
+    assert [(g.table, g.column, g.value, g.span, g.kind, g.score) for g in r.grounded_values] == [
+        ("customers", "country", "Germany", "germany", "exact", 1.0)], r.grounded_values
+    assert "customers" in r.linked_tables
+    # off by default (the server's Text2SqlOptions), and off when asked
+    assert client.sql(name, GROUND_QUESTION, max_tokens=8).grounded_values == []
+    assert client.sql(name, GROUND_QUESTION, ground_values=False, max_tokens=8).grounded_values == []
+
+
 def test_table_mode_answers_in_text(client: Client) -> None:
     r = client.sql("shop", "Which product is the most expensive?", mode="table", max_tokens=24)
     assert r.mode == "table" and r.answer.strip() and r.sql == "" and r.rows == []
@@ -284,3 +296,15 @@ def test_cli_connect_sql_and_execute(served: Served) -> None:
     out = _cli("connectors", "shop_cli", *addr)
     assert out.returncode == 0 and "customers (8 rows)" in out.stdout
     assert _cli("connectors", "shop_cli", "--remove", *addr).returncode == 0
+
+
+def test_cli_ground_values(served: Served) -> None:
+    addr = ["--address", served.address]
+    out = _cli("sql", "shop", GROUND_QUESTION, "--ground-values", "--max-tokens", "48", *addr)
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr  # 1: the model's SQL failed
+    assert "-- value: 'germany' -> customers.country = 'Germany' (exact 1.00)" in out.stdout.splitlines(), out.stdout
+    out = _cli("sql", "shop", GROUND_QUESTION, "--ground-values", "--max-tokens", "48", "--json", *addr)
+    assert json.loads(out.stdout)["grounded_values"] == [
+        {"table": "customers", "column": "country", "value": "Germany", "span": "germany", "score": 1.0, "kind": "exact"}]
+    out = _cli("sql", "shop", GROUND_QUESTION, "--max-tokens", "8", *addr)
+    assert "-- value:" not in out.stdout

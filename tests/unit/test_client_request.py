@@ -7,8 +7,9 @@ import json
 import grpc
 import pytest
 
-from ragloom.client import _error, build_generate_request
+from ragloom.client import GroundedValue, _error, _QueryState, build_generate_request, build_query_request
 from ragloom.errors import DeadlineExceeded, NotFound, RagloomError, Unimplemented
+from ragloom.services._proto import tables_pb2 as tpb
 from ragloom.services.generation import sampling_from_proto
 
 
@@ -30,6 +31,39 @@ def test_zero_values_are_sent_not_dropped() -> None:
     assert list(req.sampling.stop) == ["\n"]
     params = sampling_from_proto(req.sampling)
     assert params.greedy and params.seed == 0 and params.max_tokens == 256  # unset -> dataclass default
+
+
+
+def _query(**switches: bool | None) -> tpb.QueryRequest:
+    return build_query_request("shop", "q", mode=None, max_rows=None, timeout_s=None, instructions=None,
+                               max_tokens=None, temperature=None, request_id=None, **switches)
+
+
+def test_query_switches_sent_only_when_set() -> None:
+    req = _query(link=None, grammar=None, self_correct=None, ground_values=None)
+    assert not any(req.HasField(f) for f in ("link", "grammar", "self_correct", "ground_values"))
+    req = _query(link=None, grammar=None, self_correct=None, ground_values=True)
+    assert req.HasField("ground_values") and req.ground_values
+    req = _query(link=None, grammar=None, self_correct=None, ground_values=False)  # explicit off is sent
+    assert req.HasField("ground_values") and not req.ground_values
+
+
+def test_query_stream_keeps_the_grounded_values() -> None:
+    state = _QueryState()
+    gv = tpb.GroundedValue(table="customers", column="country", value="Germany", span="germany", score=1.0, kind="exact")
+    fuzzy = tpb.GroundedValue(table="customers", column="country", value="France", span="frnace", score=0.8333,
+                              kind="fuzzy")
+    state.feed(tpb.QueryResponse(header=tpb.QueryHeader(sql="SELECT 1", columns=["n"], grounded_values=[gv, fuzzy])))
+    state.feed(tpb.QueryResponse(complete=tpb.QueryComplete(sql="SELECT 1", attempts=1, valid=True)))
+    r = state.final()
+    assert r.grounded_values == [
+        GroundedValue(table="customers", column="country", value="Germany", span="germany", score=1.0, kind="exact"),
+        GroundedValue(table="customers", column="country", value="France", span="frnace", score=0.8333, kind="fuzzy"),
+    ]
+    state = _QueryState()
+    state.feed(tpb.QueryResponse(header=tpb.QueryHeader(sql="SELECT 1")))
+    state.feed(tpb.QueryResponse(complete=tpb.QueryComplete(sql="SELECT 1")))
+    assert state.final().grounded_values == []
 
 
 def test_exactly_one_input() -> None:
