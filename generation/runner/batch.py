@@ -29,7 +29,7 @@ class ForwardBatch:
     slot_mapping: torch.Tensor  # [T] flat KV slot each new token is written to
     q_index: torch.Tensor | None  # [T] row of each new token in the padded [B * Lq] grid; None: Lq == 1
     gather_slots: torch.Tensor  # [B, Lk] KV slots each sequence attends over (padding -> any slot)
-    mask: torch.Tensor  # [B, 1, Lq, Lk] bool, True = may attend
+    mask: torch.Tensor | None  # [B, 1, Lq, Lk] bool, True = may attend; None: every query sees every key
     logits_indices: torch.Tensor  # [N] indices into T whose logits are wanted
     batch_size: int
     max_query_len: int
@@ -78,7 +78,8 @@ class ForwardBatch:
             slot_mapping=t(slot_mapping),
             q_index=None if lq == 1 else t(q_index),
             gather_slots=torch.tensor(gather, dtype=torch.long).to(device, non_blocking=True),
-            mask=mask.unsqueeze(1).to(device, non_blocking=True),
+            # A lone sequence's decode step sees all its keys: SDPA without a mask is faster.
+            mask=None if lq == 1 and bool(mask.all()) else mask.unsqueeze(1).to(device, non_blocking=True),
             logits_indices=t(logits_indices),
             batch_size=batch,
             max_query_len=lq,

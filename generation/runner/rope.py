@@ -41,17 +41,19 @@ class RotaryEmbedding:
                  device: torch.device, dtype: torch.dtype) -> None:
         inv = inverse_frequencies(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv)
-        # HF's rotate_half layout: the first and second halves of each head form the pairs.
+        # HF's rotate_half layout: the first and second halves of each head form the pairs. The
+        # sine table carries rotate_half's sign (first half negated), so that apply_rotary is a
+        # roll and two multiplies: per-op overhead is most of a small model's decode step.
         self.cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(device=device, dtype=dtype)
-        self.sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(device=device, dtype=dtype)
+        self.sin = torch.cat([-angles.sin(), angles.sin()], dim=-1).to(device=device, dtype=dtype)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions [T] shaped [T, 1, head_dim] to broadcast over heads."""
+        """cos and signed sin for positions [T], shaped [T, 1, head_dim] to broadcast over heads.
+        Negating the sine rotates by the opposite angle, as with a plain sine table."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    """x: [T, heads, head_dim]; cos, sin from RotaryEmbedding.tables. HF's x * cos +
+    rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1) = roll(x, half) with the sign in sin."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
