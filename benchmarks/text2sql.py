@@ -2,17 +2,37 @@
 """Text-to-SQL execution accuracy on defog sql-eval (issue 7): what each stage of the Tables flow adds.
 
 Questions: the 210 sql-eval questions (6 categories x 35) over 11 databases, from
-../shared/data/text2sql (see its SOURCE.md); by default a subset stratified by category
-(--limit 42: 7 per category, spread over the databases). Each question is asked of ragloom's
-text-to-SQL pipeline (connectors/text2sql.py) with the bundled model, on a connector per database
-and dialect (SQLite files; PostgreSQL and MariaDB databases `t2s_<db>` built from the original
-Postgres dumps by benchmarks/text2sql_data.py on first use).
+../shared/data/text2sql (see its SOURCE.md), split into two fixed halves (`split_halves`),
+stratified by database and category: within each (db, category) group, in id order, the questions
+go alternately to the eval half and the example half (a group of 5 gives 3+2 or 2+3; which half a
+group starts with keeps its category and database even), so each half has 105 questions, 17-18
+per category, and every database differs by at most one between the halves. A question whose gold
+SQL (any alternative, any dialect) equals another's on the same database follows that one into
+its half (ids 135/136 are such a pair), so no evaluated question's gold can come back as one of
+its examples.
 
-Five cumulative configurations (--steps):
+Every step is evaluated on the eval half only, so the steps stay comparable; --limit / --every /
+--all select from the eval half (by default --limit 42: 7 per category, spread over the
+databases). Results written before the split (before the `fewshot` step existed) drew their
+subsets from all 210 questions, so their question ids differ; the JSON records the split
+(`questions.split` = "half", `questions.ids`, `questions.eval_half_ids`, `questions.example_half_ids`).
+
+Each question is asked of ragloom's text-to-SQL pipeline (connectors/text2sql.py) with the bundled
+model, on a connector per database and dialect (SQLite files; PostgreSQL and MariaDB databases
+`t2s_<db>` built from the original Postgres dumps by benchmarks/text2sql_data.py on first use).
+
+Six cumulative configurations (--steps):
 - plain:   prompt with the full schema, free decoding, no retry;
 - link:    + schema linking (only the relevant tables in prompt and grammar);
 - grammar: + decoding constrained by a SQL grammar built from the (linked) schema;
 - correct: + one self-correction round with the error text when the query fails;
+- fewshot: + retrieved few-shot examples: the example half's questions with their gold SQL (the
+           first alternative of the dialect tested, as it runs there) are added to that database's
+           connector through ConnectorRegistry.add_example (what `ragloom tables NAME --add-example
+           QUESTION SQL` calls; the guard checks each), and the pipeline puts the
+           Text2SqlOptions.few_shot (3) most similar ones (embedding similarity of the questions)
+           in the prompt. Only this step and `ground` see examples: they run on a separate
+           in-memory registry's connectors, the earlier steps get none;
 - ground:  + value grounding: stored values the question's literals name (case, spelling,
            abbreviations) listed under the schema (connectors/grounding.py, as CHESS does).
 
@@ -26,10 +46,11 @@ re-run on the same connection so both sides come from the same driver without th
 
 Per step and dialect: execution accuracy, valid-SQL rate (parses, names only real tables and
 columns), execution-error rate (the final attempt failed), mean generated tokens and seconds per
-question; per-category accuracy and every answer in the JSON. Before the model runs, every gold
+question; per-category accuracy and every answer in the JSON (with `examples`: the example questions
+the prompt showed, and `example_ids`). Before the model runs, every gold
 alternative of all 210 questions is executed on each dialect (the gold sanity line).
 
-    python benchmarks/text2sql.py                                   # SQLite, 42 questions, 5 steps
+    python benchmarks/text2sql.py                                   # SQLite, 42 eval-half questions, 6 steps
     python benchmarks/text2sql.py --dialects sqlite,postgres,mysql --every 5
     python benchmarks/text2sql.py --gold-only --dialects sqlite,postgres,mysql   # data check, no model
 """
@@ -76,7 +97,9 @@ from text2sql_data import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-STEPS = ("plain", "link", "grammar", "correct", "ground")
+STEPS = ("plain", "link", "grammar", "correct", "fewshot", "ground")
+FEW_SHOT = 3  # examples per prompt in the steps from `fewshot` on (Text2SqlOptions.few_shot's default)
+SPLIT = "half"
 QUICK = {"limit": 6, "max_tokens": 96}
 
 
@@ -86,8 +109,134 @@ def log(msg: str) -> None:
 
 def step_options(step: str, max_tokens: int, timeout_s: float) -> dict[str, Any]:
     level = STEPS.index(step)
-    return {"link": level >= 1, "grammar": level >= 2, "self_correct": level >= 3, "ground_values": level >= 4,
+    return {"link": level >= 1, "grammar": level >= 2, "self_correct": level >= 3,
+            "few_shot": FEW_SHOT if uses_examples(step) else 0, "ground_values": level >= 5,
             "max_tokens": max_tokens, "timeout_s": timeout_s}
+
+
+def uses_examples(step: str) -> bool:
+    return STEPS.index(step) >= STEPS.index("fewshot")
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def _norm_sql(sql: str) -> str:
+    return " ".join(sql.split()).rstrip(";").strip().lower()
+
+
+def _gold_keys(q: Question) -> set[tuple[str, str]]:
+    return {(q.db, _norm_sql(s)) for golds in q.gold.values() for s in golds}
+
+
+def _alternate(members: Sequence[Question], follows: dict[int, tuple[str, str]], placed: dict[tuple[str, str], int],
+               start: int) -> dict[int, int]:
+    """Halves (0 eval, 1 example) for one group: alternating from `start`; a question in `follows`
+    takes the half of the gold it shares."""
+    out: dict[int, int] = {}
+    keyside = dict(placed)
+    turn = start
+    for q in members:
+        if q.id in follows:
+            out[q.id] = keyside[follows[q.id]]
+        else:
+            out[q.id], turn = turn, 1 - turn
+        for k in _gold_keys(q):
+            keyside.setdefault(k, out[q.id])
+    return out
+
+
+def split_halves(questions: Sequence[Question]) -> tuple[list[Question], list[Question]]:
+    """(eval half, example half), each in id order, stratified by database and category.
+
+    Each (db, category) group, in (db, category) order, its questions in id order, alternates
+    between the halves, so a group of 5 gives 3+2 or 2+3. A group starts with the half that keeps
+    its category and its database closest to even (the sum of the two eval-minus-example counts'
+    sizes), then the totals (ties: eval); on sql-eval every category and database then differs by at
+    most one between the halves (tests/unit/test_benchmark_smoke.py checks it). A
+    question whose gold SQL (normalized, any alternative, any dialect) equals one already placed on
+    the same database goes to that one's half, outside the alternation, so that no evaluated
+    question's gold can be an example's (check_split)."""
+    side: dict[int, int] = {}
+    placed: dict[tuple[str, str], int] = {}
+    diff: dict[tuple[str, str], int] = {}  # eval minus example: per category, per database, in all
+    groups: dict[tuple[str, str], list[Question]] = {}
+    for q in sorted(questions, key=lambda q: (q.db, q.category, q.id)):
+        groups.setdefault((q.db, q.category), []).append(q)
+    for (db, category), members in groups.items():
+        seen = set(placed)
+        follows = {}  # question id -> an already placed key it shares (does not depend on the start)
+        for q in members:
+            keys = _gold_keys(q)
+            if shared := sorted(keys & seen):
+                follows[q.id] = shared[0]
+            seen |= keys
+        options = [_alternate(members, follows, placed, start) for start in (0, 1)]
+        deltas = [sum(1 if h == 0 else -1 for h in o.values()) for o in options]
+        cat, dbk, total = ("category", category), ("db", db), ("all", "")
+        scores = [(abs(diff.get(cat, 0) + d) + abs(diff.get(dbk, 0) + d), abs(diff.get(total, 0) + d), start)
+                  for start, d in enumerate(deltas)]
+        chosen = options[min(scores)[-1]]
+        for q in members:
+            side[q.id] = chosen[q.id]
+            for k in _gold_keys(q):
+                placed.setdefault(k, chosen[q.id])
+            for key in (cat, dbk, total):
+                diff[key] = diff.get(key, 0) + (1 if chosen[q.id] == 0 else -1)
+    eval_half = sorted((q for q in questions if side[q.id] == 0), key=lambda q: q.id)
+    example_half = sorted((q for q in questions if side[q.id] == 1), key=lambda q: q.id)
+    check_split(eval_half, example_half)
+    return eval_half, example_half
+
+
+def check_split(eval_half: Sequence[Question], example_half: Sequence[Question]) -> None:
+    """The halves are disjoint, and no eval question's gold SQL (any alternative, any dialect) is an
+    example question's gold on the same database."""
+    ids = {q.id for q in eval_half}
+    if ids & {q.id for q in example_half}:
+        raise AssertionError("eval and example halves share questions")
+    example_keys = set().union(*(_gold_keys(q) for q in example_half))
+    for q in eval_half:
+        if _gold_keys(q) & example_keys:
+            raise AssertionError(f"question {q.id}'s gold SQL is an example's gold on {q.db}")
+
+
+def check_examples(questions: Sequence[Question], dialect: str, examples: dict[str, list[dict[str, str]]]) -> None:
+    """No evaluated question, nor any of its gold alternatives in this dialect, is among the examples
+    its database's connector holds."""
+    for q in questions:
+        exs = examples.get(q.db, [])
+        sqls = {_norm_sql(e["sql"]) for e in exs}
+        texts = {e["question"].strip() for e in exs}
+        if {_norm_sql(s) for s in q.gold[dialect]} & sqls:  # raised, not asserted: python -O keeps the check
+            raise AssertionError(f"question {q.id}'s gold SQL is among its examples")
+        if q.text(dialect).strip() in texts:
+            raise AssertionError(f"question {q.id} is among its own examples")
+
+
+def register_examples(registry: Any, dialect: str, urls: dict[str, str], dbs: Sequence[str],
+                      example_half: Sequence[Question], cache: GoldCache) -> dict[str, Any]:
+    """Registers each database on `registry` and adds the example half's questions of that database
+    with their first gold alternative in this dialect (the statement that ran in the gold sanity
+    check: for MariaDB a rewritten one where that was needed), through add_example. Returns what was
+    added and what was left out (gold does not run, or the guard refuses it)."""
+    info: dict[str, Any] = {"added": {}, "skipped": []}
+    for db in dbs:
+        registry.register(db, urls[db])
+        ids = []
+        for q in (q for q in example_half if q.db == db):
+            sql, result, error = cache.gold(dialect, q)[0]
+            if result is None:
+                info["skipped"].append({"id": q.id, "db": db, "reason": f"gold fails: {error}"})
+                continue
+            try:
+                registry.add_example(db, q.text(dialect), sql)
+            except Exception as exc:
+                info["skipped"].append({"id": q.id, "db": db, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            ids.append(q.id)
+        info["added"][db] = ids
+    return info
 
 
 # --------------------------------------------------------------------------- databases
@@ -176,7 +325,8 @@ def name_check(sql: str, dialect: str, db: str, data: Path) -> tuple[bool, bool]
     return True, real
 
 
-def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache, data: Path) -> dict[str, Any]:
+def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache, data: Path,
+             example_ids: dict[str, int] | None = None) -> dict[str, Any]:
     golds = cache.gold(dialect, q)
     ran = answer.error is None
     correct = False
@@ -206,6 +356,8 @@ def evaluate(answer: Any, q: Question, dialect: str, cache: GoldCache, data: Pat
         "reexec_error": reexec_error,
         "linked_tables": list(answer.linked_tables),
         "grounded_values": list(getattr(answer, "grounded_values", [])),
+        "examples": list(getattr(answer, "examples", [])),
+        "example_ids": [(example_ids or {}).get(e) for e in getattr(answer, "examples", [])],
         "prompt_tokens": answer.prompt_tokens,
         "generated_tokens": answer.generated_tokens,
         "seconds": answer.seconds,
@@ -237,6 +389,7 @@ def summarize(dialect: str, step: str, records: list[dict[str, Any]], wall: floa
         "mean_generated_tokens": mean("generated_tokens"),
         "mean_prompt_tokens": mean("prompt_tokens"),
         "mean_attempts": mean("attempts"),
+        "with_examples_rate": sum(bool(r.get("examples")) for r in records) / n if n else 0.0,
         "mean_latency_s": mean("seconds"),
         "wall_s": wall,
         "s_per_question": wall / n if n else 0.0,
@@ -248,13 +401,15 @@ def summarize(dialect: str, step: str, records: list[dict[str, Any]], wall: floa
 def failed_record(q: Question, error: str) -> dict[str, Any]:
     return {"id": q.id, "db": q.db, "category": q.category, "correct": False, "valid": False, "ran": False,
             "error": error, "attempts": 0, "sql": "", "rows": None, "reexec_error": None, "linked_tables": [],
-            "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+            "examples": [], "example_ids": [], "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
 
 def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], connectors: dict[str, Any],
-             cache: GoldCache, data: Path) -> tuple[list[dict[str, Any]], float, list[str]]:
-    """One batch per database (the pipeline batches generation within answer_batch). A batch that
-    raises counts its questions as failed (error "pipeline: ...") and the step goes on."""
+             cache: GoldCache, data: Path, examples: dict[str, list[dict[str, str]]] | None = None,
+             example_ids: dict[str, dict[str, int]] | None = None) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """One batch per database (the pipeline batches generation within answer_batch), with that
+    database's solved examples when `examples` is given. A batch that raises counts its questions as
+    failed (error "pipeline: ...") and the step goes on."""
     records: dict[int, dict[str, Any]] = {}
     crashes: list[str] = []
     t0 = time.perf_counter()
@@ -262,7 +417,7 @@ def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], conne
         qs = [q for q in questions if q.db == db]
         try:
             answers = t2s.answer_batch(connectors[db], [q.text(dialect) for q in qs], opts,
-                                       [q.instructions_for(dialect) for q in qs])
+                                       [q.instructions_for(dialect) for q in qs], (examples or {}).get(db, []))
             if len(answers) != len(qs):
                 raise RuntimeError(f"answer_batch returned {len(answers)} answers for {len(qs)} questions")
         except Exception as exc:
@@ -273,7 +428,7 @@ def run_step(t2s: Any, opts: Any, dialect: str, questions: list[Question], conne
                 records[q.id] = failed_record(q, msg)
             continue
         for q, a in zip(qs, answers, strict=True):
-            records[q.id] = evaluate(a, q, dialect, cache, data)
+            records[q.id] = evaluate(a, q, dialect, cache, data, (example_ids or {}).get(db))
     wall = time.perf_counter() - t0
     return [records[q.id] for q in questions], wall, crashes
 
@@ -339,16 +494,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(
             "Text-to-SQL execution accuracy on defog sql-eval with ragloom's pipeline and the bundled model: "
-            "plain prompt, + schema linking, + SQL grammar, + self-correction, + value grounding, per dialect. Writes "
-            "benchmarks/results/text2sql-<device>.json."
+            "plain prompt, + schema linking, + SQL grammar, + self-correction, + retrieved few-shot examples, "
+            "+ value grounding, per dialect. The 210 questions are split into two fixed halves stratified by "
+            "database and category: every step is evaluated on the eval half (--limit/--every/--all select from "
+            "it), and the other half supplies the few-shot examples. Writes benchmarks/results/text2sql-<device>.json."
         )
     )
     p.add_argument("--dialects", default="sqlite", help="comma-separated of sqlite,postgres,mysql; default: sqlite")
     p.add_argument("--steps", default=",".join(STEPS), help="comma-separated of %(default)s (cumulative configurations)")
     p.add_argument("--limit", type=int, default=None,
-                   help="questions, stratified by category (default: 42 unless --every or --all is given)")
-    p.add_argument("--every", type=int, default=None, help="every K-th question of each category")
-    p.add_argument("--all", action="store_true", help="all 210 questions")
+                   help="questions of the eval half, stratified by category (default: 42 unless --every or --all "
+                        "is given)")
+    p.add_argument("--every", type=int, default=None, help="every K-th eval-half question of each category")
+    p.add_argument("--all", action="store_true", help="the whole eval half (105 questions)")
     p.add_argument("--max-tokens", type=int, default=160, help="max new tokens per SQL attempt; default: 160")
     p.add_argument("--timeout", type=float, default=20.0, help="per-query timeout (gold and predictions), s; default: 20")
     p.add_argument("--model", default=None, help="bundled model name or HF folder (default: SmolLM2-135M-Instruct)")
@@ -387,6 +545,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def evaluated_questions(eval_half: Sequence[Question], args: argparse.Namespace) -> list[Question]:
+    """The questions every step is asked: --limit / --every of the eval half, or all of it (--all)."""
+    return select_questions(eval_half, limit=None if args.all else args.limit, every=None if args.all else args.every)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rescore:
@@ -395,10 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     all_questions = load_questions(args.data)
-    questions = select_questions(all_questions, limit=None if args.all else args.limit,
-                                 every=None if args.all else args.every)
+    eval_half, example_half = split_halves(all_questions)
+    questions = evaluated_questions(eval_half, args)
     dbs = sorted({q.db for q in all_questions})
-    log(f"{len(questions)} of {len(all_questions)} questions; dialects {args.dialects}; steps {args.steps}")
+    log(f"{len(questions)} of the {len(eval_half)} eval-half questions ({len(all_questions)} in all); "
+        f"dialects {args.dialects}; steps {args.steps}")
 
     prepared = prepare_databases(args.dialects, dbs, args)
     cache = GoldCache(lambda d, db: ReadOnlyDB(d, db, args.data, args.pg, args.mysql, args.timeout))
@@ -415,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     settings_info: dict[str, Any] = {}
+    example_info: dict[str, Any] = {}
     software: dict[str, Any] = {"python": sys.version.split()[0]}
 
     def build_report() -> dict[str, Any]:
@@ -436,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "expanded like sql-eval). Dialect-specific wording of question/instructions is used where the CSVs differ.",
             "Postgres/MariaDB dates relative to now are computed when the database was loaded (see load_dates); the SQLite "
             "files froze them on 2026-11-23.",
+            "Questions come from the eval half of a fixed split (questions.split = 'half'; alternately eval / example "
+            "within each (db, category) group in id order; a question with another's gold SQL follows it). The example half's questions, "
+            "with their first gold in the dialect tested, are the few-shot examples of the steps from fewshot on "
+            "(examples.<dialect>: added per database, and those left out). Earlier results (before the split) drew "
+            "--limit/--every from all 210 questions.",
         ]
         if load_before is not None and load_before > 0.5:
             notes.append(f"WARNING: 1-minute load average was {load_before:.2f} before the run: timings are inflated.")
@@ -463,14 +633,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "quick": args.quick,
             },
             "questions": {
+                "split": SPLIT,
+                "split_key": "alternating within each (db, category) group in id order; equal gold SQL kept in one half",
                 "used": len(questions),
                 "ids": [q.id for q in questions],
+                "eval_half_ids": [q.id for q in eval_half],
+                "example_half_ids": [q.id for q in example_half],
                 "per_category": {c: sum(q.category == c for q in questions) for c in CATEGORIES},
                 "per_db": {db: sum(q.db == db for q in questions) for db in dbs},
             },
             "databases": {"row_checks": prepared["row_checks"],
                           "load_dates": load_dates(dbs, args.pg, args.mysql) if set(args.dialects) - {"sqlite"} else {}},
             "gold_sanity": {**sanity, "seconds": gold_s},
+            "examples": example_info,
             "results": [{k: v for k, v in r.items()} for r in results],
             "failed": failed,
             "notes": notes,
@@ -483,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         software["torch"] = torch.__version__
         from ragloom.config import BUNDLED_LLM, EngineSettings
-        from ragloom.connectors.registry import open_connector
+        from ragloom.connectors.registry import ConnectorRegistry, open_connector
         from ragloom.connectors.text2sql import Text2Sql, Text2SqlOptions
         from ragloom.generation.runner.engine import LLMEngine
 
@@ -502,11 +677,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed[dialect] = f"connect: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
                 continue
+            # the example-using steps run on their own in-memory registry (its own connectors, the
+            # examples added as the CLI's --add-example adds them); the earlier steps get no examples
+            registry = None
+            examples: dict[str, list[dict[str, str]]] = {}
+            example_ids: dict[str, dict[str, int]] = {}
+            if any(uses_examples(s) for s in args.steps):
+                registry = ConnectorRegistry(None)
+                try:
+                    example_info[dialect] = register_examples(registry, dialect, prepared["urls"][dialect], used_dbs,
+                                                              example_half, cache)
+                    examples = {db: registry.examples(db) for db in used_dbs}
+                    check_examples(questions, dialect, examples)
+                    example_ids = {db: {q.text(dialect).strip(): q.id for q in example_half if q.db == db}
+                                   for db in used_dbs}
+                    log(f"{dialect}: {sum(len(v) for v in examples.values())} examples on {len(used_dbs)} databases, "
+                        f"{len(example_info[dialect]['skipped'])} left out")
+                except Exception as exc:
+                    failed[f"{dialect}/examples"] = f"{type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    registry.close()
+                    registry = None
             for step in args.steps:
+                if uses_examples(step) and registry is None:
+                    continue  # failed["<dialect>/examples"] says why
                 log(f"{dialect} / {step}: {len(questions)} questions")
                 opts = Text2SqlOptions(**step_options(step, args.max_tokens, args.timeout))
                 try:
-                    records, wall, crashes = run_step(t2s, opts, dialect, questions, connectors, cache, args.data)
+                    if uses_examples(step) and registry is not None:
+                        records, wall, crashes = run_step(
+                            t2s, opts, dialect, questions, {db: registry.get(db) for db in used_dbs}, cache,
+                            args.data, examples, example_ids)
+                    else:
+                        records, wall, crashes = run_step(t2s, opts, dialect, questions, connectors, cache, args.data)
                 except Exception as exc:
                     failed[f"{dialect}/{step}"] = f"{type(exc).__name__}: {exc}"
                     traceback.print_exc()
@@ -523,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 close = getattr(c, "close", None)
                 if callable(close):
                     close()
+            if registry is not None:
+                registry.close()
 
     report = build_report()
     write_results(output, report)

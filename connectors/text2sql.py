@@ -102,6 +102,7 @@ class SqlAnswer:
     answer: str = ""  # the text answer of table mode
     failed_sql: list[str] = field(default_factory=list)  # the attempts not answered with, for the caller to see
     grounded_values: list[str] = field(default_factory=list)  # "table.column = 'value'" shown in the prompt
+    examples: list[str] = field(default_factory=list)  # questions of the solved examples put in the prompt
 
 
 @dataclass
@@ -124,6 +125,7 @@ class SqlTask:
     answer: SqlAnswer | None = None
     scope: list[str] | None = None  # tables the correction round's grammar keeps to
     values: list[ValueMatch] = field(default_factory=list)  # stored values the question names (ground_values)
+    shots: list[str] = field(default_factory=list)  # questions of the few-shot examples in the prompt
 
 
 def extract_sql(text: str) -> str:
@@ -217,6 +219,7 @@ class Text2Sql:
                     f"their rows (over {opts.table_token_budget} tokens); use mode 'sql' or 'auto'"
                 )
         shots = self._examples(question, examples, opts.few_shot)
+        task.shots = [ex["question"] for ex in shots]
         ddl = schema_ddl(linked, opts.samples)
         if opts.ground_values:
             task.values = self._ground(connector, question, linked, opts)
@@ -243,6 +246,7 @@ class Text2Sql:
         ans = task.answer or SqlAnswer(
             task.question, linked_tables=[t.name for t in task.linked.tables],
             grounded_values=[f"{m.table}.{m.column} = '{m.value}'" for m in task.values],
+            examples=list(task.shots),
         )
         task.answer = ans
         ans.prompt_tokens += len(job.prompt_ids)

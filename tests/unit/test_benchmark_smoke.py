@@ -1,5 +1,6 @@
 """The generation benchmarks (generate.py, weights_quality.py): their pure parts without a model, and
-end-to-end runs at tiny sizes (slow) that write the JSON they promise. No timing is asserted."""
+end-to-end runs at tiny sizes (slow) that write the JSON they promise. No timing is asserted. Also
+text2sql.py's eval / example split (no model)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ QUALITY = BENCH / "weights_quality.py"
 sys.path.insert(0, str(BENCH))
 
 import generate  # noqa: E402
+import text2sql  # noqa: E402
 import weights_quality  # noqa: E402
 
 
@@ -126,6 +128,77 @@ def test_logit_stats() -> None:
     d = stats.as_dict()
     assert d["max_abs_diff"] == pytest.approx(3.5) and d["positions"] == 4 and d["mean_kl"] > 0
     assert d["top1_agreement"] == pytest.approx(1 / 2) and d["top1_positions"] == 2
+
+
+def test_text2sql_split_is_fixed_disjoint_and_stratified() -> None:
+    from collections import Counter
+
+    from text2sql_data import CATEGORIES, load_questions
+
+    questions = load_questions(shared_data("text2sql"))
+    ev, ex = text2sql.split_halves(questions)
+    again = text2sql.split_halves(list(reversed(questions)))  # the input order does not matter
+    assert [q.id for q in again[0]] == [q.id for q in ev] and [q.id for q in again[1]] == [q.id for q in ex]
+    assert len(ev) == len(ex) == 105
+    assert not {q.id for q in ev} & {q.id for q in ex} and {q.id for q in ev} | {q.id for q in ex} == set(range(210))
+    # stratified: every (db, category) group, category and database splits as evenly as it can
+    for key in (lambda q: (q.db, q.category), lambda q: q.category, lambda q: q.db):
+        n_eval, n_example = Counter(map(key, ev)), Counter(map(key, ex))
+        for k in n_eval | n_example:
+            assert abs(n_eval[k] - n_example[k]) <= 1, k
+    # ids 135 and 136 (scholar) share their SQLite gold: they stay in one half
+    assert (135 in {q.id for q in ev}) == (136 in {q.id for q in ev})
+    text2sql.check_split(ev, ex)
+    with pytest.raises(AssertionError):
+        text2sql.check_split(ev, [*ex, ev[0]])
+    examples = {db: [{"question": q.text("sqlite"), "sql": q.gold["sqlite"][0]} for q in ex if q.db == db]
+                for db in {q.db for q in questions}}
+    text2sql.check_examples(ev, "sqlite", examples)
+    leaked = ev[3]
+    examples[leaked.db].append({"question": "another wording", "sql": leaked.gold["sqlite"][0] + ";"})
+    with pytest.raises(AssertionError, match="gold SQL"):
+        text2sql.check_examples(ev, "sqlite", examples)
+
+    # --limit / --every / --all select from the eval half only
+    eval_ids = {q.id for q in ev}
+    for argv, n in ((["--limit", "12"], 12), ([], 42), (["--every", "5"], None), (["--all"], 105)):
+        picked = text2sql.evaluated_questions(ev, text2sql.parse_args(argv))
+        assert {q.id for q in picked} <= eval_ids, argv
+        if n is not None:
+            assert len(picked) == n, argv
+    per_cat = Counter(q.category for q in text2sql.evaluated_questions(ev, text2sql.parse_args([])))
+    assert per_cat == dict.fromkeys(CATEGORIES, 7)
+
+    # only the steps from fewshot on see examples, and ground includes them
+    assert text2sql.STEPS == ("plain", "link", "grammar", "correct", "fewshot", "ground")
+    assert [text2sql.step_options(s, 64, 5.0)["few_shot"] > 0 for s in text2sql.STEPS] == [False] * 4 + [True] * 2
+    assert [text2sql.step_options(s, 64, 5.0)["ground_values"] for s in text2sql.STEPS] == [False] * 5 + [True]
+
+
+def test_text2sql_examples_go_through_the_registry(tmp_path: Path) -> None:
+    """The example half's SQLite golds are added with ConnectorRegistry.add_example (the guard checks
+    each), and what the registry then holds is what the fewshot step passes to the pipeline."""
+    from text2sql_data import GoldCache, ReadOnlyDB, load_questions, sqlite_url
+
+    from ragloom.connectors.registry import ConnectorRegistry
+
+    data = shared_data("text2sql")
+    questions = load_questions(data)
+    ev, ex = text2sql.split_halves(questions)
+    dbs = ["restaurants", "broker"]
+    cache = GoldCache(lambda d, db: ReadOnlyDB(d, db, data))
+    registry = ConnectorRegistry(None)
+    try:
+        info = text2sql.register_examples(registry, "sqlite", {db: sqlite_url(db, data) for db in dbs}, dbs, ex, cache)
+        assert info["skipped"] == []
+        for db in dbs:
+            want = [q for q in ex if q.db == db]
+            assert info["added"][db] == [q.id for q in want]
+            assert registry.examples(db) == [{"question": q.question, "sql": q.gold["sqlite"][0]} for q in want]
+        text2sql.check_examples([q for q in ev if q.db in dbs], "sqlite", {db: registry.examples(db) for db in dbs})
+    finally:
+        registry.close()
+        cache.close()
 
 
 # --------------------------------------------------------------------------- end to end (slow)

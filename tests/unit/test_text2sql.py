@@ -180,3 +180,22 @@ def test_a_correction_the_guard_refuses_keeps_the_first_query(engine, embedder, 
     assert task.job is None and ans.attempts == 2
     assert ans.sql.startswith(first) and ans.valid and ans.error is not None and "UNION" in ans.error.upper()
     assert ans.failed_sql == ["SELECT nope FROM customers"]
+
+
+def test_few_shot_examples_are_in_the_prompt_and_the_answer(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    examples = [
+        {"question": "How many products are there?", "sql": "SELECT COUNT(*) FROM products"},
+        {"question": "Which products cost more than 100?", "sql": "SELECT name FROM products WHERE price > 100"},
+        {"question": "When did each order happen?", "sql": "SELECT id, order_date FROM orders"},
+    ]
+    task = t2s.start(shop, "How many customers are there?", Text2SqlOptions(max_tokens=16, few_shot=2), examples)
+    t2s.feed(task, "SELECT COUNT(*) FROM customers", 6)
+    ans = task.answer
+    assert ans is not None and len(ans.examples) == 2 and set(ans.examples) <= {e["question"] for e in examples}
+    prompt = task.messages[1]["content"]
+    for e in examples:
+        assert (f"Question: {e['question']}\nSQL: {e['sql']}" in prompt) == (e["question"] in ans.examples)
+    task = t2s.start(shop, "How many customers are there?", Text2SqlOptions(max_tokens=16, few_shot=0), examples)
+    t2s.feed(task, "SELECT COUNT(*) FROM customers", 6)
+    assert task.answer is not None and task.answer.examples == [] and "SQL: SELECT" not in task.messages[1]["content"]
