@@ -152,6 +152,13 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(GROUPS),
                     help=f"systems to run besides full prefill, comma-separated from {','.join(GROUPS)}; "
                          "e.g. --only blend,cacheblend skips the slow transformers / disk / codec runs")
+    ap.add_argument("--model", default=None,
+                    help="model name (default: the bundled SmolLM2-135M; e.g. qwen2.5-coder-1.5b after "
+                         "`ragloom models install qwen2.5-coder-1.5b`)")
+    ap.add_argument("--weights", default="auto", choices=["auto", "float32", "bf16", "int8", "int4"],
+                    help="the engine's weight format (default: auto, int4 on CPU)")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="JSON path (default: benchmarks/results/blend-<model>.json)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -170,7 +177,9 @@ def main() -> None:
                                    entropy=len(parts) > 2 and parts[2] == "z")
 
     data = json.loads(MUSIQUE.read_text())[: args.questions]
-    engine = LLMEngine(EngineSettings(device="cpu", kv_cache_tokens=16384, max_num_seqs=1))
+    model_kw = {"model": args.model} if args.model else {}
+    engine = LLMEngine(EngineSettings(device="cpu", kv_cache_tokens=16384, max_num_seqs=1, weights=args.weights,
+                                      **model_kw))
     tok = engine.tokenizer
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop=["\n"])
     hf = None
@@ -271,7 +280,8 @@ def main() -> None:
                            "bytes_per_token": per_token, "x_smaller_than_fp16": fp16 / per_token if fp16 else None,
                            "f1": statistics.mean(r["f1"] for r in sys_rows)})
     print(f"\nMuSiQue, {len(data)} questions x {args.passages} passages cut to {args.passage_tokens} tokens; "
-          f"CPU float32, {args.threads} threads; greedy, max {args.max_tokens} tokens")
+          f"{engine.model_id} on CPU, weights {engine.weights_summary}, {args.threads} threads; greedy, "
+          f"max {args.max_tokens} tokens")
     print(f"{'system':28} {'TTFT s':>8} {'x full':>7} {'F1':>6} {'EM':>5} {'F1/full':>8} {'agree':>6} {'top1':>5} {'KL':>7} {'reused':>7} {'recomp':>7}")
     for e in table:
         if "f1" in e:
@@ -284,9 +294,12 @@ def main() -> None:
         print(f"{row['codec']:10} {row['bytes_per_token']:12.0f} {row['x_smaller_than_fp16'] or 0:20.2f} {row['f1']:16.3f}")
 
     partial = only != set(GROUPS)
-    write_results(RESULTS / ("blend-cpu-partial.json" if partial else "blend-cpu.json"), {
+    # The bundled model keeps the historical names; another model's results carry its name.
+    suffix = "" if args.model is None else f"-{args.model}"
+    default = RESULTS / (f"blend-cpu{suffix}-partial.json" if partial else f"blend-cpu{suffix}.json")
+    write_results(args.output or default, {
         "benchmark": "blend", "date": datetime.now(UTC).isoformat(), "machine": platform.processor() or platform.machine(),
-        "threads": args.threads, "args": vars(args), "questions": len(data), "systems": table, "codecs": codec_rows,
+        "model": engine.model_id, "weights": engine.weights_summary, "threads": args.threads, "args": vars(args), "questions": len(data), "systems": table, "codecs": codec_rows,
         "per_question": {k: v for k, v in systems.items()},
     })
 
