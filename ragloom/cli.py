@@ -24,8 +24,8 @@ _EPILOG = "Settings precedence: defaults < --config TOML file < RAGLOOM_* enviro
 
 WEIGHT_CHOICES = ["auto", "float32", "bf16", "int8", "int4"]
 WEIGHTS_HELP = (
-    "weight format of the model's linears: auto (default: a GGUF model's 4-bit blocks stay int4 on a CPU "
-    "with bf16, dense float elsewhere), float32, bf16, int8, int4"
+    "weight format of the model's linears: auto (default: a GGUF model's 4-bit blocks stay int4 on CPU, "
+    "bf16 dense on CUDA), float32, bf16, int8, int4"
 )
 
 

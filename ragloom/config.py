@@ -34,7 +34,7 @@ class EngineSettings(BaseSettings):
     weights: Literal["auto", "float32", "bf16", "int8", "int4"] = Field(
         "auto",
         description="weight format of the linears: auto keeps a GGUF model's 4-bit blocks as int4 "
-        "(int8 for wider blocks) on a CPU with bf16, dense elsewhere; float32/bf16 dense; "
+        "(int8 for wider blocks) on CPU, bf16 dense on CUDA; float32/bf16 dense; "
         "int8/int4 quantized (requantizing what does not map exactly)",
     )
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
