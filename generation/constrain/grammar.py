@@ -58,6 +58,10 @@ State = tuple[Stack, Cands]  # empty Cands = no lexeme started yet (only before 
 # An LR(0) kernel item: (symbols before the dot, rule origin, symbols after the dot)
 Item = tuple[int, str, tuple[str, ...]]
 _INF = float("inf")
+# What closing a cut-off input pays, on top of its characters, for each terminal of negative lark
+# priority: such a terminal is the grammar's fallback (sql.py's aliases and CTE names, which nothing in
+# the schema backs), and `WHERE na` should close as the column `name`, not as the shorter `na.x`.
+FALLBACK_COST = 32
 
 
 def is_word_char(ch: str) -> bool:
@@ -486,7 +490,8 @@ class Grammar:
         Used to close an output that a token limit cut off mid-structure. First from the LR
         items (`_planned_completion`: finish the top item, reduce, repeat down the stack), which
         is immediate however deep the nesting; if that text does not check out character by
-        character, a best-first search over pieces within `budget` expansions."""
+        character, a best-first search over pieces within `budget` expansions. The planned text
+        is the shortest, counting FALLBACK_COST more for each terminal of negative priority."""
         planned = self._planned_completion(state)
         if planned is not None:
             return planned
@@ -507,7 +512,7 @@ class Grammar:
             for t, q in cands:
                 word = self.shortest_word(t, q)
                 if word and t not in self.ignored and (after := self.feed(stack, self.terminals[t].name)) is not None:
-                    starts.append((len(word), word, after))
+                    starts.append((len(word) + self._fallback_cost(t), word, after))
         memo: dict[Stack, tuple[float, tuple[str, ...]]] = {}
         plans = []
         for cost, word, st in starts:
@@ -525,6 +530,9 @@ class Grammar:
                     if nxt is not None and self.can_end(nxt):
                         return text
         return None
+
+    def _fallback_cost(self, t: int) -> int:
+        return FALLBACK_COST if self.terminals[t].priority < 0 else 0
 
     def _spell(self, word: str, names: tuple[str, ...], sep: str, spaced: bool) -> str | None:
         """`word`, then the terminals' shortest words, separated by `sep` (the grammar's ignored
@@ -625,7 +633,7 @@ class Grammar:
         yields: dict[str, tuple[int, tuple[str, ...]]] = {}
         for i, dfa in enumerate(self.terminals):
             if i not in self.ignored and (w := self.shortest_word(i)) is not None:
-                yields[dfa.name] = (len(w) + 1, (dfa.name,))
+                yields[dfa.name] = (len(w) + 1 + self._fallback_cost(i), (dfa.name,))
         changed = True
         while changed:
             changed = False

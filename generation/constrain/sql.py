@@ -5,8 +5,12 @@ real tables and columns (PICARD-style guards, enforced while decoding rather tha
 read-only query in a useful analytic subset of the dialect (sqlite, postgres, mysql, duckdb):
 
 - `SELECT [DISTINCT]` with `*`, `table.*`, expressions and `AS alias` output aliases;
-- `FROM` one table, comma joins, `[INNER] JOIN .. ON`, `LEFT [OUTER] JOIN .. ON`, `CROSS JOIN`; FROM is
-  required (so output cut off by a token limit and closed by the shortest completion reads a table);
+- `WITH name AS (query) [, name2 AS (query)]` before the query (CTEs);
+- `FROM` a table, a CTE or a derived table (`(query) [AS] name`), with comma joins, `[INNER] JOIN .. ON`,
+  `LEFT [OUTER] JOIN .. ON`, `CROSS JOIN`; a table may take an alias (`orders o`, `orders AS o`), a CTE
+  a name of its own. FROM is required (so output cut off by a token limit and closed by the shortest
+  completion reads a table); a derived table's name is required in postgres and mysql, optional in
+  sqlite and duckdb, as the databases have it;
 - `WHERE`, `GROUP BY` (expressions, positions or output aliases) with `HAVING`, `ORDER BY` (the same, plus
   `ASC|DESC`, and `NULLS FIRST|LAST` except in mysql), `LIMIT n [OFFSET m]`; `UNION [ALL]`,
   `INTERSECT`, `EXCEPT` between selects;
@@ -19,22 +23,42 @@ read-only query in a useful analytic subset of the dialect (sqlite, postgres, my
   `NULL`, `TRUE`, `FALSE`, `CURRENT_DATE`, `CURRENT_TIMESTAMP`; an optional trailing `;`.
 
 What makes it a guard: a table is one of `tables`; a column is either bare (any column of the given
-tables) or `table.column` (no spaces around the dot), where the column must belong to that table: one
-terminal lists exactly the valid pairs. Table aliases are not part of the grammar, so that every
-qualified reference can be checked; neither are subqueries in FROM, CTEs and window functions (they keep
-it LALR(1) and the model's choices narrow), nor comments or a second statement. What a context-free
-grammar cannot check: that a bare column belongs to a table in FROM, that a table is not joined twice,
-that an output alias used in GROUP BY / ORDER BY was defined (an alias there is any lower-case
-identifier but a few reserved words), types and aggregation rules. The guard and the database catch
-those, and the self-correction round sees their error.
+tables) or qualified (no spaces around the dot) by one of three kinds of name, never spelled alike:
+
+- `table.column`: the column must belong to that table (one terminal lists exactly the valid pairs);
+- `alias.column`: a context-free grammar cannot remember which alias FROM gave which table, so a table's
+  aliases come from a fixed set derived from its name (`table_aliases`: the initials of its words and of
+  its trailing words, `sbDailyPrice` -> `sdp`, `dp`, `p`; the first one to four letters of each word,
+  `customers` -> `c`, `cu`, `cus`, `cust`; any of them with a digit 1-9 for self-joins, `a1`, `a2`; and
+  Spider's `t1`..`t9` for every table). The column must belong to a table that may take that alias
+  (`o.total` is refused when no table whose aliases include `o` has a `total`; `t1.total` when no table
+  has one); which of those tables FROM gave the alias to is left to the database;
+- `name.field`: a CTE or derived table, whose columns a context-free grammar cannot know, so the field
+  is any identifier. Their names (WITH, after a derived table, a CTE's alias) come from a fixed set too,
+  DERIVED_NAMES (`sub`, `cte`, `totals`, `t`, ... and digits: `cte2`), less any that is a table, a table's
+  singular or plural, or an alias. Were any identifier a name, any made-up column could begin there
+  (`salary`, as in `salary.x`) and a model would no longer be kept to the schema's names.
+
+Computed columns of a CTE or derived table must be qualified (`sub.total`): bare, only the schema's columns
+are names. A derived name in FROM is taken for a CTE (in any FROM: the rules do not know whether a WITH
+came first), so a made-up table is still refused, but an undeclared `FROM cte` is the database's to refuse.
+Window functions, comments, `WITH RECURSIVE` and a second statement are not part of the grammar.
+What a context-free grammar cannot check: that a bare column belongs to a table in FROM, that an alias,
+CTE or derived table was declared (and an alias for which table), that a table is not joined twice, that
+an output alias used in GROUP BY / ORDER BY was defined (an alias there is any lower-case identifier but
+a few reserved words), types and aggregation rules. The guard and the database catch those, and the
+self-correction round sees their error. Aliases and derived names are fallback terminals (negative
+priority): closing a cut-off `WHERE na` writes the column `name`, not `na.x` (grammar.FALLBACK_COST).
 
 Nesting is bounded: the expression and query rules are written out once per parenthesis level, up to
 `max_depth`, and the last level has no call, subquery, `IN (..)`, `EXISTS` or grouping parenthesis.
 A context-free grammar cannot count, but a finite number of copies of it can, so runaway nesting is
 impossible by construction rather than refused by the guard after the tokens were spent.
 
-The rules do not depend on the schema, only the four name terminals do (see sql_grammar), so that
-grammar.py compiles a new schema's grammar with the dialect's cached LALR tables (~0.2 s, not seconds).
+The rules do not depend on the schema, only the name terminals do (see _name_terminals), so that
+grammar.py compiles a new schema's grammar with the dialect's cached LALR tables (tenths of a second,
+not seconds). All name terminals but ALIAS_QUALIFIED are alternations of literals, which grammar.py
+turns into automata on a fast path.
 
 Names are spelled as the dialect reads them: a plain identifier bare (case-insensitively where the
 dialect folds case: sqlite, duckdb, mysql columns; exactly in postgres, which folds unquoted names to
@@ -51,7 +75,7 @@ function (`count`, `date`, `year`) without quoting, and maximal munch tells them
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ragloom.errors import GrammarError
 from ragloom.generation.constrain import regex as R
@@ -126,7 +150,11 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Rules outside the expression levels.
 _TOP = r"""
-start: query_0 [";"]
+// CTE names (DERIVED_NAME) may stand for tables in any FROM: whether one was declared is the database's
+start: query_0 [";"] | "with"i cte ("," cte)* query_0 [";"]
+cte: DERIVED_NAME "as"i "(" query_1 ")"
+table_ref: TABLE [["as"i] TABLE_ALIAS]
+cte_ref: DERIVED_NAME [["as"i] DERIVED_NAME]
 !set_op: "union"i ["all"i] | "intersect"i | "except"i
 DIRECTION: "asc"i | "desc"i
 limit: "limit"i {limit_int} ["offset"i INT]
@@ -144,15 +172,8 @@ literal: NUMBER | STRING | "null"i | "true"i | "false"i | "current_date"i | "cur
 # One nesting level: {k} is this level, {n} the next one (inside a parenthesis). The grammar holds
 # MAX_DEPTH + 1 copies, and the last has no way to open a parenthesis (see sql_grammar).
 _LEVEL = r"""
-query_{k}: select_{k} (set_op select_{k})* [order_by_{k}] [limit]
-select_{k}: "select"i [DISTINCT] select_list_{k} from_clause_{k}
 select_list_{k}: "*" | select_item_{k} ("," select_item_{k})*
 select_item_{k}: expr_{k} ["as"i alias] | table_star
-from_clause_{k}: "from"i table join_{k}* ["where"i expr_{k}] [group_by_{k}]
-join_{k}: "," table
-    | "cross"i "join"i table
-    | ["inner"i] "join"i table "on"i expr_{k}
-    | "left"i ["outer"i] "join"i table "on"i expr_{k}
 group_by_{k}: "group"i "by"i group_item_{k} ("," group_item_{k})* ["having"i expr_{k}]
 ?group_item_{k}: expr_{k} | alias
 order_by_{k}: "order"i "by"i order_item_{k} ("," order_item_{k})*
@@ -178,6 +199,18 @@ case_{k}: "case"i [expr_{k}] when_{k}+ ["else"i expr_{k}] "end"i
 when_{k}: "when"i expr_{k} "then"i expr_{k}
 """
 
+# The query rules of one level; {items}: a derived table, except at the last level.
+_QUERY = r"""
+query_{k}: select_{k} (set_op select_{k})* [order_by_{k}] [limit]
+select_{k}: "select"i [DISTINCT] select_list_{k} from_clause_{k}
+from_clause_{k}: "from"i from_item_{k} join_{k}* ["where"i expr_{k}] [group_by_{k}]
+join_{k}: "," from_item_{k}
+    | "cross"i "join"i from_item_{k}
+    | ["inner"i] "join"i from_item_{k} "on"i expr_{k}
+    | "left"i ["outer"i] "join"i from_item_{k} "on"i expr_{k}
+?from_item_{k}: table_ref | cte_ref{items}
+"""
+
 # What opens a parenthesis, at every level but the last.
 _NESTED_PREDICATES = r"""
     | concat_{k} [NOT] "in"i "(" (query_{n} | expr_{n} ("," expr_{n})*) ")" -> in_
@@ -191,6 +224,8 @@ aggregate_{k}: "count("i "*" ")" | "count("i [DISTINCT] expr_{n} ")" | AGGREGATE
 _TERMINALS = r"""
 // ALIAS loses every tie: a keyword or a name spelled the same is that keyword or name
 ALIAS.-1: {alias}
+// what follows a CTE's or derived table's name and its dot: any name, bare or quoted
+DERIVED_FIELD: {field}
 NUMBER: /[0-9]{{1,18}}(\.[0-9]{{1,18}})?/
 INT: /0|[1-9][0-9]{{0,17}}/
 STRING: /'([^'\n\r\\]|''){{0,{max_string}}}'/
@@ -249,6 +284,54 @@ ALIAS_EXCLUDED = frozenset("all asc desc end from group key limit order rank row
 _ALIAS = _alias_terminal(set(ALIAS_EXCLUDED))
 
 
+# CTE and derived-table names: a fixed set. Their columns cannot be known, so `name.anything` is
+# accepted; were any identifier a name, any made-up column could begin there (`salary` as in `salary.x`)
+# and the masks would no longer keep a model to the schema's names. So: the names people give such
+# tables, never words a model would take for a column (not `total`, nor MSSQL's `top`), and with
+# digits 1-9 (`cte1`, `sub2`).
+DERIVED_NAMES = frozenset(
+    """agg base combined counts cte derived dt filtered grouped inner_query q ranked recent sq src stats sub subq
+    subquery summary t tmp temp totals x y z""".split()
+)
+
+# Table aliases: the first 1..MAX_ALIAS_PREFIX letters of a word (`cust`, `emp`, `inv`)
+MAX_ALIAS_PREFIX = 4
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")  # sbDailyPrice -> sb Daily Price; HTTPLog -> HTTP Log
+
+
+def _name_words(name: str) -> list[str]:
+    """The words of a name, lower case: split at non-letters and at camelCase humps; digits dropped."""
+    return [w.lower() for w in _WORD.findall(name)]
+
+
+def table_aliases(name: str) -> frozenset[str]:
+    """The aliases a table may take in FROM (each also with one digit 1-9 after it, and t1..t9 for any
+    table): the initials of its words and of its trailing words, and the first one to four letters of
+    each word. Trailing words because a prefix names a family (`sb` in `sbCustomer`: `c`, `t`); never a
+    reserved word or one of ALIAS_EXCLUDED, which would read as the keyword after the table."""
+    words = _name_words(name)
+    out: set[str] = set()
+    for i, word in enumerate(words):
+        out.add("".join(w[0] for w in words[i:]))
+        out.update(word[:n] for n in range(1, MAX_ALIAS_PREFIX + 1))
+    return frozenset(a for a in out if a not in RESERVED and a not in ALIAS_EXCLUDED)
+
+
+def _variants(name: str) -> set[str]:
+    """A table name as a model might misremember it: singular and plural forms, lower case."""
+    n = name.lower()
+    out = {n, n + "s"}
+    if n.endswith("s"):
+        out.add(n[:-1])
+    if n.endswith("es"):
+        out.add(n[:-2])
+    if n.endswith("ies"):
+        out.add(n[:-3] + "y")
+    if n.endswith("y"):
+        out.add(n[:-1] + "ies")
+    return {v for v in out if v and _PLAIN.fullmatch(v)}
+
+
 def _arguments(lo: int, hi: int | None, expr: str) -> str:
     """`expr "," expr ["," expr]` for lo..hi arguments (hi None: any number)."""
     if lo == 0:
@@ -283,10 +366,19 @@ def _type_rules(dialect: str) -> list[str]:
     return rules
 
 
-def _level_rules(dialect: str, k: int, last: bool, column: bool) -> str:
+def _query_rules(dialect: str, k: int, last: bool) -> str:
+    """The query, select, FROM and join rules of nesting level k."""
+    if last:
+        return _QUERY.format(k=k, items="")
+    # postgres (before 16) and mysql refuse a derived table without a name
+    name = '["as"i] DERIVED_NAME' if dialect in ("postgres", "mysql") else '[["as"i] DERIVED_NAME]'
+    return _QUERY.format(k=k, items=f' | "(" query_{k + 1} ")" {name} -> derived')
+
+
+def _level_rules(dialect: str, k: int, last: bool) -> str:
     """The rules of nesting level k; the last level cannot open a parenthesis."""
     n = k + 1
-    atoms = " | column" if column else ""
+    atoms = " | column"
     if dialect != "sqlite":
         atoms += f" | interval_{k}"
     extra = []
@@ -314,7 +406,82 @@ def _level_rules(dialect: str, k: int, last: bool, column: bool) -> str:
         nested_predicates="" if last else _NESTED_PREDICATES.format(k=k, n=n),
         atoms=atoms,
     )
-    return text + "\n".join(extra) + "\n"
+    return _query_rules(dialect, k, last) + text + "\n".join(extra) + "\n"
+
+
+def _literals(words: Sequence[str]) -> str:
+    """One lark regexp for case-insensitive words, spelled as lark spells an alternation of `"word"i`
+    strings, which grammar.py turns into an automaton on its fast path for literal alternations."""
+    return R.lark_regexp("(?:" + "|".join(f"(?i:{re.escape(w)})" for w in words) + ")")
+
+
+def _alias_qualified(tables: Mapping[str, Sequence[str]], aliases: Mapping[str, frozenset[str]], dialect: str) -> str:
+    """`alias.column` for the columns of the tables that may take the alias, with an optional digit
+    after the alias, and `t1`..`t9` with any column; one alternative per table, not per alias (the
+    automaton builder merges what tables share)."""
+    fold = dialect != "postgres"
+    digit = R.chars(R.cs_range("1", "9"))
+
+    def words(ws: Iterable[str], ci: bool) -> R.VRe:
+        return R.alt(*(R.cat(*(R.chars(R.cs_of(c + c.swapcase()) if ci else R.cs_of(c)) for c in w)) for w in ws))
+
+    def columns(cols: Iterable[str]) -> R.VRe:
+        spelled = dict.fromkeys(_quote(c, dialect) if _needs_quotes(c, dialect) else c for c in cols)
+        return R.alt(*(words([c], fold and not c.startswith(("`", '"'))) for c in spelled))
+
+    alts = [R.cat(words(sorted(aliases[t]), True), R.opt(digit), R.lit("."), columns(cols))
+            for t, cols in tables.items() if cols and aliases[t]]
+    alts.append(R.cat(words(["t"], True), digit, R.lit("."), columns(c for cols in tables.values() for c in cols)))
+    return R.lark_regexp(R.render(R.alt(*alts)))
+
+
+def _name_terminals(tables: Mapping[str, Sequence[str]], dialect: str) -> list[str]:
+    """The terminals that hold the schema; the rules do not depend on it.
+
+    TABLE (FROM, JOIN), TABLE_ALIAS (after a table), COLUMN (any column of any table), QUALIFIED
+    (`table.column` for the columns of that table only), ALIAS_QUALIFIED (`alias.column` for the
+    columns of the tables that may take the alias), TABLE_STAR and ALIAS_STAR (`table.*`, `alias.*`),
+    DERIVED_NAME (a CTE or derived table) and DERIVED_DOT (such a name and its dot, before
+    DERIVED_FIELD or `*`). Where two are expected at once, either they never end on the same text (a
+    qualified name has a dot; a derived name is never a table or an alias) or they mean the same
+    (`book.title` may be a table's or an alias's column), so maximal munch tells them apart.
+    """
+    fold = dialect != "postgres"
+    fold_tables = fold and dialect != "mysql"  # mysql table names are case-sensitive on Linux
+    spell = {t: _spelling(t, dialect, fold_tables) for t in tables}
+    # an alias is never a table's name, so that `table.column` stays exactly the table's columns
+    names = {t.lower() for t in tables}
+    aliases = {t: table_aliases(t) - names for t in tables}
+    every_alias = set().union(*aliases.values())
+    # aliases are plain names and never quoted: case-insensitive (postgres folds them; mysql, where
+    # they are case-sensitive, leaves a mismatch to the database like an undeclared alias)
+    alias_words = [a + d for a in sorted(every_alias) for d in ("", *"123456789")] + [f"t{d}" for d in "123456789"]
+    table_alts = list(dict.fromkeys(spell.values()))
+    column_alts = list(dict.fromkeys(_spelling(c, dialect, fold) for cols in tables.values() for c in cols))
+    qualified_alts = list(dict.fromkeys(
+        f'{spell[t]} "." {_spelling(c, dialect, fold)}' for t, cols in tables.items() for c in cols
+    ))
+    star_alts = list(dict.fromkeys(f'{spell[t]} "." "*"' for t in tables))
+    # derived names never read as a table or an alias (whose columns are checked)
+    taken = set(alias_words) | {v for t in tables for v in _variants(t)}
+    derived = [n for n in (d + k for d in sorted(DERIVED_NAMES) for k in ("", *"123456789")) if n not in taken]
+    # names outrank keywords (never needed, quoting keeps them apart) and ALIAS (`ORDER BY name` is the
+    # column when there is one)
+    lines = ["TABLE.1: " + "\n    | ".join(table_alts), "TABLE_STAR.1: " + "\n    | ".join(star_alts)]
+    if column_alts:
+        lines.append("COLUMN.1: " + "\n    | ".join(column_alts))
+        lines.append("QUALIFIED.1: " + "\n    | ".join(qualified_alts))
+        lines.append(f"ALIAS_QUALIFIED.-1: {_alias_qualified(tables, aliases, dialect)}")
+    # Priority -1 marks these as fallbacks (grammar.FALLBACK_COST): closing a cut-off `WHERE na` writes
+    # the column `name`, not `na.x` (shorter, but a name nothing declared). Long alternations are one
+    # regexp each: lark reads a grammar's text slowly, token by token.
+    lines += [
+        f"TABLE_ALIAS.-1: {_literals(alias_words)}",
+        f"ALIAS_STAR.-1: {_literals([a + '.*' for a in alias_words])}",
+        f"DERIVED_NAME.-1: {_literals(derived)}",
+        f"DERIVED_DOT.-1: {_literals([n + '.' for n in derived])}",
+    ]
+    return lines
 
 
 def sql_grammar(
@@ -334,34 +501,18 @@ def sql_grammar(
         raise GrammarError("max_limit must be >= 0")
     if not 1 <= max_depth <= 16:
         raise GrammarError(f"max_depth must be in [1, 16], got {max_depth}")
-    fold = dialect != "postgres"
-    fold_tables = fold and dialect != "mysql"  # mysql table names are case-sensitive on Linux
-
-    # The schema lives in four terminals, the rules do not depend on it: TABLE (FROM, JOIN), COLUMN
-    # (any column of any table), QUALIFIED (`table.column` for the columns of that table only) and
-    # TABLE_STAR (`table.*`). They never compete for the same text (a qualified name has a dot, and
-    # TABLE is never expected where the others are), so maximal munch tells them apart.
-    spell = {t: _spelling(t, dialect, fold_tables) for t in tables}
-    table_alts = list(dict.fromkeys(spell.values()))
-    column_alts = list(dict.fromkeys(_spelling(c, dialect, fold) for cols in tables.values() for c in cols))
-    qualified_alts = list(dict.fromkeys(
-        f'{spell[t]} "." {_spelling(c, dialect, fold)}' for t, cols in tables.items() for c in cols
-    ))
-    star_alts = list(dict.fromkeys(f'{spell[t]} "." "*"' for t in tables))
-    # names outrank keywords (never needed, quoting keeps them apart) and ALIAS (`ORDER BY name` is the
-    # column when there is one)
-    lines = ["TABLE.1: " + "\n    | ".join(table_alts), "TABLE_STAR.1: " + "\n    | ".join(star_alts)]
-    if column_alts:
-        lines.append("COLUMN.1: " + "\n    | ".join(column_alts))
-        lines.append("QUALIFIED.1: " + "\n    | ".join(qualified_alts))
+    lines = _name_terminals(tables, dialect)
     limit_int = "INT"
     if max_limit is not None:
         limit_int = "LIMIT_INT"
         lines.append(f"LIMIT_INT: {R.lark_regexp(R.render(int_range(0, max_limit)))}")
-    rules = [_TOP.format(limit_int=limit_int), "table: TABLE", "table_star: TABLE_STAR"]
-    if column_alts:
-        rules.append("column: COLUMN | QUALIFIED")
+    rules = [_TOP.format(limit_int=limit_int), "table_star: TABLE_STAR | ALIAS_STAR | DERIVED_DOT \"*\""]
+    column = "COLUMN | QUALIFIED | ALIAS_QUALIFIED | " if any(tables.values()) else ""
+    rules.append(f"column: {column}DERIVED_DOT DERIVED_FIELD")
     rules += _type_rules(dialect)
-    rules += [_level_rules(dialect, k, k == max_depth, bool(column_alts)) for k in range(max_depth + 1)]
-    terminals = _TERMINALS.format(alias=_ALIAS, max_string=MAX_STRING, max_ws=MAX_WS)
+    rules += [_level_rules(dialect, k, k == max_depth) for k in range(max_depth + 1)]
+    q = "`" if dialect == "mysql" else '"'
+    field = "/[a-z_][a-z0-9_]*/" if dialect == "postgres" else "/[A-Za-z_][A-Za-z0-9_]*/"
+    field += f" | /{q}([^{q}\\n]|{q}{q}){{1,64}}{q}/"
+    terminals = _TERMINALS.format(alias=_ALIAS, max_string=MAX_STRING, max_ws=MAX_WS, field=field)
     return "\n".join(rules) + "\n" + "\n".join(lines) + "\n" + terminals
