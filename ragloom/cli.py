@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     serve.add_argument("--weights", choices=WEIGHT_CHOICES, help=WEIGHTS_HELP)
+    serve.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        default=None,  # not given: the config file / RAGLOOM_PREFIX_CACHING decide (default on)
+        help="compute every prompt in full instead of reusing earlier requests' KV for the same leading tokens",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
         "--chunk-kv-redis-url",
@@ -336,6 +343,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         weights=args.weights,
+        prefix_caching=args.prefix_caching,
         log_level=args.log_level,
         chunk_kv_redis_url=args.chunk_kv_redis_url,
         chunk_kv_disk_dir=args.chunk_kv_dir,

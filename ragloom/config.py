@@ -48,6 +48,9 @@ class EngineSettings(BaseSettings):
         30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before INVALID_ARGUMENT"
     )
     jump_forward: bool = Field(True, description="append the tokens a constraint forces without sampling them")
+    prefix_caching: bool = Field(
+        True, description="reuse the KV of earlier requests' full blocks for the same leading tokens"
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
 
 

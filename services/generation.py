@@ -191,4 +191,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             kv_blocks_total=loads.kv_blocks_total,
             kv_usage=loads.kv_usage,
             model=self._model_id,
+            prefix_cache_queried_tokens=loads.prefix_cache_queried_tokens,
+            prefix_cache_hit_tokens=loads.prefix_cache_hit_tokens,
         )

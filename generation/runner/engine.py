@@ -98,6 +98,8 @@ class Loads:
     kv_blocks_used: int
     kv_blocks_total: int
     kv_usage: float
+    prefix_cache_queried_tokens: int  # since start: tokens of prompts that looked up the prefix cache
+    prefix_cache_hit_tokens: int  # of which were found there
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -134,7 +136,8 @@ class LLMEngine:
         num_blocks = -(-settings.kv_cache_tokens // settings.block_size)
         self.kv = KVCache(cfg.num_layers, num_blocks, settings.block_size, cfg.num_kv_heads, cfg.head_dim,
                           self.dtype, self.device)
-        self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens,
+                                   prefix_caching=settings.prefix_caching)
         self._seqs: dict[str, Sequence] = {}
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
@@ -233,6 +236,7 @@ class LLMEngine:
             detokenizer=IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids),
             generator=generator,
             custom_prefill=request.prefill,
+            cache_prefix=request.prefill is None,
         )
         self._seqs[seq.request_id] = seq
         self.scheduler.add(seq)
@@ -250,8 +254,9 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def loads(self) -> Loads:
-        used, total = self.kv.allocator.num_used, self.kv.num_blocks
-        return Loads(len(self.scheduler.running), len(self.scheduler.waiting), used, total, used / total)
+        used, total, sched = self.kv.allocator.num_used, self.kv.num_blocks, self.scheduler
+        return Loads(len(sched.running), len(sched.waiting), used, total, used / total,
+                     sched.prefix_queried_tokens, sched.prefix_hit_tokens)
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -290,6 +295,7 @@ class LLMEngine:
         logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
         for seq in seqs:
             seq.num_computed = seq.num_tokens
+            self.scheduler.publish(seq)
         rows = [
             SamplingRow(s.params, s.token_ids, s.output_ids, s.processors, s.generator) for s in seqs
         ]

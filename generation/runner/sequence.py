@@ -37,6 +37,10 @@ class Sequence:
     text: str = ""  # output text so far (stop strings removed at the end)
     emitted_chars: int = 0  # how much of text has been streamed
     custom_prefill: Callable[[Any], Any] | None = None  # engine.CustomPrefill, run once
+    # Prefix cache: False for a custom prefill, whose KV is approximate (neither hits nor publishes).
+    cache_prefix: bool = True
+    block_hashes: list[bytes] = field(default_factory=list)  # hash chain of token_ids' full blocks, so far
+    num_published: int = 0  # leading blocks of block_table already offered to the prefix cache
 
     @property
     def token_ids(self) -> list[int]:

@@ -51,6 +51,8 @@ class Loads(_Frozen):
     kv_blocks_total: int
     kv_usage: float
     model: str
+    prefix_cache_queried_tokens: int = 0  # prompt tokens that looked up the prefix cache, since start
+    prefix_cache_hit_tokens: int = 0  # of which were found there
 
 
 class CollectionInfo(_Frozen):

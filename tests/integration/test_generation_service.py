@@ -144,6 +144,20 @@ async def test_concurrent_streams(served: Served) -> None:
     assert all(r[1] == 8 and r[2] == "length" for r in results)
 
 
+def test_prefix_cache_hits_reach_usage_and_loads(client: Client) -> None:
+    prompt = ("Notes for the prefix cache test, long enough for several 16-token blocks: the same "
+              "preamble is sent twice, so the second request reuses the first one's KV. Then:")
+    before = client.loads()
+    first = client.generate(prompt, max_tokens=4, temperature=0)
+    second = client.generate(prompt, max_tokens=4, temperature=0)
+    assert first.usage.cached_tokens == 0 and second.token_ids == first.token_ids
+    # all of the prompt's full blocks but the one holding its last token (that one is recomputed)
+    assert second.usage.cached_tokens == (second.usage.prompt_tokens - 1) // 16 * 16 > 0
+    after = wait_idle(client)
+    assert after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens == second.usage.cached_tokens
+    assert after.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens == 2 * first.usage.prompt_tokens
+
+
 def test_client_cancel_frees_kv_blocks(client: Client) -> None:
     s = client.stream(PROMPT, max_tokens=LONG, ignore_eos=True)
     it = iter(s)
