@@ -199,6 +199,65 @@ def main() -> None:
                    for i, (name, cfg) in enumerate(codecs.items())}
 
     systems: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+
+    def report(done: int, final: bool) -> None:
+        """Summarize the questions done so far; the JSON is rewritten after every question, so an
+        interrupted long run (a 1.5B model on CPU takes minutes per question) keeps what it measured."""
+        # stored bytes per token per codec, from what is on disk
+        sizes = {name: sum(f.stat().st_size for f in (tmp / f"codec{i}").rglob("*") if f.is_file())
+                 for i, name in enumerate(codecs)}
+        n_tokens = sum(len(rp.passage_tokens(ctx_text)) for ctx_text in _all_passage_texts(data[:done], tok, args))
+        full_f1 = statistics.mean(r["f1"] for r in systems["full"])
+        full_ttft = statistics.median(r["ttft"] for r in systems["full"])
+        table = []
+        for name, rows_ in systems.items():
+            entry: dict[str, Any] = {"system": name, "n": len(rows_), "ttft_median_s": statistics.median(r["ttft"] for r in rows_)}
+            entry["ttft_speedup_vs_full"] = full_ttft / entry["ttft_median_s"]
+            if "f1" in rows_[0]:
+                entry.update(
+                    f1=statistics.mean(r["f1"] for r in rows_), em=statistics.mean(r["em"] for r in rows_),
+                    agree=statistics.mean(r["agree"] for r in rows_), top1=statistics.mean(r["top1"] for r in rows_),
+                    kl_mean=statistics.mean(r["kl"] for r in rows_),
+                    reused_mean=statistics.mean(r["reused"] for r in rows_),
+                    recomputed_mean=statistics.mean(r["recomputed"] for r in rows_),
+                )
+                entry["f1_vs_full"] = entry["f1"] / full_f1 if full_f1 else float("nan")
+            table.append(entry)
+        codec_rows = []
+        fp16 = sizes.get("16", 0) / max(1, n_tokens)
+        for name, cfg in codecs.items():
+            per_token = sizes[name] / max(1, n_tokens)
+            sys_rows = systems[f"blend@0.15 (disk, {name})"]
+            codec_rows.append({"codec": name, "bits": cfg.bits, "group_size": cfg.group_size, "entropy": cfg.entropy,
+                               "bytes_per_token": per_token, "x_smaller_than_fp16": fp16 / per_token if fp16 else None,
+                               "f1": statistics.mean(r["f1"] for r in sys_rows)})
+        partial = only != set(GROUPS)
+        # The bundled model keeps the historical names; another model's results carry its name.
+        suffix = "" if args.model is None else f"-{args.model}"
+        default = RESULTS / (f"blend-cpu{suffix}-partial.json" if partial else f"blend-cpu{suffix}.json")
+        write_results(args.output or default, {
+            "benchmark": "blend", "date": datetime.now(UTC).isoformat(),
+            "machine": platform.processor() or platform.machine(), "model": engine.model_id,
+            "weights": engine.weights_summary, "threads": args.threads, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "questions": done,
+            "complete": final, "systems": table, "codecs": codec_rows,
+            "per_question": {k: v for k, v in systems.items()},
+        })
+        if not final:
+            return
+        print(f"\nMuSiQue, {len(data)} questions x {args.passages} passages cut to {args.passage_tokens} tokens; "
+              f"{engine.model_id} on CPU, weights {engine.weights_summary}, {args.threads} threads; greedy, "
+              f"max {args.max_tokens} tokens")
+        print(f"{'system':28} {'TTFT s':>8} {'x full':>7} {'F1':>6} {'EM':>5} {'F1/full':>8} {'agree':>6} {'top1':>5} {'KL':>7} {'reused':>7} {'recomp':>7}")
+        for e in table:
+            if "f1" in e:
+                print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f} {e['f1']:6.3f} {e['em']:5.2f} "
+                      f"{e['f1_vs_full']:8.3f} {e['agree']:6.2f} {e['top1']:5.2f} {e['kl_mean']:7.4f} {e['reused_mean']:7.0f} {e['recomputed_mean']:7.0f}")
+            else:
+                print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f}")
+        print(f"\n{'codec':10} {'bytes/token':>12} {'x smaller than fp16':>20} {'F1 (blend@0.15)':>16}")
+        for row in codec_rows:
+            print(f"{row['codec']:10} {row['bytes_per_token']:12.0f} {row['x_smaller_than_fp16'] or 0:20.2f} {row['f1']:16.3f}")
+
     for qi, rec in enumerate(data):
         question, golds = rec["question"], rec["answers"]
         passages = []
@@ -250,58 +309,9 @@ def main() -> None:
         print(f"[{qi + 1}/{len(data)}] {question[:60]!r} gold={golds[0]!r} full={first_line(full_text)!r} "
               + (f"{shown}={rows[shown]['answer']!r} ttft full {full_ttft:.2f}s {shown} {rows[shown]['ttft']:.2f}s"
                  if shown else f"ttft full {full_ttft:.2f}s"), flush=True)
+        report(qi + 1, final=False)
 
-    # stored bytes per token per codec, from what is on disk
-    sizes = {name: sum(f.stat().st_size for f in (tmp / f"codec{i}").rglob("*") if f.is_file())
-             for i, name in enumerate(codecs)}
-    n_tokens = sum(len(rp.passage_tokens(ctx_text)) for ctx_text in _all_passage_texts(data, tok, args))
-    full_f1 = statistics.mean(r["f1"] for r in systems["full"])
-    full_ttft = statistics.median(r["ttft"] for r in systems["full"])
-    table = []
-    for name, rows_ in systems.items():
-        entry: dict[str, Any] = {"system": name, "n": len(rows_), "ttft_median_s": statistics.median(r["ttft"] for r in rows_)}
-        entry["ttft_speedup_vs_full"] = full_ttft / entry["ttft_median_s"]
-        if "f1" in rows_[0]:
-            entry.update(
-                f1=statistics.mean(r["f1"] for r in rows_), em=statistics.mean(r["em"] for r in rows_),
-                agree=statistics.mean(r["agree"] for r in rows_), top1=statistics.mean(r["top1"] for r in rows_),
-                kl_mean=statistics.mean(r["kl"] for r in rows_),
-                reused_mean=statistics.mean(r["reused"] for r in rows_),
-                recomputed_mean=statistics.mean(r["recomputed"] for r in rows_),
-            )
-            entry["f1_vs_full"] = entry["f1"] / full_f1 if full_f1 else float("nan")
-        table.append(entry)
-    codec_rows = []
-    fp16 = sizes.get("16", 0) / max(1, n_tokens)
-    for name, cfg in codecs.items():
-        per_token = sizes[name] / max(1, n_tokens)
-        sys_rows = systems[f"blend@0.15 (disk, {name})"]
-        codec_rows.append({"codec": name, "bits": cfg.bits, "group_size": cfg.group_size, "entropy": cfg.entropy,
-                           "bytes_per_token": per_token, "x_smaller_than_fp16": fp16 / per_token if fp16 else None,
-                           "f1": statistics.mean(r["f1"] for r in sys_rows)})
-    print(f"\nMuSiQue, {len(data)} questions x {args.passages} passages cut to {args.passage_tokens} tokens; "
-          f"{engine.model_id} on CPU, weights {engine.weights_summary}, {args.threads} threads; greedy, "
-          f"max {args.max_tokens} tokens")
-    print(f"{'system':28} {'TTFT s':>8} {'x full':>7} {'F1':>6} {'EM':>5} {'F1/full':>8} {'agree':>6} {'top1':>5} {'KL':>7} {'reused':>7} {'recomp':>7}")
-    for e in table:
-        if "f1" in e:
-            print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f} {e['f1']:6.3f} {e['em']:5.2f} "
-                  f"{e['f1_vs_full']:8.3f} {e['agree']:6.2f} {e['top1']:5.2f} {e['kl_mean']:7.4f} {e['reused_mean']:7.0f} {e['recomputed_mean']:7.0f}")
-        else:
-            print(f"{e['system']:28} {e['ttft_median_s']:8.3f} {e['ttft_speedup_vs_full']:7.2f}")
-    print(f"\n{'codec':10} {'bytes/token':>12} {'x smaller than fp16':>20} {'F1 (blend@0.15)':>16}")
-    for row in codec_rows:
-        print(f"{row['codec']:10} {row['bytes_per_token']:12.0f} {row['x_smaller_than_fp16'] or 0:20.2f} {row['f1']:16.3f}")
-
-    partial = only != set(GROUPS)
-    # The bundled model keeps the historical names; another model's results carry its name.
-    suffix = "" if args.model is None else f"-{args.model}"
-    default = RESULTS / (f"blend-cpu{suffix}-partial.json" if partial else f"blend-cpu{suffix}.json")
-    write_results(args.output or default, {
-        "benchmark": "blend", "date": datetime.now(UTC).isoformat(), "machine": platform.processor() or platform.machine(),
-        "model": engine.model_id, "weights": engine.weights_summary, "threads": args.threads, "args": vars(args), "questions": len(data), "systems": table, "codecs": codec_rows,
-        "per_question": {k: v for k, v in systems.items()},
-    })
+    report(len(data), final=True)
 
 
 def _all_passage_texts(data: list[dict], tok: Any, args: argparse.Namespace) -> list[str]:
