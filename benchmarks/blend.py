@@ -178,8 +178,9 @@ def main() -> None:
 
     data = json.loads(MUSIQUE.read_text())[: args.questions]
     model_kw = {"model": args.model} if args.model else {}
+    # No automatic prefix caching: the full-prefill baseline must prefill everything it is timed on.
     engine = LLMEngine(EngineSettings(device="cpu", kv_cache_tokens=16384, max_num_seqs=1, weights=args.weights,
-                                      **model_kw))
+                                      prefix_caching=False, **model_kw))
     tok = engine.tokenizer
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop=["\n"])
     hf = None

@@ -309,6 +309,9 @@ class RagloomSystem:
             kv_cache_tokens=max(kv_tokens, 16),
             max_num_seqs=max_batch,
             max_num_batched_tokens=max(max_prefill, 16),
+            # Every timed run repeats its prompts: with prefix caching they would be cache hits
+            # and TTFT would measure a lookup, not prefill (llama.cpp gets a fresh context too).
+            prefix_caching=False,
         )
         self.engine = LLMEngine(self.settings)
         self.clock = Clock(device)
