@@ -153,9 +153,9 @@ def forward_logits(engine: Any, ids: list[int], n_logits: int) -> torch.Tensor:
         batch = ForwardBatch.build(
             new_tokens=[ids],
             starts=[0],
-            slots=[kv.slots(table, 0, len(ids))],
+            block_tables=[table],
+            kv=kv,
             logits_per_seq=[n_logits],
-            device=engine.device,
             sliding_window=engine.config.sliding_window,
         )
         with torch.inference_mode():

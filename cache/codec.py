@@ -402,7 +402,7 @@ def decode_into(blob: bytes | bytearray | memoryview, k_out: torch.Tensor, v_out
 
     Without ``slots``, ``k_out``/``v_out`` are [layers, tokens, kv_heads, head_dim] targets (e.g.
     ``kv.k[:, a:b]``, a view). With ``slots`` (a 1-D index tensor of length tokens) they are the
-    runner's whole cache tensors [layers, num_slots, kv_heads, head_dim] and token i goes to slot
+    whole token-major cache tensors [layers, num_slots, kv_heads, head_dim] and token i goes to slot
     ``slots[i]`` in every layer (one ``index_copy_`` along the slot axis)."""
     info, k, v = _decode_float(blob, k_out.device)
     for name, out, src in (("k", k_out, k), ("v", v_out, v)):

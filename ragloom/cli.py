@@ -65,13 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
     serve.add_argument("--weights", choices=WEIGHT_CHOICES, help=WEIGHTS_HELP)
-    serve.add_argument(
-        "--no-prefix-caching",
-        dest="prefix_caching",
-        action="store_false",
-        default=None,  # not given: the config file / RAGLOOM_PREFIX_CACHING decide (default on)
-        help="compute every prompt in full instead of reusing earlier requests' KV for the same leading tokens",
-    )
+    _add_scheduling_flags(serve, "")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
         "--chunk-kv-redis-url",
@@ -140,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(--local) where the model runs")
     gen.add_argument("--weights", choices=WEIGHT_CHOICES, help="(--local) " + WEIGHTS_HELP)
     gen.add_argument("--data-dir", type=Path, help="(--local) model conversion cache")
+    _add_scheduling_flags(gen, "(--local) ")
 
     models = sub.add_parser(
         "models",
@@ -343,7 +338,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         weights=args.weights,
-        prefix_caching=args.prefix_caching,
+        **_scheduling(args),
         log_level=args.log_level,
         chunk_kv_redis_url=args.chunk_kv_redis_url,
         chunk_kv_disk_dir=args.chunk_kv_dir,
@@ -446,6 +441,28 @@ def _cmd_generate_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    # default=None: a flag not given leaves the config file / RAGLOOM_* variables to decide.
+    parser.add_argument(
+        "--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
+        help=prefix + "compute every prompt in full instead of reusing earlier requests' KV for the same leading tokens",
+    )
+    parser.add_argument(
+        "--no-chunked-prefill", dest="chunked_prefill", action="store_false", default=None,
+        help=prefix + "prefill each prompt whole, in a step of its own, pausing every other stream meanwhile",
+    )
+    parser.add_argument(
+        "--step-tokens", type=int, metavar="N",
+        help=prefix + "tokens one engine step runs: decodes plus prompt chunks (default 512); larger "
+        "prefills faster, smaller keeps streams smoother while long prompts arrive",
+    )
+
+
+def _scheduling(args: argparse.Namespace) -> dict[str, Any]:
+    return {"prefix_caching": args.prefix_caching, "chunked_prefill": args.chunked_prefill,
+            "max_num_batched_tokens": args.step_tokens}
+
+
 async def _generate_local(args: argparse.Namespace) -> int:
     import uuid
 
@@ -456,7 +473,8 @@ async def _generate_local(args: argparse.Namespace) -> int:
 
     spec = _constraint(args)  # file and JSON errors before the model loads
     settings = load_settings(
-        args.config, data_dir=args.data_dir, model=args.model, device=args.device, weights=args.weights
+        args.config, data_dir=args.data_dir, model=args.model, device=args.device, weights=args.weights,
+        **_scheduling(args),
     )
     llm = await asyncio.to_thread(LLMEngine, settings)
     sampling = {k: v for k, v in _sampling(args).items() if v is not None}

@@ -42,7 +42,14 @@ class EngineSettings(BaseSettings):
         16384, ge=16, description="KV cache capacity in tokens, all sequences together (bundled model: 45 KiB each in float32)"
     )
     max_num_seqs: int = Field(32, ge=1, description="sequences decoded together in one step")
-    max_num_batched_tokens: int = Field(4096, ge=16, description="prompt tokens prefilled in one step")
+    max_num_batched_tokens: int = Field(
+        512, ge=16, description="tokens one engine step runs, decodes and prompt chunks together (with "
+        "chunked prefill), or prompt tokens prefilled in one step (without)",
+    )
+    chunked_prefill: bool = Field(
+        True, description="split prompts into chunks that run beside the decodes of other requests, "
+        "so that a long prompt never stalls their streams (Sarathi-Serve)",
+    )
     max_model_len: int | None = Field(None, description="context limit; default: the model's own")
     constraint_timeout_s: float = Field(
         30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before INVALID_ARGUMENT"

@@ -69,7 +69,7 @@ def prefill_logits(engine, ids: list[int]):
     blocks: list[int] = []
     engine.kv.reserve(blocks, len(ids))
     try:
-        batch = ForwardBatch.build([ids], [0], [engine.kv.slots(blocks, 0, len(ids))], [len(ids)], engine.device)
+        batch = ForwardBatch.build([ids], [0], [blocks], engine.kv, [len(ids)])
         with torch.inference_mode():
             return engine.model(batch, engine.kv)
     finally:

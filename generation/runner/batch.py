@@ -1,8 +1,16 @@
 """One forward step's layout: which tokens run, where their KV goes, what each query may see.
 
-Linear layers run on the flat list of new tokens [T]; attention runs per sequence on a padded
-[B, Lq] x [B, Lk] grid gathered from the paged cache. Everything here is computed once per step
-and shared by all layers.
+Linear layers run on the flat list of new tokens [T] of all sequences. Attention runs per
+*group* of sequences:
+
+- decode (one new token each): each sequence's keys are read in place from the paged cache, run
+  by run of consecutive blocks (`runs`), with no copy; or, for many short sequences, where one
+  batched kernel beats a loop over sequences, gathered into a padded [B, Lk] grid;
+- prefill (several new tokens each, chunks included): a padded [B, Lq] x [B, Lk] grid gathered
+  from the cache with a causal mask; a prompt's queries amortize the copy.
+
+A step may mix both (chunked prefill runs prompt chunks beside decodes). Everything here is
+computed once per step and shared by all layers.
 """
 
 from __future__ import annotations
@@ -10,6 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ragloom.generation.runner.kv import KVCache
+
+# Decode reads keys in place (a loop over sequences, a few small matmuls each) when the batch is a
+# single sequence, or when the mean context is long enough that copying it costs more than the
+# loop; else gathers. A table with more runs than MAX_RUNS (a fragmented cache) is gathered too.
+IN_PLACE_MIN_CONTEXT = 512
+MAX_RUNS = 8
 
 
 def may_attend(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
@@ -23,64 +39,118 @@ def may_attend(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | N
 
 
 @dataclass
+class AttentionGroup:
+    """Sequences attended together, and how their keys are read."""
+
+    rows: torch.Tensor | None  # [t] rows of T holding this group's queries; None: all of T, in order
+    batch_size: int
+    max_query_len: int
+    q_index: torch.Tensor | None  # [t] row of each query in the padded [B * Lq] grid; None: Lq == 1
+    gather_slots: torch.Tensor | None  # [B, Lk] slots to gather (padding -> any slot); None: in place
+    mask: torch.Tensor | None  # [B, 1, Lq, Lk] bool, True = may attend; None: every query sees every key
+    runs: list[list[tuple[int, int]]] | None  # per sequence, (first slot, length) read in place
+
+
+@dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] new tokens of all sequences, concatenated
     positions: torch.Tensor  # [T] their positions in their sequences
     slot_mapping: torch.Tensor  # [T] flat KV slot each new token is written to
-    q_index: torch.Tensor | None  # [T] row of each new token in the padded [B * Lq] grid; None: Lq == 1
-    gather_slots: torch.Tensor  # [B, Lk] KV slots each sequence attends over (padding -> any slot)
-    mask: torch.Tensor | None  # [B, 1, Lq, Lk] bool, True = may attend; None: every query sees every key
+    groups: list[AttentionGroup]
     logits_indices: torch.Tensor  # [N] indices into T whose logits are wanted
-    batch_size: int
-    max_query_len: int
 
     @classmethod
     def build(
         cls,
         new_tokens: list[list[int]],  # per sequence: the tokens to run
         starts: list[int],  # per sequence: position of its first new token (= tokens already cached)
-        slots: list[list[int]],  # per sequence: KV slots of positions [0, start + len(new))
-        logits_per_seq: list[int],  # per sequence: how many trailing positions need logits
-        device: torch.device,
+        block_tables: list[list[int]],  # per sequence: blocks holding positions [0, start + len(new))
+        kv: KVCache,
+        logits_per_seq: list[int],  # per sequence: how many trailing positions need logits (0: none)
         sliding_window: int | None = None,
     ) -> ForwardBatch:
-        batch = len(new_tokens)
+        device = kv.k.device
         q_lens = [len(t) for t in new_tokens]
-        kv_lens = [s + n for s, n in zip(starts, q_lens)]
-        lq, lk = max(q_lens), max(kv_lens)
+        offsets = [0]
+        for n in q_lens:
+            offsets.append(offsets[-1] + n)
 
         input_ids = [t for toks in new_tokens for t in toks]
         positions = [p for s, n in zip(starts, q_lens) for p in range(s, s + n)]
-        slot_mapping = [sl for s, n, seq_slots in zip(starts, q_lens, slots) for sl in seq_slots[s : s + n]]
-        gather = [seq_slots + [0] * (lk - len(seq_slots)) for seq_slots in slots]
-        q_index = [b * lq + i for b, n in enumerate(q_lens) for i in range(n)]
-        logits_indices: list[int] = []
-        offset = 0
-        for n, want in zip(q_lens, logits_per_seq):
-            logits_indices += range(offset + n - want, offset + n)
-            offset += n
+        slot_mapping = torch.cat([kv.slot_tensor(bt, s, s + n) for bt, s, n in zip(block_tables, starts, q_lens)])
+        logits_indices = [i for off, n, want in zip(offsets[1:], q_lens, logits_per_seq) for i in range(off - want, off)]
 
-        # Query i of sequence b sits at position starts[b] + i; padded query rows get position 0
-        # so their softmax stays finite (they are dropped afterwards).
-        q_pos = torch.zeros(batch, lq, dtype=torch.long)
-        for b, (s, n) in enumerate(zip(starts, q_lens)):
-            q_pos[b, :n] = torch.arange(s, s + n)
-        k_pos = torch.arange(lk)
-        mask = may_attend(q_pos.unsqueeze(-1), k_pos.view(1, 1, lk), sliding_window)
-        mask &= k_pos.view(1, 1, lk) < torch.tensor(kv_lens).view(batch, 1, 1)
-
-        def t(x: list[int]) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.long).to(device, non_blocking=True)
+        decode = [b for b, n in enumerate(q_lens) if n == 1]
+        prefill = [b for b, n in enumerate(q_lens) if n > 1]
+        groups = []
+        for members, build in ((decode, _decode_group), (prefill, _prefill_group)):
+            if members:
+                group = build([starts[b] for b in members], [q_lens[b] for b in members],
+                              [block_tables[b] for b in members], kv, sliding_window)
+                if len(members) < len(q_lens):
+                    rows = [r for b in members for r in range(offsets[b], offsets[b + 1])]
+                    group.rows = _long(rows, device)
+                groups.append(group)
 
         return cls(
-            input_ids=t(input_ids),
-            positions=t(positions),
-            slot_mapping=t(slot_mapping),
-            q_index=None if lq == 1 else t(q_index),
-            gather_slots=torch.tensor(gather, dtype=torch.long).to(device, non_blocking=True),
-            # A lone sequence's decode step sees all its keys: SDPA without a mask is faster.
-            mask=None if lq == 1 and bool(mask.all()) else mask.unsqueeze(1).to(device, non_blocking=True),
-            logits_indices=t(logits_indices),
-            batch_size=batch,
-            max_query_len=lq,
+            input_ids=_long(input_ids, device),
+            positions=_long(positions, device),
+            slot_mapping=slot_mapping,
+            groups=groups,
+            logits_indices=_long(logits_indices, device),
         )
+
+
+def _long(x: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.long).to(device, non_blocking=True)
+
+
+def _first_key(kv_len: int, sliding_window: int | None) -> int:
+    return 0 if sliding_window is None else max(0, kv_len - sliding_window)
+
+
+def _decode_group(starts: list[int], q_lens: list[int], tables: list[list[int]], kv: KVCache,
+                  sliding_window: int | None) -> AttentionGroup:
+    kv_lens = [s + 1 for s in starts]
+    firsts = [_first_key(n, sliding_window) for n in kv_lens]
+    if len(starts) == 1 or sum(n - f for n, f in zip(kv_lens, firsts)) >= IN_PLACE_MIN_CONTEXT * len(starts):
+        runs = [kv.runs(t, f, n) for t, f, n in zip(tables, firsts, kv_lens)]
+        if all(len(r) <= MAX_RUNS for r in runs):
+            return AttentionGroup(None, len(starts), 1, None, None, None, runs)
+    return _gathered(starts, q_lens, tables, kv, sliding_window)
+
+
+def _prefill_group(starts: list[int], q_lens: list[int], tables: list[list[int]], kv: KVCache,
+                   sliding_window: int | None) -> AttentionGroup:
+    return _gathered(starts, q_lens, tables, kv, sliding_window)
+
+
+def _gathered(starts: list[int], q_lens: list[int], tables: list[list[int]], kv: KVCache,
+              sliding_window: int | None) -> AttentionGroup:
+    device = kv.k.device
+    batch = len(starts)
+    kv_lens = [s + n for s, n in zip(starts, q_lens)]
+    lq, lk = max(q_lens), max(kv_lens)
+    slots = torch.zeros(batch, lk, dtype=torch.long, device=device)  # padding reads slot 0, masked
+    for b, (table, n) in enumerate(zip(tables, kv_lens)):
+        slots[b, :n] = kv.slot_tensor(table, 0, n)
+    q_index = [b * lq + i for b, n in enumerate(q_lens) for i in range(n)]
+
+    # Query i of sequence b sits at position starts[b] + i; padded query rows get position 0
+    # so their softmax stays finite (they are dropped afterwards).
+    q_pos = torch.zeros(batch, lq, dtype=torch.long)
+    for b, (s, n) in enumerate(zip(starts, q_lens)):
+        q_pos[b, :n] = torch.arange(s, s + n)
+    k_pos = torch.arange(lk)
+    mask = may_attend(q_pos.unsqueeze(-1), k_pos.view(1, 1, lk), sliding_window)
+    mask &= k_pos.view(1, 1, lk) < torch.tensor(kv_lens).view(batch, 1, 1)
+    return AttentionGroup(
+        rows=None,
+        batch_size=batch,
+        max_query_len=lq,
+        q_index=None if lq == 1 else _long(q_index, device),
+        gather_slots=slots,
+        # A lone sequence's decode step sees all its keys: SDPA without a mask is faster.
+        mask=None if lq == 1 and bool(mask.all()) else mask.unsqueeze(1).to(device, non_blocking=True),
+        runs=None,
+    )

@@ -137,7 +137,7 @@ class LLMEngine:
         self.kv = KVCache(cfg.num_layers, num_blocks, settings.block_size, cfg.num_kv_heads, cfg.head_dim,
                           self.dtype, self.device)
         self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens,
-                                   prefix_caching=settings.prefix_caching)
+                                   prefix_caching=settings.prefix_caching, chunked_prefill=settings.chunked_prefill)
         self._seqs: dict[str, Sequence] = {}
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
@@ -266,6 +266,7 @@ class LLMEngine:
         if batch is None:
             return []
         seqs = batch.seqs
+        todo = {id(s): n for s, n in zip(seqs, batch.num_tokens)}
         custom = [s for s in seqs if s.custom_prefill is not None and s.num_computed == 0]
         normal = [s for s in seqs if not (s.custom_prefill is not None and s.num_computed == 0)]
         rows_by_seq: dict[int, torch.Tensor] = {}
@@ -282,20 +283,27 @@ class LLMEngine:
         if not seqs:
             return []
         if normal:
+            # A prompt chunk that does not reach the prompt's end needs no logits.
+            ends = [seq.num_computed + todo[id(seq)] for seq in normal]
+            wants = [int(end == seq.num_tokens) for seq, end in zip(normal, ends)]
             fwd = ForwardBatch.build(
-                new_tokens=[seq.token_ids[seq.num_computed :] for seq in normal],
+                new_tokens=[seq.token_ids[seq.num_computed : end] for seq, end in zip(normal, ends)],
                 starts=[seq.num_computed for seq in normal],
-                slots=[self.kv.slots(seq.block_table, 0, seq.num_tokens) for seq in normal],
-                logits_per_seq=[1] * len(normal),
-                device=self.device,
+                block_tables=[seq.block_table for seq in normal],
+                kv=self.kv,
+                logits_per_seq=wants,
                 sliding_window=self.config.sliding_window,
             )
-            for seq, row in zip(normal, self.model(fwd, self.kv)):
+            out = self.model(fwd, self.kv)
+            for seq, row in zip([s for s, w in zip(normal, wants) if w], out):
                 rows_by_seq[id(seq)] = row
-        logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
         for seq in seqs:
-            seq.num_computed = seq.num_tokens
+            seq.num_computed = seq.num_tokens if id(seq) in rows_by_seq else seq.num_computed + todo[id(seq)]
             self.scheduler.publish(seq)
+        seqs = [s for s in seqs if id(s) in rows_by_seq]  # part-way through their prompt: no token yet
+        if not seqs:
+            return []
+        logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
         rows = [
             SamplingRow(s.params, s.token_ids, s.output_ids, s.processors, s.generator) for s in seqs
         ]
@@ -312,9 +320,7 @@ class LLMEngine:
         n = len(seq.prompt_ids)
         if res.k.shape[1] != n or res.v.shape[1] != n:
             raise InvalidArgument(f"custom prefill returned KV for {res.k.shape[1]} tokens, prompt has {n}")
-        slots = torch.tensor(self.kv.slots(seq.block_table, 0, n), device=self.device)
-        for layer in range(self.config.num_layers):
-            self.kv.write(layer, slots, res.k[layer].to(self.dtype), res.v[layer].to(self.dtype))
+        self.kv.write_layers(self.kv.slot_tensor(seq.block_table, 0, n), res.k.to(self.device), res.v.to(self.device))
         seq.num_cached = res.reused_tokens
         return res.logits.to(self.device, torch.float32)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ragloom.errors import ModelError
-from ragloom.generation.runner.batch import ForwardBatch
+from ragloom.generation.runner.batch import AttentionGroup, ForwardBatch
 from ragloom.generation.runner.kv import KVCache
 from ragloom.generation.runner.quant import QuantEmbedding, QuantLinear
 from ragloom.generation.runner.rope import RotaryEmbedding, apply_rotary
@@ -46,6 +46,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=h != k.shape[2]
     )
     return out.transpose(1, 2).reshape(b, lq, h * d)
+
+
+def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One decode query q [H, d] over a sequence's keys given as runs of (k, v) views
+    [KVH, n, d] straight into the cache: [H * d].
+
+    Grouped-query attention as matmuls: the H / KVH query heads sharing a KV head form the rows of
+    one [G, d] x [d, n] product, so K/V are never repeated nor copied. Scores of all runs are
+    softmaxed together (they are only [H, context] floats)."""
+    kvh, d = runs[0][0].shape[0], runs[0][0].shape[2]
+    qg = (q * d**-0.5).view(kvh, -1, d)
+    scores = [torch.bmm(qg, k.transpose(1, 2)) for k, _ in runs]
+    p = torch.softmax((scores[0] if len(scores) == 1 else torch.cat(scores, -1)).float(), -1).to(q.dtype)
+    out, start = None, 0
+    for _, v in runs:
+        part = p[..., start : start + v.shape[1]]
+        out = torch.bmm(part, v) if out is None else out.baddbmm_(part, v)
+        start += v.shape[1]
+    assert out is not None
+    return out.view(-1)
 
 
 class DecoderLayer(nn.Module):
@@ -93,20 +113,33 @@ class DecoderLayer(nn.Module):
                      batch: ForwardBatch, kv: KVCache) -> torch.Tensor:
         """Store this step's k/v in the paged cache, then attend each sequence over its cached
         KV: [T, H * d], before the output projection."""
-        cfg = self.cfg
         kv.write(layer, batch.slot_mapping, k, v)
-        keys, values = kv.gather(layer, batch.gather_slots)  # [B, Lk, kvh, d]
+        groups = batch.groups
+        if len(groups) == 1 and groups[0].rows is None:
+            return self._attend_group(q, layer, groups[0], kv)
+        out = q.new_empty(q.shape[0], self.cfg.num_heads * self.cfg.head_dim)
+        for g in groups:
+            assert g.rows is not None
+            out.index_copy_(0, g.rows, self._attend_group(q.index_select(0, g.rows), layer, g, kv))
+        return out
 
-        b, lq = batch.batch_size, batch.max_query_len
-        if batch.q_index is None:  # decode: one query per sequence, no padding needed
+    def _attend_group(self, q: torch.Tensor, layer: int, g: AttentionGroup, kv: KVCache) -> torch.Tensor:
+        cfg = self.cfg
+        if g.runs is not None:  # decode, keys in place
+            return torch.stack([attend_runs(q[i], [kv.view(layer, s, n) for s, n in runs])
+                                for i, runs in enumerate(g.runs)]).view(q.shape[0], -1)
+        assert g.gather_slots is not None
+        keys, values = kv.gather(layer, g.gather_slots)  # [B, Lk, kvh, d]
+        b, lq = g.batch_size, g.max_query_len
+        if g.q_index is None:  # one query per sequence, no padding needed
             qp = q.view(b, 1, cfg.num_heads, cfg.head_dim)
         else:
-            qp = q.new_zeros(b * lq, cfg.num_heads, cfg.head_dim).index_copy_(0, batch.q_index, q)
+            qp = q.new_zeros(b * lq, cfg.num_heads, cfg.head_dim).index_copy_(0, g.q_index, q)
             qp = qp.view(b, lq, cfg.num_heads, cfg.head_dim)
-        out = attend(qp, keys, values, batch.mask)  # [B, Lq, H * d]
+        out = attend(qp, keys, values, g.mask)  # [B, Lq, H * d]
         out = out.reshape(b * lq, cfg.num_heads * cfg.head_dim)
-        if batch.q_index is not None:
-            out = out.index_select(0, batch.q_index)
+        if g.q_index is not None:
+            out = out.index_select(0, g.q_index)
         return out
 
     def output(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

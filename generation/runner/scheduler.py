@@ -1,9 +1,18 @@
 """Continuous batching: which sequences run in the next step.
 
-Policy (as in nano-vllm): waiting prompts are prefilled first, as many as fit the token budget
-and the free KV blocks; otherwise every running sequence decodes one token. When a decode step
-runs out of blocks, the newest running sequence is preempted: its blocks are freed and it goes
-back to the front of the queue to be recomputed later, so older requests always make progress.
+Two policies, each step filling a token budget (`max_num_batched_tokens`):
+
+- *chunked prefill* (Sarathi-Serve; the engine's default): every running sequence that is
+  decoding gets its one token first, then prompts fill what is left of the budget, a chunk at a
+  time: a prompt longer than the budget is prefilled over several steps, each beside the
+  decodes, so that one long prompt never stalls the streams already running for its whole
+  prefill. Prompts part-way through go before new ones.
+- *prefill first* (nano-vllm): waiting prompts are prefilled whole, as many as fit the budget, in
+  a step of their own; otherwise every running sequence decodes one token.
+
+When a step runs out of blocks, the newest running sequence is preempted: its blocks are freed
+and it goes back to the front of the queue to be recomputed later, so older requests always make
+progress.
 
 Prefix caching: a prompt about to be prefilled first takes the longest chain of cached blocks
 that holds its leading tokens (kv.py), and only the rest is computed; after each step the blocks
@@ -22,16 +31,22 @@ from ragloom.generation.runner.sequence import Sequence, Status
 @dataclass
 class ScheduledBatch:
     seqs: list[Sequence]
-    is_prefill: bool
+    num_tokens: list[int]  # per sequence: how many of its uncomputed tokens run in this step
+    is_prefill: bool  # some sequence runs more than one token
+
+    def completes(self, i: int) -> bool:
+        """Whether seqs[i] is computed to its last token after this step (so it samples one)."""
+        return self.seqs[i].num_computed + self.num_tokens[i] == self.seqs[i].num_tokens
 
 
 class Scheduler:
     def __init__(self, kv: KVCache, max_num_seqs: int, max_num_batched_tokens: int,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, chunked_prefill: bool = False) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.prefix_caching = prefix_caching
+        self.chunked_prefill = chunked_prefill
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -61,10 +76,84 @@ class Scheduler:
         seq.status = Status.FINISHED
 
     def schedule(self) -> ScheduledBatch | None:
+        if self.chunked_prefill:
+            return self._schedule_mixed()
         batch = self._schedule_prefill()
         if batch is not None:
             return batch
         return self._schedule_decode()
+
+    # ---- chunked prefill -------------------------------------------------------------------------
+
+    def _schedule_mixed(self) -> ScheduledBatch | None:
+        budget = self.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        counts: list[int] = []
+        # Decodes first, oldest first, all of them (the budget is meant to exceed max_num_seqs);
+        # blocks short -> the newest running sequence is preempted.
+        for seq in [s for s in self.running if s.num_new == 1]:
+            if seq not in self.running or not self._make_room(seq, seq.num_tokens, seqs):
+                continue
+            self.kv.reserve(seq.block_table, seq.num_tokens, seq.params.max_tokens)
+            seqs.append(seq)
+            counts.append(1)
+            budget = max(budget - 1, 0)
+        # Prompts part-way through their prefill, then new ones, a chunk each while budget lasts.
+        for seq in [s for s in self.running if s.num_new > 1]:
+            if budget == 0:
+                break
+            if seq not in self.running:
+                continue
+            n = min(seq.num_new, budget)
+            if not self._make_room(seq, self._reserve_for(seq, n), seqs):
+                continue
+            self.kv.reserve(seq.block_table, self._reserve_for(seq, n), seq.params.max_tokens)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self._cached_prefix(seq)
+            todo = seq.num_new - len(hits) * self.kv.block_size
+            # A custom (blended) prefill computes the whole prompt at once, outside the forward:
+            # it goes when it fits the budget, or first of the step's prompts.
+            n = todo if seq.custom_prefill is not None else min(todo, budget)
+            if seq.custom_prefill is not None and n > budget and any(c > 1 for c in counts):
+                break
+            need = self.kv.blocks_for(self._reserve_for(seq, n, len(hits))) - len(seq.block_table) - len(hits)
+            revived = sum(self.kv.allocator.refs(b) == 0 for b in hits)  # cached, unowned: counted as free
+            if need + revived > self.kv.allocator.num_free:
+                break
+            self._take_cached(seq, hits)
+            self.kv.reserve(seq.block_table, self._reserve_for(seq, n), seq.params.max_tokens)
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= min(n, budget)
+        if not seqs:
+            return None
+        return ScheduledBatch(seqs, counts, is_prefill=any(c > 1 for c in counts))
+
+    def _reserve_for(self, seq: Sequence, n: int, hit_blocks: int = 0) -> int:
+        """Tokens seq's blocks must hold to run n more: +1 when that completes the prompt, room
+        for the token it then samples, so that the next decode needs no block at once."""
+        done = max(seq.num_computed, hit_blocks * self.kv.block_size) + n
+        return done + 1 if done == seq.num_tokens else done
+
+    def _make_room(self, seq: Sequence, num_tokens: int, scheduled: list[Sequence] | None = None) -> bool:
+        """Free blocks until seq can hold num_tokens, preempting the newest running sequences
+        not already scheduled in this step (seq itself when none is left); False if seq was
+        preempted."""
+        while self.kv.blocks_for(num_tokens) > len(seq.block_table) + self.kv.allocator.num_free:
+            victim = next((s for s in reversed(self.running) if s is seq or s not in (scheduled or ())), seq)
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    # ---- prefill first ---------------------------------------------------------------------------
 
     def _schedule_prefill(self) -> ScheduledBatch | None:
         seqs: list[Sequence] = []
@@ -81,7 +170,7 @@ class Scheduler:
             if need + revived > self.kv.allocator.num_free:
                 break
             self._take_cached(seq, hits)
-            self.kv.reserve(seq.block_table, seq.num_tokens + 1)
+            self.kv.reserve(seq.block_table, seq.num_tokens + 1, seq.params.max_tokens)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             seqs.append(seq)
@@ -89,22 +178,17 @@ class Scheduler:
         if not seqs:
             return None
         self.running.extend(seqs)
-        return ScheduledBatch(seqs, is_prefill=True)
+        return ScheduledBatch(seqs, [s.num_new for s in seqs], is_prefill=True)
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         scheduled: list[Sequence] = []
         for seq in list(self.running):
             if seq not in self.running:  # preempted below to make room for an older one
                 continue
-            while self.kv.blocks_for(seq.num_tokens) > len(seq.block_table) + self.kv.allocator.num_free:
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq in self.running:
-                self.kv.reserve(seq.block_table, seq.num_tokens)
+            if self._make_room(seq, seq.num_tokens):
+                self.kv.reserve(seq.block_table, seq.num_tokens, seq.params.max_tokens)
                 scheduled.append(seq)
-        return ScheduledBatch(scheduled, is_prefill=False) if scheduled else None
+        return ScheduledBatch(scheduled, [1] * len(scheduled), is_prefill=False) if scheduled else None
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

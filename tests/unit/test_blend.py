@@ -60,12 +60,11 @@ def test_full_mode_matches_the_engine_prefill(engine, parts) -> None:
     cfg = engine.config
     kv = KVCache(cfg.num_layers, -(-len(ids) // 16), 16, cfg.num_kv_heads, cfg.head_dim, torch.float32, engine.device)
     table = kv.allocator.allocate(kv.num_blocks)
-    fwd = ForwardBatch.build([ids], [0], [kv.slots(table, 0, len(ids))], [1], engine.device)
+    fwd = ForwardBatch.build([ids], [0], [table], kv, [1])
     with torch.inference_mode():
         logits = engine.model(fwd, kv)[0]
     assert torch.allclose(res.logits, logits, atol=1e-3)
-    slots = torch.tensor(kv.slots(table, 0, len(ids)))
-    assert torch.allclose(res.k, kv.k[:, slots], atol=1e-4)
+    assert torch.allclose(res.k, kv.read(kv.slot_tensor(table, 0, len(ids)))[0], atol=1e-4)
 
 
 def _engine_prefill(engine, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,12 +75,10 @@ def _engine_prefill(engine, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor,
     cfg = engine.config
     kv = KVCache(cfg.num_layers, -(-len(ids) // 16), 16, cfg.num_kv_heads, cfg.head_dim, torch.float32, engine.device)
     table = kv.allocator.allocate(kv.num_blocks)
-    slots = kv.slots(table, 0, len(ids))
-    fwd = ForwardBatch.build([ids], [0], [slots], [1], engine.device)
+    fwd = ForwardBatch.build([ids], [0], [table], kv, [1])
     with torch.inference_mode():
         logits = engine.model(fwd, kv)[0]
-    index = torch.tensor(slots)
-    return logits, kv.k[:, index], kv.v[:, index]
+    return logits, *kv.read(kv.slot_tensor(table, 0, len(ids)))
 
 
 def test_recomputing_everything_is_the_runners_forward_bit_for_bit(engine, parts) -> None:

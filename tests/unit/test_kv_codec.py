@@ -206,8 +206,9 @@ def test_bad_config_and_inputs():
         encode(k.int(), v.int())
 
 
-def test_decode_into_the_runners_kv_blocks():
-    """Into a real KVCache through its block table (blocks out of order, a partial last block)."""
+def test_decoded_blob_into_the_runners_kv_blocks():
+    """A decoded blob into a real KVCache through its block table (blocks out of order, a partial
+    last block)."""
     from ragloom.generation.runner.kv import KVCache
 
     cache = KVCache(L, num_blocks=8, block_size=4, num_kv_heads=H, head_dim=D, dtype=torch.float32,
@@ -218,12 +219,12 @@ def test_decode_into_the_runners_kv_blocks():
     k, v = kv(14)
     blob = encode(k, v, CodecConfig(bits=4, group_size=8))
     ref_k, ref_v = decode(blob)
-    slots = torch.tensor(cache.slots(table, 0, 14))
-    decode_into(blob, cache.k, cache.v, slots=slots)
+    slots = cache.slot_tensor(table, 0, 14)
+    cache.write_layers(slots, *decode(blob))
     for layer in range(L):
         got_k, got_v = cache.gather(layer, slots.view(1, -1))
         assert torch.equal(got_k[0], ref_k[layer]) and torch.equal(got_v[0], ref_v[layer])
-    assert not cache.k[:, :8].any()  # the other blocks are untouched
+    assert not cache.k[:, :, :8].any()  # the other blocks are untouched
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -248,7 +248,7 @@ def _tiny_logits(state: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor
     kv = KVCache(TINY.num_layers, 8, 16, TINY.num_kv_heads, TINY.head_dim, torch.float32, CPU)
     blocks: list[int] = []
     kv.reserve(blocks, len(ids))
-    batch = ForwardBatch.build([ids], [0], [kv.slots(blocks, 0, len(ids))], [len(ids)], CPU)
+    batch = ForwardBatch.build([ids], [0], [blocks], kv, [len(ids)])
     with torch.inference_mode():
         return model(batch, kv)
 

@@ -52,10 +52,9 @@ def test_decode_logits_match_transformers_with_cache(engine, hf_model):
     blocks: list[int] = []
     engine.kv.reserve(blocks, len(ids))
     try:
-        slots = engine.kv.slots(blocks, 0, len(ids))
         with torch.inference_mode():
-            engine.model(ForwardBatch.build([ids[:-1]], [0], [slots[:-1]], [1], engine.device), engine.kv)
-            step = engine.model(ForwardBatch.build([ids[-1:]], [len(ids) - 1], [slots], [1], engine.device), engine.kv)
+            engine.model(ForwardBatch.build([ids[:-1]], [0], [blocks], engine.kv, [1]), engine.kv)
+            step = engine.model(ForwardBatch.build([ids[-1:]], [len(ids) - 1], [blocks], engine.kv, [1]), engine.kv)
             ref = hf_model(torch.tensor([ids])).logits[0, -1]
     finally:
         engine.kv.release(blocks)
