@@ -68,6 +68,8 @@ REFERENCE = "float32"
 DEFAULT_WEIGHTS = {"cpu": "auto,bf16,int8,int4", "cuda": "bf16,int4"}
 TARGET_AGREEMENT = 0.90  # share of prompts whose greedy tokens equal the reference's
 TARGET_PPL = 0.02  # |ppl / ppl_float32 - 1|
+# Issue 17's targets for the KV cache formats (--kv-dtypes), on float32 weights.
+TARGET_KV_AGREEMENT = {"int8": 0.95, "int4": 0.90, "bf16": 0.95, "fp16": 0.95, "float32": 1.0}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = next(
@@ -221,7 +223,8 @@ class LogitStats:
         }
 
 
-def load_engine(args: argparse.Namespace, weights: str, dtype: str, kv_tokens: int, max_prefill: int) -> Any:
+def load_engine(args: argparse.Namespace, weights: str, dtype: str, kv_tokens: int, max_prefill: int,
+                kv_dtype: str = "auto") -> Any:
     from ragloom.config import EngineSettings
     from ragloom.generation.runner.engine import LLMEngine
 
@@ -236,6 +239,7 @@ def load_engine(args: argparse.Namespace, weights: str, dtype: str, kv_tokens: i
             kv_cache_tokens=kv_tokens,
             max_num_seqs=args.batch,
             max_num_batched_tokens=max_prefill,
+            kv_dtype=kv_dtype,
         )
     )
 
@@ -352,6 +356,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="settings compared with float32; default: " + "; ".join(f"{d}: {w}" for d, w in DEFAULT_WEIGHTS.items()),
     )
+    p.add_argument(
+        "--kv-dtypes", type=_csv_choice(["float32", "bf16", "fp16", "int8", "int4"]), default=[],
+        help="KV cache formats compared with float32 KV, each on float32 weights and activations (issue 17 "
+        "targets: agreement >= 95%% int8, >= 90%% int4); given alone, no --weights rows run",
+    )
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="activation dtype setting of the compared engines (the reference is float32); default: auto")
     p.add_argument("--prompts", type=int, default=80, help="Spec-Bench prompts (every 6th question); default: 80")
@@ -378,7 +387,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA device")
     if args.weights is None:
-        args.weights = DEFAULT_WEIGHTS[args.device].split(",")
+        args.weights = [] if args.kv_dtypes else DEFAULT_WEIGHTS[args.device].split(",")
     if args.threads is None:
         args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if reason := weights_support_error([REFERENCE, *args.weights]):
@@ -433,11 +442,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failed: dict[str, str] = {}
     done: dict[str, dict[str, Any]] = {}
-    # Explicit formats first, so that `auto` can reuse the row of the format it resolves to.
-    for weights in sorted(args.weights, key=lambda w: w == "auto"):
-        print(f"{weights}: loading", file=sys.stderr, flush=True)
+    # Explicit formats first, so that `auto` can reuse the row of the format it resolves to; then
+    # the KV formats, each on the reference's float32 weights and activations.
+    settings = [(w, args.dtype, "auto") for w in sorted(args.weights, key=lambda w: w == "auto")]
+    settings += [(REFERENCE, "float32", kv) for kv in args.kv_dtypes]
+    for weights, dtype, kv_dtype in settings:
+        label = weights if kv_dtype == "auto" else f"{weights}, kv {kv_dtype}"
+        print(f"{label}: loading", file=sys.stderr, flush=True)
         try:
-            engine = load_engine(args, weights, args.dtype, kv_tokens, max_prefill)
+            engine = load_engine(args, weights, dtype, kv_tokens, max_prefill, kv_dtype)
             info = describe_engine(engine)
             # auto loads exactly what an explicit setting loaded (same formats and kernels per
             # module, same activations): the metrics would be identical, so reuse that row.
@@ -452,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-            failed[weights] = f"{type(exc).__name__}: {exc}"
+            failed[label] = f"{type(exc).__name__}: {exc}"
             continue
         finally:
             engine = None
@@ -460,8 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert stats is not None
         ag = agreement(run.greedy, reference.greedy)
         rel = run.ppl / reference.ppl - 1
+        target_agree = TARGET_AGREEMENT if kv_dtype == "auto" else TARGET_KV_AGREEMENT[kv_dtype]
         row = {
-            "weights": weights,
+            "weights": label,
+            "kv_dtype": kv_dtype,
             **_engine_fields(run),
             "agreement": ag,
             "per_prompt_common_prefix": [
@@ -471,13 +486,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "perplexity": run.ppl,
             "ppl_rel_diff": rel,
             "logits": stats.as_dict(),
-            "targets": {"agreement": ag["rate"] >= TARGET_AGREEMENT, "perplexity": abs(rel) <= TARGET_PPL},
-            "targets_met": ag["rate"] >= TARGET_AGREEMENT and abs(rel) <= TARGET_PPL,
+            "targets": {"agreement": ag["rate"] >= target_agree, "perplexity": abs(rel) <= TARGET_PPL},
+            "targets_met": ag["rate"] >= target_agree and abs(rel) <= TARGET_PPL,
             "seconds": run.seconds,
         }
         rows.append(row)
-        done[weights] = row
-        print(f"  {weights}: agreement {ag['identical']}/{ag['prompts']}, ppl {run.ppl:.3f} ({100 * rel:+.2f}%)",
+        done[label] = row
+        print(f"  {label}: agreement {ag['identical']}/{ag['prompts']}, ppl {run.ppl:.3f} ({100 * rel:+.2f}%)",
               file=sys.stderr, flush=True)
 
     notes = [
@@ -502,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "load_avg_1m_after": busy_cores()},
         "software": software_info(),
         "settings": {
-            "model": args.model, "model_dir": str(folder), "device": args.device, "weights": args.weights,
+            "model": args.model, "model_dir": str(folder), "device": args.device, "weights": args.weights, "kv_dtypes": args.kv_dtypes,
             "dtype": args.dtype, "prompts": args.prompts, "agree_tokens": args.agree_tokens,
             "ppl_tokens": args.ppl_tokens, "ppl_window": args.ppl_window, "logit_stride": args.logit_stride,
             "batch": args.batch,
@@ -518,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed": failed,
         "notes": notes,
     }
-    output = args.output or RESULTS_DIR / f"weights_quality-{args.device}-{model_slug(args.model)}.json"
+    kv_part = "-kv-" + "-".join(args.kv_dtypes) if args.kv_dtypes else ""
+    output = args.output or RESULTS_DIR / f"weights_quality-{args.device}-{model_slug(args.model)}{kv_part}.json"
     write_results(output, report)
     print(f"\nweights quality: {args.model} on {args.device}, {args.prompts} prompts, {args.ppl_tokens} ppl tokens")
     print(format_table(rows, args.agree_tokens))

@@ -46,6 +46,15 @@ class EngineSettings(BaseSettings):
         512, ge=16, description="tokens one engine step runs, decodes and prompt chunks together (with "
         "chunked prefill), or prompt tokens prefilled in one step (without)",
     )
+    kv_dtype: Literal["auto", "float32", "bf16", "fp16", "int8", "int4"] = Field(
+        "auto", description="how the KV cache stores keys and values: auto = the model's dtype; bf16/fp16 "
+        "halve float32's memory; int8 (3.8x the tokens per GiB of float32) and int4 (int4 values, int8 "
+        "keys: 4.4x) are quantized per token",
+    )
+    max_prefill_tokens: int = Field(
+        4096, ge=16, description="with chunked prefill, prompt tokens a step may run when no request "
+        "is decoding (nobody's stream stalls, and larger chunks prefill faster)",
+    )
     chunked_prefill: bool = Field(
         True, description="split prompts into chunks that run beside the decodes of other requests, "
         "so that a long prompt never stalls their streams (Sarathi-Serve)",

@@ -135,15 +135,16 @@ class LLMEngine:
 
         num_blocks = -(-settings.kv_cache_tokens // settings.block_size)
         self.kv = KVCache(cfg.num_layers, num_blocks, settings.block_size, cfg.num_kv_heads, cfg.head_dim,
-                          self.dtype, self.device)
+                          self.dtype, self.device, settings.kv_dtype)
         self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens,
-                                   prefix_caching=settings.prefix_caching, chunked_prefill=settings.chunked_prefill)
+                                   prefix_caching=settings.prefix_caching, chunked_prefill=settings.chunked_prefill,
+                                   max_prefill_tokens=settings.max_prefill_tokens)
         self._seqs: dict[str, Sequence] = {}
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
-            "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB)",
+            "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB, %s)",
             self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
-            self.weights_summary, time.perf_counter() - started, num_blocks * settings.block_size, num_blocks, self.kv.bytes / 2**20,
+            self.weights_summary, time.perf_counter() - started, num_blocks * settings.block_size, num_blocks, self.kv.bytes / 2**20, self.kv.format,
         )
 
     def _load_weights(self, folder: Path) -> None:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 import torch
 
 from ragloom.errors import ResourceExhausted
+from ragloom.generation.runner.kv_quant import KVStore, resolve_kv_dtype
 
 
 def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
@@ -145,17 +146,36 @@ class BlockAllocator:
 
 class KVCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+                 head_dim: int, dtype: torch.dtype, device: torch.device, kv_dtype: str = "auto") -> None:
+        """dtype: what attention computes in (the model's); kv_dtype: how KV is stored
+        (kv_quant.py; auto = dtype)."""
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.format = resolve_kv_dtype(kv_dtype, dtype)
         shape = (num_layers, num_kv_heads, num_blocks * block_size, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # int4 stores values in 4 bits and keys in 8: keys quantized per token lose too much at
+        # 4 bits (their outlier channels; KIVI quantizes them per channel instead), and greedy
+        # answers changed on most prompts in our test.
+        self.keys = KVStore("int8" if self.format == "int4" else self.format, *shape, dtype, device)
+        self.values = KVStore(self.format, *shape, dtype, device)
         self.allocator = BlockAllocator(num_blocks)
 
     @property
+    def k(self) -> torch.Tensor:
+        """The stored keys [layers, kv_heads, slots, head_dim] (codes, for a quantized format)."""
+        return self.keys.codes
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.values.codes
+
+    @property
     def bytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return self.keys.bytes + self.values.bytes
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes / (self.num_blocks * self.block_size)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -184,8 +204,8 @@ class KVCache:
                 (copy,) = self.allocator.allocate(1)
                 src = torch.arange(last * self.block_size, (last + 1) * self.block_size, device=self.k.device)
                 dst = src + (copy - last) * self.block_size
-                self.k[:, :, dst] = self.k[:, :, src]
-                self.v[:, :, dst] = self.v[:, :, src]
+                self.keys.copy_slots(dst, src)
+                self.values.copy_slots(dst, src)
                 self.allocator.free([last])
                 block_table[-1] = copy
             else:
@@ -222,28 +242,33 @@ class KVCache:
         return out
 
     def view(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of a run of slots in place (no copy): [kv_heads, length, head_dim] each."""
-        return self.k[layer, :, slot : slot + length], self.v[layer, :, slot : slot + length]
+        """K and V of a run of slots, [kv_heads, length, head_dim] each: in place (no copy) when
+        stored in the model's dtype, else dequantized."""
+        run = slice(slot, slot + length)
+        return self.keys.load(layer, run), self.values.load(layer, run)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [T, kv_heads, head_dim] at slots [T] of one layer."""
-        self.k[layer].index_copy_(1, slots, k.transpose(0, 1))
-        self.v[layer].index_copy_(1, slots, v.transpose(0, 1))
+        self.keys.write(layer, slots, k)
+        self.values.write(layer, slots, v)
 
     def write_layers(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [layers, T, kv_heads, head_dim] at slots [T] of every layer."""
-        self.k.index_copy_(2, slots, k.transpose(1, 2).to(self.k.dtype))
-        self.v.index_copy_(2, slots, v.transpose(1, 2).to(self.v.dtype))
+        for layer in range(k.shape[0]):
+            self.write(layer, slots, k[layer], v[layer])
 
     def read(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of every layer at slots [T]: [layers, T, kv_heads, head_dim] each (a copy)."""
-        return self.k.index_select(2, slots).transpose(1, 2), self.v.index_select(2, slots).transpose(1, 2)
+        layers = range(self.k.shape[0])
+        k = torch.stack([self.keys.load(layer, slots) for layer in layers])
+        v = torch.stack([self.values.load(layer, slots) for layer in layers])
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V at slots [B, L] -> [B, L, kv_heads, head_dim] each (a copy; a strided view of
         a [B, kv_heads, L, head_dim] tensor, which is what attention wants)."""
         flat = slots.reshape(-1)
-        heads, dim = self.k.shape[1], self.k.shape[3]
-        k = self.k[layer].index_select(1, flat).view(heads, *slots.shape, dim).permute(1, 2, 0, 3)
-        v = self.v[layer].index_select(1, flat).view(heads, *slots.shape, dim).permute(1, 2, 0, 3)
-        return k, v
+        k, v = self.keys.load(layer, flat), self.values.load(layer, flat)
+        heads, dim = k.shape[0], k.shape[2]
+        return (k.view(heads, *slots.shape, dim).permute(1, 2, 0, 3),
+                v.view(heads, *slots.shape, dim).permute(1, 2, 0, 3))

@@ -6,7 +6,8 @@ Two policies, each step filling a token budget (`max_num_batched_tokens`):
   decoding gets its one token first, then prompts fill what is left of the budget, a chunk at a
   time: a prompt longer than the budget is prefilled over several steps, each beside the
   decodes, so that one long prompt never stalls the streams already running for its whole
-  prefill. Prompts part-way through go before new ones.
+  prefill. Prompts part-way through go before new ones. A step without decodes stalls nobody:
+  it prefills up to `max_prefill_tokens`.
 - *prefill first* (nano-vllm): waiting prompts are prefilled whole, as many as fit the budget, in
   a step of their own; otherwise every running sequence decodes one token.
 
@@ -41,10 +42,14 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, kv: KVCache, max_num_seqs: int, max_num_batched_tokens: int,
-                 prefix_caching: bool = True, chunked_prefill: bool = False) -> None:
+                 prefix_caching: bool = True, chunked_prefill: bool = False,
+                 max_prefill_tokens: int | None = None) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Chunked prefill: a step with no decode in it stalls nobody, so prompts then take up to
+        # this many tokens (fewer, larger chunks prefill faster on CPU).
+        self.max_prefill_tokens = max(max_prefill_tokens or max_num_batched_tokens, max_num_batched_tokens)
         self.prefix_caching = prefix_caching
         self.chunked_prefill = chunked_prefill
         self.waiting: deque[Sequence] = deque()
@@ -98,6 +103,8 @@ class Scheduler:
             seqs.append(seq)
             counts.append(1)
             budget = max(budget - 1, 0)
+        if not seqs:
+            budget = self.max_prefill_tokens
         # Prompts part-way through their prefill, then new ones, a chunk each while budget lasts.
         for seq in [s for s in self.running if s.num_new > 1]:
             if budget == 0:

@@ -365,8 +365,12 @@ def test_cli_ingest_reports_a_killed_server_and_stops_short_of_100(
     reader.start()
     _wait(lambda: any(int(n) > 0 for n, _ in re.findall(r"(\d+)/(\d+)", "".join(err))), "the bar to move")
     proc.send_signal(signal.SIGKILL)
-    out, _ = cli.communicate(timeout=120)
+    # wait(), not communicate(): communicate() would read stderr too, racing the reader thread
+    # for the error message (the CLI prints only a few lines on stdout: no pipe can fill).
+    cli.wait(timeout=120)
     reader.join(30)
+    assert cli.stdout is not None
+    out = cli.stdout.read()
     text = "".join(err)
     assert cli.returncode == 1, text
     last_done, total = map(int, re.findall(r"(\d+)/(\d+)", text)[-1])

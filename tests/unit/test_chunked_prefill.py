@@ -107,6 +107,16 @@ def test_prompts_part_way_go_before_new_ones_and_the_budget_holds() -> None:
     assert _compute(sched) == (["a", "b"], [1, 1])
 
 
+def test_a_step_without_decodes_prefills_up_to_max_prefill_tokens() -> None:
+    kv = KVCache(1, 64, 4, 1, 2, torch.float32, CPU)
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=8, chunked_prefill=True, max_prefill_tokens=30)
+    a, b = _seq("a", list(range(20))), _seq("b", list(range(50, 70)))
+    sched.add(a)
+    sched.add(b)
+    assert _compute(sched) == (["a", "b"], [20, 10])  # nobody decodes: 30 tokens
+    assert _compute(sched) == (["a", "b"], [1, 7])  # a decodes: back to the budget of 8
+
+
 def test_chunks_preempt_only_sequences_not_yet_scheduled() -> None:
     # 6 blocks of 4: two 12-token prompts cannot both finish; neither deadlocks, both complete.
     kv = KVCache(1, 6, 4, 1, 2, torch.float32, CPU)
@@ -136,7 +146,8 @@ def test_chunks_preempt_only_sequences_not_yet_scheduled() -> None:
 @pytest.fixture(scope="module")
 def llm() -> LLMEngine:
     return LLMEngine(EngineSettings(device="cpu", weights="float32", block_size=16, kv_cache_tokens=4096,
-                                    prefix_caching=False, chunked_prefill=True, max_num_batched_tokens=32))
+                                    prefix_caching=False, chunked_prefill=True, max_num_batched_tokens=32,
+                                    max_prefill_tokens=32))
 
 
 def _prompts(llm: LLMEngine) -> list[list[int]]:
@@ -205,3 +216,24 @@ def test_greedy_output_with_chunked_prefill_equals_prefill_first(llm: LLMEngine)
         llm.scheduler.chunked_prefill = True
     assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]
     assert llm.kv.allocator.num_used == 0
+
+
+def test_cli_scheduling_and_kv_flags_reach_the_settings(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragloom import cli
+
+    seen = {}
+    monkeypatch.setattr("ragloom.services.server.serve", lambda settings, *a, **k: seen.setdefault("s", settings))
+    cli.main(["serve", "--port", "0", "--no-chunked-prefill", "--no-prefix-caching", "--step-tokens", "128",
+              "--kv-dtype", "int8"])
+    s = seen["s"]
+    assert (s.chunked_prefill, s.prefix_caching, s.max_num_batched_tokens, s.kv_dtype) == (False, False, 128, "int8")
+    seen.clear()
+    cli.main(["serve", "--port", "0"])  # not given: the defaults
+    s = seen["s"]
+    assert (s.chunked_prefill, s.prefix_caching, s.max_num_batched_tokens, s.kv_dtype) == (True, True, 512, "auto")
+    for command in (["serve"], ["generate", "--local", "hi"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--kv-dtype", "int3"])
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'int3'" in capsys.readouterr().err
