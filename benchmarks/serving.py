@@ -84,11 +84,13 @@ from generate import (
 from results_io import write_results
 
 # One entry per ragloom system: EngineSettings overrides on top of the common settings. Adding a
-# configuration (e.g. "kv-int8": {..., "kv_dtype": "int8"}) is one line here.
+# configuration is one line here.
 CONFIGS: dict[str, dict[str, Any]] = {
     "all-on": {"prefix_caching": True, "chunked_prefill": True},
     "no-prefix-cache": {"prefix_caching": False, "chunked_prefill": True},
     "prefill-first": {"prefix_caching": True, "chunked_prefill": False},
+    "kv-int8": {"prefix_caching": True, "chunked_prefill": True, "kv_dtype": "int8"},
+    "kv-int4": {"prefix_caching": True, "chunked_prefill": True, "kv_dtype": "int4"},
 }
 PEER = "llamacpp"
 BASELINE = "all-on"  # the configuration the targets are checked on
