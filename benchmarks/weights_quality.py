@@ -496,7 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr, flush=True)
 
     notes = [
-        f"reference: ragloom weights=float32, dtype=float32 (the GGUF dequantized); others: dtype setting {args.dtype}.",
+        f"reference: ragloom weights=float32, dtype=float32 (the GGUF dequantized); --weights rows: dtype setting "
+        f"{args.dtype}; 'kv' rows: float32 weights and activations, only the KV cache format differs "
+        f"(agreement targets {', '.join(f'{k} {v:.0%}' for k, v in TARGET_KV_AGREEMENT.items() if k in args.kv_dtypes)}).",
         f"agree: prompts whose greedy tokens (at most {args.agree_tokens}, EOS honoured) equal the reference's; "
         f"target >= {TARGET_AGREEMENT:.0%}.",
         f"ppl: {args.ppl_tokens} SciFact tokens in {args.ppl_window}-token windows, no overlap; "
