@@ -127,14 +127,8 @@ class Scheduler:
             n = todo if seq.custom_prefill is not None else min(todo, budget)
             if seq.custom_prefill is not None and n > budget and any(c > 1 for c in counts):
                 break
-            need = self.kv.blocks_for(self._reserve_for(seq, n, len(hits))) - len(seq.block_table) - len(hits)
-            revived = sum(self.kv.allocator.refs(b) == 0 for b in hits)  # cached, unowned: counted as free
-            if need + revived > self.kv.allocator.num_free:
+            if not self._admit(seq, hits, self._reserve_for(seq, n, len(hits))):
                 break
-            self._take_cached(seq, hits)
-            self.kv.reserve(seq.block_table, self._reserve_for(seq, n), seq.params.max_tokens)
-            self.waiting.popleft()
-            seq.status = Status.RUNNING
             self.running.append(seq)
             seqs.append(seq)
             counts.append(n)
@@ -148,6 +142,19 @@ class Scheduler:
         for the token it then samples, so that the next decode needs no block at once."""
         done = max(seq.num_computed, hit_blocks * self.kv.block_size) + n
         return done + 1 if done == seq.num_tokens else done
+
+    def _admit(self, seq: Sequence, hits: list[int], num_tokens: int) -> bool:
+        """Move the queue's first sequence to running, sharing its cached leading blocks `hits`
+        and reserving blocks for num_tokens; False, with nothing changed, if they do not fit."""
+        need = self.kv.blocks_for(num_tokens) - len(seq.block_table) - len(hits)
+        revived = sum(self.kv.allocator.refs(b) == 0 for b in hits)  # cached, unowned: counted as free
+        if need + revived > self.kv.allocator.num_free:
+            return False
+        self._take_cached(seq, hits)
+        self.kv.reserve(seq.block_table, num_tokens, seq.params.max_tokens)
+        self.waiting.popleft()
+        seq.status = Status.RUNNING
+        return True
 
     def _make_room(self, seq: Sequence, num_tokens: int, scheduled: list[Sequence] | None = None) -> bool:
         """Free blocks until seq can hold num_tokens, preempting the newest running sequences
@@ -172,14 +179,8 @@ class Scheduler:
             if seqs and seq.num_new - len(hits) * self.kv.block_size > budget:
                 break
             # +1: room for the token this step samples, so the next decode needs no block at once.
-            need = self.kv.blocks_for(seq.num_tokens + 1) - len(seq.block_table) - len(hits)
-            revived = sum(self.kv.allocator.refs(b) == 0 for b in hits)  # cached, unowned: counted as free
-            if need + revived > self.kv.allocator.num_free:
+            if not self._admit(seq, hits, seq.num_tokens + 1):
                 break
-            self._take_cached(seq, hits)
-            self.kv.reserve(seq.block_table, seq.num_tokens + 1, seq.params.max_tokens)
-            self.waiting.popleft()
-            seq.status = Status.RUNNING
             seqs.append(seq)
             budget -= seq.num_new
         if not seqs:
