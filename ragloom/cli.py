@@ -411,9 +411,11 @@ def _print_warnings(warnings: Sequence[str]) -> None:
         print(f"ragloom: warning: {w}", file=sys.stderr)
 
 
-def _print_usage(finish_reason: str | None, prompt: int, completion: int, cached: int) -> None:
+def _print_usage(finish_reason: str | None, prompt: int, completion: int, cached: int,
+                 drafted: int = 0, accepted: int = 0) -> None:
+    spec = f" draft_tokens={drafted} accepted_tokens={accepted}" if drafted else ""
     print(
-        f"[finish_reason={finish_reason} prompt_tokens={prompt} completion_tokens={completion} cached_tokens={cached}]",
+        f"[finish_reason={finish_reason} prompt_tokens={prompt} completion_tokens={completion} cached_tokens={cached}{spec}]",
         file=sys.stderr,
     )
 
@@ -421,7 +423,9 @@ def _print_usage(finish_reason: str | None, prompt: int, completion: int, cached
 def _cmd_generate_remote(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    constraint = _constraint_kwargs(args)
+    constraint: dict[str, Any] = _constraint_kwargs(args)
+    if args.speculative:  # per request: the server's engine settings stay as they are
+        constraint["speculative"] = args.speculative
     with Client(args.address, timeout=args.timeout) as client:
         if args.stream:
             s = client.stream(**_input(args), **_sampling(args), **constraint)  # type: ignore[arg-type]
@@ -437,7 +441,8 @@ def _cmd_generate_remote(args: argparse.Namespace) -> int:
         _print_warnings(result.warnings)
     if args.usage and result is not None:
         u = result.usage
-        _print_usage(result.finish_reason, u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+        _print_usage(result.finish_reason, u.prompt_tokens, u.completion_tokens, u.cached_tokens,
+                     u.draft_tokens, u.accepted_tokens)
     return 0
 
 
@@ -457,6 +462,16 @@ def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
         "holds 3.8x and int4 (int4 values, int8 keys) 4.4x the tokens of float32 in the same memory, at a small loss of accuracy",
     )
     parser.add_argument(
+        "--speculative", choices=["off", "lookup"],
+        help=prefix + "speculative decoding for greedy requests (default off): lookup drafts the tokens that "
+        "followed the last few tokens' earlier occurrence in prompt or output, verified in one pass; "
+        "same output, fewer steps where the answer copies its input (RAG, summaries, SQL, code edits)",
+    )
+    parser.add_argument(
+        "--num-speculative-tokens", type=int, metavar="N",
+        help=prefix + "most draft tokens verified per step (default 5)",
+    )
+    parser.add_argument(
         "--step-tokens", type=int, metavar="N",
         help=prefix + "tokens one engine step runs: decodes plus prompt chunks (default 512); larger "
         "prefills faster, smaller keeps streams smoother while long prompts arrive",
@@ -465,7 +480,8 @@ def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
 
 def _scheduling(args: argparse.Namespace) -> dict[str, Any]:
     return {"prefix_caching": args.prefix_caching, "chunked_prefill": args.chunked_prefill,
-            "max_num_batched_tokens": args.step_tokens, "kv_dtype": args.kv_dtype}
+            "max_num_batched_tokens": args.step_tokens, "kv_dtype": args.kv_dtype,
+            "speculative": args.speculative, "num_speculative_tokens": args.num_speculative_tokens}
 
 
 async def _generate_local(args: argparse.Namespace) -> int:
@@ -507,7 +523,8 @@ async def _generate_local(args: argparse.Namespace) -> int:
         await engine.shutdown()
     print("" if args.stream else "".join(texts))
     if args.usage and last is not None:
-        _print_usage(last.finish_reason, last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+        _print_usage(last.finish_reason, last.prompt_tokens, last.completion_tokens, last.cached_tokens,
+                     last.draft_tokens, last.accepted_tokens)
     return 0
 
 

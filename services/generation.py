@@ -101,6 +101,8 @@ def usage_from_output(out: Output) -> pb.Usage:
         prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens,
         cached_tokens=out.cached_tokens,
+        draft_tokens=out.draft_tokens,
+        accepted_tokens=out.accepted_tokens,
     )
 
 
@@ -145,6 +147,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             prompt_token_ids=token_ids,
             params=params,
             constraint=constraint,
+            speculative=msg.speculative or None,
         )
 
     # -- RPCs ----------------------------------------------------------------------------
@@ -193,4 +196,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             model=self._model_id,
             prefix_cache_queried_tokens=loads.prefix_cache_queried_tokens,
             prefix_cache_hit_tokens=loads.prefix_cache_hit_tokens,
+            speculative_steps=loads.speculative_steps,
+            speculative_draft_tokens=loads.speculative_draft_tokens,
+            speculative_accepted_tokens=loads.speculative_accepted_tokens,
+            mean_accepted_tokens=loads.speculative_accepted_tokens / max(loads.speculative_steps, 1),
         )

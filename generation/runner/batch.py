@@ -68,7 +68,11 @@ class ForwardBatch:
         kv: KVCache,
         logits_per_seq: list[int],  # per sequence: how many trailing positions need logits (0: none)
         sliding_window: int | None = None,
+        verify: list[bool] | None = None,  # per sequence: attend its new tokens one by one, as decodes
     ) -> ForwardBatch:
+        """`verify` marks speculative verification: each new token of such a sequence attends
+        exactly as if it were decoded on its own (in place, over its context up to itself), so
+        that verifying a draft computes what decoding it token by token would have."""
         device = kv.k.device
         q_lens = [len(t) for t in new_tokens]
         offsets = [0]
@@ -80,10 +84,12 @@ class ForwardBatch:
         slot_mapping = torch.cat([kv.slot_tensor(bt, s, s + n) for bt, s, n in zip(block_tables, starts, q_lens)])
         logits_indices = [i for off, n, want in zip(offsets[1:], q_lens, logits_per_seq) for i in range(off - want, off)]
 
-        decode = [b for b, n in enumerate(q_lens) if n == 1]
-        prefill = [b for b, n in enumerate(q_lens) if n > 1]
+        one_by_one = verify or [False] * len(q_lens)
+        decode = [b for b, n in enumerate(q_lens) if n == 1 and not one_by_one[b]]
+        verifying = [b for b in range(len(q_lens)) if one_by_one[b]]
+        prefill = [b for b, n in enumerate(q_lens) if n > 1 and not one_by_one[b]]
         groups = []
-        for members, build in ((decode, _decode_group), (prefill, _prefill_group)):
+        for members, build in ((decode, _decode_group), (verifying, _verify_group), (prefill, _prefill_group)):
             if members:
                 group = build([starts[b] for b in members], [q_lens[b] for b in members],
                               [block_tables[b] for b in members], kv, sliding_window)
@@ -117,6 +123,16 @@ def _decode_group(starts: list[int], q_lens: list[int], tables: list[list[int]],
         runs = [kv.runs(t, f, n) for t, f, n in zip(tables, firsts, kv_lens)]
         if all(len(r) <= MAX_RUNS for r in runs):
             return AttentionGroup(None, len(starts), 1, None, None, None, runs)
+    return _gathered(starts, q_lens, tables, kv, sliding_window)
+
+
+def _verify_group(starts: list[int], q_lens: list[int], tables: list[list[int]], kv: KVCache,
+                  sliding_window: int | None) -> AttentionGroup:
+    """Every new token as its own decode over its runs: the arithmetic of a batch-1 decode step."""
+    rows = [(t, s + i + 1) for t, s, n in zip(tables, starts, q_lens) for i in range(n)]
+    runs = [kv.runs(t, _first_key(end, sliding_window), end) for t, end in rows]
+    if all(len(r) <= MAX_RUNS for r in runs):
+        return AttentionGroup(None, len(rows), 1, None, None, None, runs)
     return _gathered(starts, q_lens, tables, kv, sliding_window)
 
 

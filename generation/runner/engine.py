@@ -24,11 +24,13 @@ from ragloom.generation.constrain.processor import Constraint, GrammarProcessor,
 from ragloom.generation.runner.batch import ForwardBatch
 from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.kv import KVCache
+from ragloom.generation.runner.kv_quant import resolve_kv_dtype
 from ragloom.generation.runner.model import LlamaModel
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.generation.runner.sampler import LogitsProcessor, SamplingRow, sample
 from ragloom.generation.runner.scheduler import Scheduler
 from ragloom.generation.runner.sequence import Sequence
+from ragloom.generation.runner.speculative.lookup import PromptLookup
 from ragloom.generation.runner.weights import (
     PACK_VERSION,
     ModelConfig,
@@ -65,6 +67,7 @@ class Request:
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
     constraint: Constraint | None = None  # from LLMEngine.compile_constraint
     prefill: CustomPrefill | None = None  # replaces the prompt's forward (cache/blend.py)
+    speculative: str | None = None  # "off" or a method (SPECULATIVE_METHODS); None: the engine's setting
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Output:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    draft_tokens: int = 0  # drafted for this request so far (speculative decoding)
+    accepted_tokens: int = 0  # of which the model accepted
 
 
 @dataclass
@@ -100,6 +105,19 @@ class Loads:
     kv_usage: float
     prefix_cache_queried_tokens: int  # since start: tokens of prompts that looked up the prefix cache
     prefix_cache_hit_tokens: int  # of which were found there
+    speculative_steps: int = 0  # since start: sequence steps that verified a draft
+    speculative_draft_tokens: int = 0
+    speculative_accepted_tokens: int = 0
+
+
+SPECULATIVE_METHODS = ("off", "lookup")
+
+
+def speculates(params: SamplingParams, processors: list[LogitsProcessor]) -> bool:
+    """Whether a request can speculate: verification is exact for plain greedy decoding (no
+    penalty, no logits processor or constraint). Sampling and constrained requests decode one
+    token a step."""
+    return params.greedy and params.repetition_penalty == 1.0 and not processors
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -134,12 +152,15 @@ class LLMEngine:
         )
 
         num_blocks = -(-settings.kv_cache_tokens // settings.block_size)
+        kv_format = resolve_kv_dtype(settings.kv_dtype, self.dtype)
+        key_scale = self.model.key_channel_scales() if kv_format in ("int8", "int4") else None
         self.kv = KVCache(cfg.num_layers, num_blocks, settings.block_size, cfg.num_kv_heads, cfg.head_dim,
-                          self.dtype, self.device, settings.kv_dtype)
+                          self.dtype, self.device, kv_format, key_scale)
         self.scheduler = Scheduler(self.kv, settings.max_num_seqs, settings.max_num_batched_tokens,
                                    prefix_caching=settings.prefix_caching, chunked_prefill=settings.chunked_prefill,
                                    max_prefill_tokens=settings.max_prefill_tokens)
         self._seqs: dict[str, Sequence] = {}
+        self.speculation = [0, 0, 0]  # since start: verify steps, draft tokens, accepted tokens
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
             "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB, %s)",
@@ -209,6 +230,9 @@ class LLMEngine:
         if bad:
             raise InvalidArgument(f"prompt token ids out of vocabulary range [0, {self.vocab_size}): {bad[:5]}")
         request.params.validate(self.vocab_size)
+        if request.speculative and request.speculative not in SPECULATIVE_METHODS:
+            raise InvalidArgument(f"unknown speculative method {request.speculative!r}; "
+                                  f"choose from {', '.join(SPECULATIVE_METHODS)}")
         total = len(ids) + request.params.max_tokens
         if total > self.max_model_len:
             raise InvalidArgument(
@@ -239,6 +263,9 @@ class LLMEngine:
             custom_prefill=request.prefill,
             cache_prefix=request.prefill is None,
         )
+        method = request.speculative or self.settings.speculative
+        if method == "lookup" and self.settings.num_speculative_tokens and speculates(p, seq.processors):
+            seq.drafter = PromptLookup(seq.prompt_ids)
         self._seqs[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -257,7 +284,7 @@ class LLMEngine:
     def loads(self) -> Loads:
         used, total, sched = self.kv.allocator.num_used, self.kv.num_blocks, self.scheduler
         return Loads(len(sched.running), len(sched.waiting), used, total, used / total,
-                     sched.prefix_queried_tokens, sched.prefix_hit_tokens)
+                     sched.prefix_queried_tokens, sched.prefix_hit_tokens, *self.speculation)
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -283,33 +310,90 @@ class LLMEngine:
         seqs = [s for s in seqs if s.finish_reason is None]
         if not seqs:
             return []
+        drafts: dict[int, list[int]] = {}
+        verify_rows: dict[int, torch.Tensor] = {}
         if normal:
             # A prompt chunk that does not reach the prompt's end needs no logits.
             ends = [seq.num_computed + todo[id(seq)] for seq in normal]
             wants = [int(end == seq.num_tokens) for seq, end in zip(normal, ends)]
+            drafts = self._draft(normal, todo)
+            # A sequence with a draft runs its last token and the draft, with logits at each.
+            extra = [drafts.get(id(seq), []) for seq in normal]
             fwd = ForwardBatch.build(
-                new_tokens=[seq.token_ids[seq.num_computed : end] for seq, end in zip(normal, ends)],
+                new_tokens=[seq.token_ids[seq.num_computed : end] + d for seq, end, d in zip(normal, ends, extra)],
                 starts=[seq.num_computed for seq in normal],
                 block_tables=[seq.block_table for seq in normal],
                 kv=self.kv,
-                logits_per_seq=wants,
+                logits_per_seq=[w + len(d) for w, d in zip(wants, extra)],
                 sliding_window=self.config.sliding_window,
+                verify=[bool(d) for d in extra] if drafts else None,
             )
             out = self.model(fwd, self.kv)
-            for seq, row in zip([s for s, w in zip(normal, wants) if w], out):
-                rows_by_seq[id(seq)] = row
+            row = 0
+            for seq, w, d in zip(normal, wants, extra):
+                if d:
+                    verify_rows[id(seq)] = out[row : row + 1 + len(d)]
+                if w:
+                    rows_by_seq[id(seq)] = out[row]
+                row += w + len(d)
         for seq in seqs:
             seq.num_computed = seq.num_tokens if id(seq) in rows_by_seq else seq.num_computed + todo[id(seq)]
             self.scheduler.publish(seq)
         seqs = [s for s in seqs if id(s) in rows_by_seq]  # part-way through their prompt: no token yet
+        outputs = [self._accept(s, drafts[id(s)], verify_rows[id(s)]) for s in seqs if id(s) in drafts]
+        seqs = [s for s in seqs if id(s) not in drafts]
         if not seqs:
-            return []
+            return outputs
         logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
         rows = [
             SamplingRow(s.params, s.token_ids, s.output_ids, s.processors, s.generator) for s in seqs
         ]
         tokens = sample(logits, rows)
-        return [self._append(seq, token) for seq, token in zip(seqs, tokens)]
+        return outputs + [self._append(seq, [token]) for seq, token in zip(seqs, tokens)]
+
+    # ---- speculative decoding ----------------------------------------------------------------
+
+    def _draft(self, seqs: list[Sequence], todo: dict[int, int]) -> dict[int, list[int]]:
+        """Draft tokens for the sequences about to decode that speculate, within the step's token
+        budget and the KV cache (a draft that does not fit is dropped, not waited for)."""
+        k = self.settings.num_speculative_tokens
+        budget = self.settings.max_num_batched_tokens - sum(todo.values())
+        drafts: dict[int, list[int]] = {}
+        for seq in seqs:
+            if seq.drafter is None or seq.num_new != 1 or todo[id(seq)] != 1 or budget <= 0:
+                continue
+            room = min(k, budget, seq.params.max_tokens - len(seq.output_ids) - 1,
+                       self.max_model_len - seq.num_tokens - 1)
+            draft = seq.drafter.propose(seq.output_ids, room)
+            if not draft:
+                continue
+            try:
+                self.kv.reserve(seq.block_table, seq.num_tokens + len(draft))
+            except ResourceExhausted:
+                continue
+            drafts[id(seq)] = draft
+            budget -= len(draft)
+        return drafts
+
+    def _accept(self, seq: Sequence, draft: list[int], rows: torch.Tensor) -> Output:
+        """Greedy verification: the model's own choice after the last token and after each draft
+        token ([1 + len(draft), vocab] logits); the draft is kept up to its first disagreement and
+        the model's token there follows (so every step adds at least one token, exactly the tokens
+        plain greedy decoding would). Rejected tokens' KV is dropped with their blocks."""
+        choice = rows.argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == choice[accepted]:
+            accepted += 1
+        seq.draft_tokens += len(draft)
+        seq.accepted_tokens += accepted
+        self.speculation[0] += 1
+        self.speculation[1] += len(draft)
+        self.speculation[2] += accepted
+        out = self._append(seq, choice[: accepted + 1])
+        if seq.finish_reason is None:
+            seq.num_computed += accepted  # the accepted drafts' KV was written by the verify pass
+            self.kv.truncate(seq.block_table, seq.num_tokens)
+        return out
 
     def _custom_prefill(self, seq: Sequence) -> torch.Tensor:
         """Run a request's own prefill (blending), write its KV into the sequence's blocks and
@@ -325,10 +409,15 @@ class LLMEngine:
         seq.num_cached = res.reused_tokens
         return res.logits.to(self.device, torch.float32)
 
-    def _append(self, seq: Sequence, token: int) -> Output:
-        """Add the sampled token, then any tokens a constraint forces (jump-forward)."""
-        tokens = [token]
-        self._add_token(seq, token)
+    def _append(self, seq: Sequence, chosen: list[int]) -> Output:
+        """Add the sampled (or verified) tokens until one finishes the sequence, then any tokens a
+        constraint forces (jump-forward)."""
+        tokens: list[int] = []
+        for token in chosen:
+            self._add_token(seq, token)
+            tokens.append(token)
+            if seq.finish_reason is not None:
+                break
         if self.settings.jump_forward:
             for proc in seq.processors:
                 forced = getattr(proc, "forced_tokens", None)
@@ -383,6 +472,8 @@ class LLMEngine:
             prompt_tokens=len(seq.prompt_ids),
             completion_tokens=len(seq.output_ids),
             cached_tokens=seq.num_cached,
+            draft_tokens=seq.draft_tokens,
+            accepted_tokens=seq.accepted_tokens,
         )
 
     # ---- offline -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 
 from ragloom.errors import ResourceExhausted
-from ragloom.generation.runner.kv_quant import KVStore, resolve_kv_dtype
+from ragloom.generation.runner.kv_quant import IntRun, KVStore, resolve_kv_dtype
 
 
 def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
@@ -146,9 +146,11 @@ class BlockAllocator:
 
 class KVCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device, kv_dtype: str = "auto") -> None:
+                 head_dim: int, dtype: torch.dtype, device: torch.device, kv_dtype: str = "auto",
+                 key_channel_scale: torch.Tensor | None = None) -> None:
         """dtype: what attention computes in (the model's); kv_dtype: how KV is stored
-        (kv_quant.py; auto = dtype)."""
+        (kv_quant.py; auto = dtype); key_channel_scale [layers, kv_heads, head_dim]: equalizes
+        the channels of integer keys (kv_quant.py; model.key_channel_scales)."""
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.format = resolve_kv_dtype(kv_dtype, dtype)
@@ -156,7 +158,8 @@ class KVCache:
         # int4 stores values in 4 bits and keys in 8: keys quantized per token lose too much at
         # 4 bits (their outlier channels; KIVI quantizes them per channel instead), and greedy
         # answers changed on most prompts in our test.
-        self.keys = KVStore("int8" if self.format == "int4" else self.format, *shape, dtype, device)
+        self.keys = KVStore("int8" if self.format == "int4" else self.format, *shape, dtype, device,
+                            key_channel_scale)
         self.values = KVStore(self.format, *shape, dtype, device)
         self.allocator = BlockAllocator(num_blocks)
 
@@ -241,11 +244,17 @@ class KVCache:
             pos = stop
         return out
 
-    def view(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of a run of slots, [kv_heads, length, head_dim] each: in place (no copy) when
-        stored in the model's dtype, else dequantized."""
-        run = slice(slot, slot + length)
-        return self.keys.load(layer, run), self.values.load(layer, run)
+    def view(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor | IntRun, torch.Tensor | IntRun]:
+        """K and V of a run of slots, [kv_heads, length, head_dim] each, for decode attention: in
+        place (no copy) when stored in the model's dtype or as int8 (IntRun: codes and scales),
+        else dequantized. Keys come divided by `key_scale(layer)` where the store equalizes
+        channels: multiply the query by it."""
+        return self.keys.run(layer, slot, length), self.values.run(layer, slot, length)
+
+    def key_scale(self, layer: int) -> torch.Tensor | None:
+        """[kv_heads, 1, head_dim] by which `view`'s keys are divided, or None."""
+        scale = self.keys.channel_scale
+        return None if scale is None else scale[layer]
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v [T, kv_heads, head_dim] at slots [T] of one layer."""

@@ -18,6 +18,7 @@ from torch import nn
 from ragloom.errors import ModelError
 from ragloom.generation.runner.batch import AttentionGroup, ForwardBatch
 from ragloom.generation.runner.kv import KVCache
+from ragloom.generation.runner.kv_quant import IntRun
 from ragloom.generation.runner.quant import QuantEmbedding, QuantLinear
 from ragloom.generation.runner.rope import RotaryEmbedding, apply_rotary
 from ragloom.generation.runner.weights import ModelConfig, build_state, float_tensors, hf_names
@@ -48,24 +49,66 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
-def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """One decode query q [H, d] over a sequence's keys given as runs of (k, v) views
-    [KVH, n, d] straight into the cache: [H * d].
+# From this many tokens a run of int8 keys is scored with an int8 x int8 matmul on the query's own
+# int8 codes (the CPU's VNNI): at a 4,000-token context ~10x faster than a float bmm over
+# converted keys, while below it the extra ops (quantizing the query, one matmul per KV head)
+# cost more than the conversion saves.
+INT_SCORES_MIN_TOKENS = 256
+
+
+def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor | IntRun, torch.Tensor | IntRun]],
+                key_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One decode query q [H, d] over a sequence's keys given as runs of (k, v), each [KVH, n, d]
+    straight into the cache (KVCache.view): [H * d]. `key_scale` [KVH, 1, d]: the keys are stored
+    divided by it (KVCache.key_scale), so the query is multiplied by it.
 
     Grouped-query attention as matmuls: the H / KVH query heads sharing a KV head form the rows of
     one [G, d] x [d, n] product, so K/V are never repeated nor copied. Scores of all runs are
-    softmaxed together (they are only [H, context] floats)."""
-    kvh, d = runs[0][0].shape[0], runs[0][0].shape[2]
+    softmaxed together (they are only [H, context] floats). int8 runs keep their per-token scales
+    out of the big tensors: on keys they scale the scores, on values the probabilities."""
+    k0 = runs[0][0]
+    kvh, d = (k0.codes if isinstance(k0, IntRun) else k0).shape[::2]
     qg = (q * d**-0.5).view(kvh, -1, d)
-    scores = [torch.bmm(qg, k.transpose(1, 2)) for k, _ in runs]
+    if key_scale is not None:
+        qg = qg * key_scale.to(qg.dtype)
+    q8: tuple[torch.Tensor, torch.Tensor] | None = None
+    scores = []
+    for k, _ in runs:
+        if isinstance(k, IntRun):
+            if qg.device.type == "cpu" and k.codes.shape[1] >= INT_SCORES_MIN_TOKENS:
+                q8 = q8 or int8_rows(qg)
+                scores.append(int8_scores(q8, k))
+            else:
+                scores.append(torch.bmm(qg, k.codes.to(qg.dtype).transpose(1, 2)) * k.scale.transpose(1, 2).to(qg.dtype))
+        else:
+            scores.append(torch.bmm(qg, k.transpose(1, 2)))
     p = torch.softmax((scores[0] if len(scores) == 1 else torch.cat(scores, -1)).float(), -1).to(q.dtype)
     out, start = None, 0
     for _, v in runs:
-        part = p[..., start : start + v.shape[1]]
-        out = torch.bmm(part, v) if out is None else out.baddbmm_(part, v)
-        start += v.shape[1]
+        if isinstance(v, IntRun):
+            n = v.codes.shape[1]
+            part, values = p[..., start : start + n] * v.scale.transpose(1, 2).to(p.dtype), v.codes.to(p.dtype)
+        else:
+            n = v.shape[1]
+            part, values = p[..., start : start + n], v
+        out = torch.bmm(part, values) if out is None else out.baddbmm_(part, values)
+        start += n
     assert out is not None
     return out.view(-1)
+
+
+def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes of each row of x [..., d] and the rows' scales [..., 1]."""
+    scale = torch.linalg.vector_norm(x.float(), ord=float("inf"), dim=-1, keepdim=True).div_(127).clamp_min_(1e-12)
+    return torch.div(x, scale).round_().to(torch.int8), scale
+
+
+def int8_scores(q8: tuple[torch.Tensor, torch.Tensor], k: IntRun) -> torch.Tensor:
+    """Scores [KVH, G, n] of int8 query rows (codes [KVH, G, d], scales [KVH, G, 1]) over int8
+    keys: an int8 x int8 matmul per KV head (`torch._int_mm`, CPU), scaled afterwards."""
+    codes, q_scale = q8
+    dots = torch.stack([torch._int_mm(codes[h], k.codes[h].t()) for h in range(codes.shape[0])])
+    return dots.float().mul_(q_scale).mul_(k.scale.transpose(1, 2))
 
 
 class DecoderLayer(nn.Module):
@@ -126,7 +169,8 @@ class DecoderLayer(nn.Module):
     def _attend_group(self, q: torch.Tensor, layer: int, g: AttentionGroup, kv: KVCache) -> torch.Tensor:
         cfg = self.cfg
         if g.runs is not None:  # decode, keys in place
-            return torch.stack([attend_runs(q[i], [kv.view(layer, s, n) for s, n in runs])
+            scale = kv.key_scale(layer)
+            return torch.stack([attend_runs(q[i], [kv.view(layer, s, n) for s, n in runs], scale)
                                 for i, runs in enumerate(g.runs)]).view(q.shape[0], -1)
         assert g.gather_slots is not None
         keys, values = kv.gather(layer, g.gather_slots)  # [B, Lk, kvh, d]
@@ -235,6 +279,32 @@ class LlamaModel(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, i, batch, kv, cos, sin)
         return self.logits(x.index_select(0, batch.logits_indices))
+
+    def key_channel_scales(self) -> torch.Tensor | None:
+        """A per-layer, per-KV-head, per-channel estimate of the keys' magnitude, [layers,
+        kv_heads, head_dim], for equalizing integer KV keys (kv_quant.py); None when a layer's
+        weight cannot be read back (CUDA int4).
+
+        A key channel j is b_j + w_j . (gamma * x_hat) with x_hat the RMS-normalized input (unit
+        mean square), so |b_j| + 2 ||w_j * gamma|| bounds it for most tokens. RoPE rotates channel
+        j with j + d/2, so the pair shares the larger scale. The square root migrates half the
+        spread into the scale (SmoothQuant's default strength): it measured best on both bundled
+        model families (benchmarks/kv_formats.py)."""
+        cfg, d = self.cfg, self.cfg.head_dim
+        q, kvd = cfg.num_heads * d, cfg.num_kv_heads * d
+        scales = []
+        for layer in self.decoder_layers:
+            w = layer.qkv.float_weight()
+            if w is None:
+                return None
+            c = (w[q : q + kvd] * layer.input_norm.float()).norm(dim=1) * 2
+            if layer.qkv.bias is not None:
+                c = c + layer.qkv.bias[q : q + kvd].float().abs()
+            c = c.view(cfg.num_kv_heads, d)
+            c = torch.maximum(c[:, : d // 2], c[:, d // 2 :]).repeat(1, 2)
+            scales.append(c.clamp_min(1e-6).sqrt())
+        out = torch.stack(scales)
+        return out / out.mean(-1, keepdim=True)  # unit mean: keeps the stored values near k's size
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head over hidden states [N, hidden]: logits [N, vocab] in float32."""

@@ -316,6 +316,19 @@ class QuantLinear(nn.Module):
         sz = self.scales.to(dtype).transpose(0, 1).contiguous()  # [N, K/g, 2]: what the int4 kernel uses
         return torch.addcmul(sz[..., 1:], codes.sub_(8), sz[..., :1]).view(n, k)
 
+    def float_weight(self) -> torch.Tensor | None:
+        """The weight [N, K] in float32 (a copy for packed formats); None where the packed layout
+        cannot be read back (CUDA tinygemm keeps no codes)."""
+        if self.kernel.name == "dense":
+            assert self.weight is not None
+            return self.weight.float()
+        if self.kernel.name == "int8-dequant":
+            assert self.qweight is not None and self.scales is not None
+            return self.qweight.float() * self.scales.float()[:, None]
+        if self.kernel.name == "int4-tinygemm":
+            return None
+        return self.dequantized(torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         name = self.kernel.name

@@ -12,6 +12,7 @@ import torch
 from ragloom.generation.runner.detokenizer import IncrementalDetokenizer
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.generation.runner.sampler import LogitsProcessor
+from ragloom.generation.runner.speculative.lookup import PromptLookup
 
 
 class Status(enum.Enum):
@@ -41,6 +42,9 @@ class Sequence:
     cache_prefix: bool = True
     block_hashes: list[bytes] = field(default_factory=list)  # hash chain of token_ids' full blocks, so far
     num_published: int = 0  # leading blocks of block_table already offered to the prefix cache
+    drafter: PromptLookup | None = None  # speculative decoding's draft source, if it speculates
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def token_ids(self) -> list[int]:

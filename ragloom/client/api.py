@@ -80,7 +80,11 @@ _GENERATE_DOC = """\
         True rejects a schema keyword the server cannot enforce (InvalidArgument naming it);
         False drops it and lists it in Completion.warnings. With json_schema, Completion.parsed
         is the parsed value (the pydantic instance for a model class) once finish_reason is
-        "stop"; if it does not parse, parsed stays None and warnings says why."""
+        "stop"; if it does not parse, parsed stays None and warnings says why.
+
+        speculative: "off" or a method ("lookup"); None: the server's setting. Only plain greedy
+        requests speculate, and their output is the same; usage.draft_tokens / accepted_tokens
+        say how much was drafted and accepted."""
 
 _UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async iterable) of mappings
         {"id": str, "text": str, "metadata": dict (optional), "vector": list[float] (optional)};
@@ -146,13 +150,14 @@ class Api(ClientBase):
         regex: str | None = None,
         choices: Sequence[str] | None = None,
         strict: bool = True,
+        speculative: str | None = None,
         model: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Op[Completion]:
         req = build_generate_request(
             prompt, messages=messages, request_id=request_id, model=model, json_schema=json_schema,
-            grammar=grammar, regex=regex, choices=choices, strict=strict, max_tokens=max_tokens,
+            grammar=grammar, regex=regex, choices=choices, strict=strict, speculative=speculative, max_tokens=max_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
             seed=seed, stop=stop, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
         )

@@ -78,6 +78,7 @@ def build_generate_request(
     regex: str | None = None,
     choices: Sequence[str] | None = None,
     strict: bool | None = None,
+    speculative: str | None = None,
     **sampling: Any,
 ) -> pb.GenerateRequest:
     """Only arguments that were given go into the request (None = the server's default).
@@ -93,6 +94,8 @@ def build_generate_request(
         req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
     _set_constraint(req, json_schema, grammar, regex, choices, strict)
     _set_sampling(req.sampling, sampling)
+    if speculative is not None:
+        req.speculative = speculative
     return req
 
 

@@ -23,6 +23,8 @@ class Usage(_Frozen):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    draft_tokens: int = 0  # speculative decoding: drafted for this request
+    accepted_tokens: int = 0  # of which the model accepted
 
 
 class Completion(_Frozen):
@@ -53,6 +55,10 @@ class Loads(_Frozen):
     model: str
     prefix_cache_queried_tokens: int = 0  # prompt tokens that looked up the prefix cache, since start
     prefix_cache_hit_tokens: int = 0  # of which were found there
+    speculative_steps: int = 0  # since start: steps that verified a draft
+    speculative_draft_tokens: int = 0
+    speculative_accepted_tokens: int = 0
+    mean_accepted_tokens: float = 0.0  # accepted per verify step
 
 
 class CollectionInfo(_Frozen):

@@ -158,6 +158,26 @@ def test_prefix_cache_hits_reach_usage_and_loads(client: Client) -> None:
     assert after.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens == 2 * first.usage.prompt_tokens
 
 
+SPEC_PROMPT = ("Copy this line exactly: the quick brown fox jumps over the lazy dog near the river bank.\n"
+               "Copy: the quick brown fox jumps over")
+
+
+def test_speculative_per_request_same_output_with_usage_and_loads(client: Client) -> None:
+    """A request asks for prompt lookup speculation (the server's default is off): the same
+    greedy tokens, the drafts counted in usage and in GetLoads; an unknown method is refused."""
+    plain = client.generate(SPEC_PROMPT, max_tokens=24, temperature=0, ignore_eos=True)
+    before = wait_idle(client)
+    spec = client.generate(SPEC_PROMPT, max_tokens=24, temperature=0, ignore_eos=True, speculative="lookup")
+    assert spec.token_ids == plain.token_ids
+    assert plain.usage.draft_tokens == 0
+    assert spec.usage.draft_tokens >= spec.usage.accepted_tokens > 0
+    after = wait_idle(client)
+    assert after.speculative_accepted_tokens - before.speculative_accepted_tokens == spec.usage.accepted_tokens
+    assert after.speculative_steps > before.speculative_steps and after.mean_accepted_tokens > 0
+    with pytest.raises(InvalidArgument, match="speculative"):
+        client.generate(PROMPT, max_tokens=2, speculative="medusa")
+
+
 def test_client_cancel_frees_kv_blocks(client: Client) -> None:
     s = client.stream(PROMPT, max_tokens=LONG, ignore_eos=True)
     it = iter(s)
@@ -328,6 +348,13 @@ def test_cli_generate_local() -> None:
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "prompt_tokens=" in r.stderr and "completion_tokens=" in r.stderr
+
+
+def test_cli_generate_local_speculative() -> None:
+    r = _run(["generate", "--local", "--raw", SPEC_PROMPT, "--max-tokens", "16", "--temperature", "0",
+              "--speculative", "lookup", "--num-speculative-tokens", "4", "--usage"])
+    assert r.returncode == 0, r.stderr
+    assert "accepted_tokens=" in r.stderr and "draft_tokens=" in r.stderr
 
 
 def test_cli_errors_are_one_line_without_traceback() -> None:
