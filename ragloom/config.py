@@ -73,6 +73,10 @@ class EngineSettings(BaseSettings):
         "verified in one forward pass; the output is exactly plain greedy decoding's",
     )
     num_speculative_tokens: int = Field(5, ge=0, le=64, description="most draft tokens verified per step and sequence")
+    speculative_max_batch: int = Field(
+        4, ge=1, description="speculate only in steps where at most this many sequences decode: a batched "
+        "step already shares each weight read, so drafts cost more there than they save",
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
 
 

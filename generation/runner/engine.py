@@ -111,6 +111,7 @@ class Loads:
 
 
 SPECULATIVE_METHODS = ("off", "lookup")
+SPEC_MISSES, SPEC_PAUSE = 3, 8  # drafts rejected in a row -> decode steps without drafting
 
 
 def speculates(params: SamplingParams, processors: list[LogitsProcessor]) -> bool:
@@ -356,14 +357,19 @@ class LLMEngine:
     def _draft(self, seqs: list[Sequence], todo: dict[int, int]) -> dict[int, list[int]]:
         """Draft tokens for the sequences about to decode that speculate, within the step's token
         budget and the KV cache (a draft that does not fit is dropped, not waited for)."""
-        k = self.settings.num_speculative_tokens
+        decoding = sum(1 for seq in seqs if seq.num_new == 1)
+        if decoding > self.settings.speculative_max_batch:
+            return {}  # a batched step already shares each weight read among its sequences
         budget = self.settings.max_num_batched_tokens - sum(todo.values())
         drafts: dict[int, list[int]] = {}
         for seq in seqs:
             if seq.drafter is None or seq.num_new != 1 or todo[id(seq)] != 1 or budget <= 0:
                 continue
-            room = min(k, budget, seq.params.max_tokens - len(seq.output_ids) - 1,
-                       self.max_model_len - seq.num_tokens - 1)
+            if seq.spec_pause:
+                seq.spec_pause -= 1
+                continue
+            room = min(seq.spec_k or self.settings.num_speculative_tokens, budget,
+                       seq.params.max_tokens - len(seq.output_ids) - 1, self.max_model_len - seq.num_tokens - 1)
             draft = seq.drafter.propose(seq.output_ids, room)
             if not draft:
                 continue
@@ -374,6 +380,19 @@ class LLMEngine:
             drafts[id(seq)] = draft
             budget -= len(draft)
         return drafts
+
+    def _adapt(self, seq: Sequence, drafted: int, accepted: int) -> None:
+        """Per-sequence draft length: one more after a fully accepted draft, half after one mostly
+        rejected; after SPEC_MISSES drafts in a row with nothing accepted, pause drafting for
+        SPEC_PAUSE steps (a verify step costs more than a decode, so useless drafts slow it)."""
+        k = seq.spec_k or self.settings.num_speculative_tokens
+        if accepted == drafted:
+            seq.spec_k = min(k + 1, self.settings.num_speculative_tokens)
+        elif 2 * accepted < drafted:
+            seq.spec_k = max(1, k // 2)
+        seq.spec_misses = seq.spec_misses + 1 if accepted == 0 else 0
+        if seq.spec_misses >= SPEC_MISSES:
+            seq.spec_pause, seq.spec_misses = SPEC_PAUSE, 0
 
     def _accept(self, seq: Sequence, draft: list[int], rows: torch.Tensor) -> Output:
         """Greedy verification: the model's own choice after the last token and after each draft
@@ -386,6 +405,7 @@ class LLMEngine:
             accepted += 1
         seq.draft_tokens += len(draft)
         seq.accepted_tokens += accepted
+        self._adapt(seq, len(draft), accepted)
         self.speculation[0] += 1
         self.speculation[1] += len(draft)
         self.speculation[2] += accepted

@@ -45,6 +45,9 @@ class Sequence:
     drafter: PromptLookup | None = None  # speculative decoding's draft source, if it speculates
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    spec_k: int = 0  # current draft length (0: the engine's num_speculative_tokens)
+    spec_misses: int = 0  # drafts in a row with nothing accepted
+    spec_pause: int = 0  # steps to decode without drafting
 
     @property
     def token_ids(self) -> list[int]:

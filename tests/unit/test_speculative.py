@@ -110,3 +110,26 @@ def test_full_kv_cache_drops_drafts_not_tokens() -> None:
     params = SamplingParams(max_tokens=96 - len(ids) - 1, temperature=0, ignore_eos=True)
     want = plain.generate([ids], params)[0].token_ids
     assert spec.generate([ids], params)[0].token_ids == want
+
+
+def test_no_drafts_in_steps_with_more_decodes_than_speculative_max_batch(
+        engines: tuple[LLMEngine, LLMEngine]) -> None:
+    _, spec = engines
+    assert spec.settings.speculative_max_batch == 4
+    _, last = _run(spec, [COPY] * 5, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    assert all(o.draft_tokens == 0 for o in last)  # five in lockstep: every step decodes five
+
+
+def test_draft_length_adapts_to_acceptance(engines: tuple[LLMEngine, LLMEngine]) -> None:
+    from ragloom.generation.runner.engine import SPEC_MISSES, SPEC_PAUSE
+    from ragloom.generation.runner.sequence import Sequence
+
+    _, spec = engines
+    seq = Sequence("s", [1, 2], SamplingParams(temperature=0), [], spec.tokenizer, None)  # type: ignore[arg-type]
+    spec._adapt(seq, 6, 6)
+    assert seq.spec_k == 6  # capped at num_speculative_tokens
+    spec._adapt(seq, 6, 2)
+    assert seq.spec_k == 3  # mostly rejected: halved
+    for _ in range(SPEC_MISSES):
+        spec._adapt(seq, 3, 0)
+    assert seq.spec_pause == SPEC_PAUSE and seq.spec_k == 1
