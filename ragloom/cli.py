@@ -462,14 +462,16 @@ def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
         "holds 3.8x and int4 (int4 values, int8 keys) 4.4x the tokens of float32 in the same memory, at a small loss of accuracy",
     )
     parser.add_argument(
-        "--speculative", choices=["off", "lookup"],
-        help=prefix + "speculative decoding for greedy requests (default off): lookup drafts the tokens that "
-        "followed the last few tokens' earlier occurrence in prompt or output, verified in one pass; "
-        "same output, fewer steps where the answer copies its input (RAG, summaries, SQL, code edits)",
+        "--speculative", choices=["off", "auto", "lookup", "recycling"],
+        help=prefix + "speculative decoding for greedy requests (default off), verified in one pass with "
+        "the same output as without: lookup drafts the tokens that followed the last few tokens' earlier "
+        "occurrence in prompt or output (RAG, summaries, SQL, code edits); recycling drafts a tree of the "
+        "model's own earlier top guesses after each token (Token Recycling); auto: lookup where it matches, "
+        "else recycling",
     )
     parser.add_argument(
         "--num-speculative-tokens", type=int, metavar="N",
-        help=prefix + "most draft tokens verified per step (default 5)",
+        help=prefix + "most draft tokens (chain length or tree nodes) verified per step and sequence (default 5)",
     )
     parser.add_argument(
         "--step-tokens", type=int, metavar="N",

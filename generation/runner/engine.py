@@ -31,6 +31,8 @@ from ragloom.generation.runner.sampler import LogitsProcessor, SamplingRow, samp
 from ragloom.generation.runner.scheduler import Scheduler
 from ragloom.generation.runner.sequence import Sequence
 from ragloom.generation.runner.speculative.lookup import PromptLookup
+from ragloom.generation.runner.speculative.recycling import TokenRecycling
+from ragloom.generation.runner.speculative.tree import DraftTree
 from ragloom.generation.runner.weights import (
     PACK_VERSION,
     ModelConfig,
@@ -110,7 +112,9 @@ class Loads:
     speculative_accepted_tokens: int = 0
 
 
-SPECULATIVE_METHODS = ("off", "lookup")
+# lookup: prompt lookup chains; recycling: Token Recycling trees; auto: a lookup match where there
+# is one, else a recycling tree.
+SPECULATIVE_METHODS = ("off", "lookup", "recycling", "auto")
 SPEC_MISSES, SPEC_PAUSE = 3, 8  # drafts rejected in a row -> decode steps without drafting
 
 
@@ -162,6 +166,7 @@ class LLMEngine:
                                    max_prefill_tokens=settings.max_prefill_tokens)
         self._seqs: dict[str, Sequence] = {}
         self.speculation = [0, 0, 0]  # since start: verify steps, draft tokens, accepted tokens
+        self.recycling: TokenRecycling | None = None  # made by the first request that drafts trees
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         log.info(
             "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB, %s)",
@@ -265,8 +270,13 @@ class LLMEngine:
             cache_prefix=request.prefill is None,
         )
         method = request.speculative or self.settings.speculative
-        if method == "lookup" and self.settings.num_speculative_tokens and speculates(p, seq.processors):
-            seq.drafter = PromptLookup(seq.prompt_ids)
+        if method != "off" and self.settings.num_speculative_tokens and speculates(p, seq.processors):
+            seq.speculative = method
+            if method in ("lookup", "auto"):
+                seq.lookup = PromptLookup(seq.prompt_ids)
+            if method in ("recycling", "auto"):
+                self.recycling = self.recycling or TokenRecycling(self.vocab_size)
+                self.recycling.seed(seq.prompt_ids)
         self._seqs[seq.request_id] = seq
         self.scheduler.add(seq)
 
@@ -311,15 +321,16 @@ class LLMEngine:
         seqs = [s for s in seqs if s.finish_reason is None]
         if not seqs:
             return []
-        drafts: dict[int, list[int]] = {}
+        drafts: dict[int, tuple[DraftTree, list[int] | None]] = {}
         verify_rows: dict[int, torch.Tensor] = {}
         if normal:
             # A prompt chunk that does not reach the prompt's end needs no logits.
             ends = [seq.num_computed + todo[id(seq)] for seq in normal]
             wants = [int(end == seq.num_tokens) for seq, end in zip(normal, ends)]
             drafts = self._draft(normal, todo)
-            # A sequence with a draft runs its last token and the draft, with logits at each.
-            extra = [drafts.get(id(seq), []) for seq in normal]
+            # A sequence with a draft runs its last token and the draft's nodes, with logits at each.
+            trees = [drafts[id(seq)][0] if id(seq) in drafts else None for seq in normal]
+            extra = [[] if tree is None else tree.tokens for tree in trees]
             fwd = ForwardBatch.build(
                 new_tokens=[seq.token_ids[seq.num_computed : end] + d for seq, end, d in zip(normal, ends, extra)],
                 starts=[seq.num_computed for seq in normal],
@@ -327,7 +338,7 @@ class LLMEngine:
                 kv=self.kv,
                 logits_per_seq=[w + len(d) for w, d in zip(wants, extra)],
                 sliding_window=self.config.sliding_window,
-                verify=[bool(d) for d in extra] if drafts else None,
+                verify=trees if drafts else None,
             )
             out = self.model(fwd, self.kv)
             row = 0
@@ -341,11 +352,14 @@ class LLMEngine:
             seq.num_computed = seq.num_tokens if id(seq) in rows_by_seq else seq.num_computed + todo[id(seq)]
             self.scheduler.publish(seq)
         seqs = [s for s in seqs if id(s) in rows_by_seq]  # part-way through their prompt: no token yet
-        outputs = [self._accept(s, drafts[id(s)], verify_rows[id(s)]) for s in seqs if id(s) in drafts]
+        outputs = [self._accept(s, *drafts[id(s)], verify_rows[id(s)]) for s in seqs if id(s) in drafts]
         seqs = [s for s in seqs if id(s) not in drafts]
         if not seqs:
             return outputs
         logits = torch.stack([rows_by_seq[id(s)] for s in seqs])
+        recycled = [i for i, s in enumerate(seqs) if s.speculative in ("recycling", "auto")]
+        if recycled and self.recycling is not None:  # the model's guesses after each last token
+            self.recycling.update([seqs[i].token_ids[-1] for i in recycled], logits[recycled])
         rows = [
             SamplingRow(s.params, s.token_ids, s.output_ids, s.processors, s.generator) for s in seqs
         ]
@@ -354,64 +368,101 @@ class LLMEngine:
 
     # ---- speculative decoding ----------------------------------------------------------------
 
-    def _draft(self, seqs: list[Sequence], todo: dict[int, int]) -> dict[int, list[int]]:
-        """Draft tokens for the sequences about to decode that speculate, within the step's token
-        budget and the KV cache (a draft that does not fit is dropped, not waited for)."""
+    def _draft(self, seqs: list[Sequence], todo: dict[int, int]) -> dict[int, tuple[DraftTree, list[int] | None]]:
+        """Draft trees (and, for recycling trees, their nodes' ranks) for the sequences about to
+        decode that speculate, within the step's token budget and the KV cache (a draft that does
+        not fit is dropped, not waited for)."""
         decoding = sum(1 for seq in seqs if seq.num_new == 1)
         if decoding > self.settings.speculative_max_batch:
             return {}  # a batched step already shares each weight read among its sequences
         budget = self.settings.max_num_batched_tokens - sum(todo.values())
-        drafts: dict[int, list[int]] = {}
+        window = self.config.sliding_window
+        drafts: dict[int, tuple[DraftTree, list[int] | None]] = {}
         for seq in seqs:
-            if seq.drafter is None or seq.num_new != 1 or todo[id(seq)] != 1 or budget <= 0:
+            if seq.speculative == "off" or seq.num_new != 1 or todo[id(seq)] != 1 or budget <= 0:
                 continue
             if seq.spec_pause:
                 seq.spec_pause -= 1
                 continue
             room = min(seq.spec_k or self.settings.num_speculative_tokens, budget,
-                       seq.params.max_tokens - len(seq.output_ids) - 1, self.max_model_len - seq.num_tokens - 1)
-            draft = seq.drafter.propose(seq.output_ids, room)
-            if not draft:
+                       self.max_model_len - seq.num_tokens - 1,
+                       self.max_model_len if window is None else window - seq.num_tokens - 1)
+            left = seq.params.max_tokens - len(seq.output_ids) - 1  # tokens a chain can still add
+            draft = self._propose(seq, room, left)
+            if draft is None:
                 continue
             try:
-                self.kv.reserve(seq.block_table, seq.num_tokens + len(draft))
+                self.kv.reserve(seq.block_table, seq.num_tokens + len(draft[0]))
             except ResourceExhausted:
                 continue
             drafts[id(seq)] = draft
-            budget -= len(draft)
+            budget -= len(draft[0])
         return drafts
 
-    def _adapt(self, seq: Sequence, drafted: int, accepted: int) -> None:
-        """Per-sequence draft length: one more after a fully accepted draft, half after one mostly
-        rejected; after SPEC_MISSES drafts in a row with nothing accepted, pause drafting for
-        SPEC_PAUSE steps (a verify step costs more than a decode, so useless drafts slow it)."""
+    def _propose(self, seq: Sequence, room: int, left: int) -> tuple[DraftTree, list[int] | None] | None:
+        """A prompt lookup chain where one matches, else a Token Recycling tree (as the
+        sequence's method allows): at most `room` nodes, at most `left` deep."""
+        if room <= 0 or left <= 0:
+            return None
+        if seq.lookup is not None:
+            chain = seq.lookup.propose(seq.output_ids, min(room, left))
+            if chain:
+                return DraftTree.chain(chain), None
+        if seq.speculative in ("recycling", "auto") and self.recycling is not None:
+            proposed = self.recycling.propose(seq.token_ids[-1], room)
+            if proposed is not None:
+                tree, ranks = proposed
+                if max(tree.depths) > left:  # near max_tokens: only what can still be output
+                    keep = [i for i, d in enumerate(tree.depths) if d <= left]
+                    index = {old: new for new, old in enumerate(keep)}
+                    tree = DraftTree([tree.tokens[i] for i in keep],
+                                     [index.get(tree.parents[i], -1) for i in keep])
+                    ranks = [ranks[i] for i in keep]
+                return tree, ranks
+        return None
+
+    def _adapt(self, seq: Sequence, depth: int, accepted: int) -> None:
+        """Per-sequence draft size: one more node after a draft accepted to its full depth, half
+        after one mostly rejected; after SPEC_MISSES drafts in a row with nothing accepted, pause
+        drafting for SPEC_PAUSE steps (a verify step costs more than a decode, so useless drafts
+        slow it)."""
         k = seq.spec_k or self.settings.num_speculative_tokens
-        if accepted == drafted:
+        if accepted == depth:
             seq.spec_k = min(k + 1, self.settings.num_speculative_tokens)
-        elif 2 * accepted < drafted:
+        elif 2 * accepted < depth:
             seq.spec_k = max(1, k // 2)
         seq.spec_misses = seq.spec_misses + 1 if accepted == 0 else 0
         if seq.spec_misses >= SPEC_MISSES:
             seq.spec_pause, seq.spec_misses = SPEC_PAUSE, 0
 
-    def _accept(self, seq: Sequence, draft: list[int], rows: torch.Tensor) -> Output:
-        """Greedy verification: the model's own choice after the last token and after each draft
-        token ([1 + len(draft), vocab] logits); the draft is kept up to its first disagreement and
-        the model's token there follows (so every step adds at least one token, exactly the tokens
-        plain greedy decoding would). Rejected tokens' KV is dropped with their blocks."""
+    def _accept(self, seq: Sequence, tree: DraftTree, ranks: list[int] | None, rows: torch.Tensor) -> Output:
+        """Greedy verification: the model's own choice after the last token and after each node
+        ([1 + len(tree), vocab] logits); the deepest path of nodes the model agrees with is kept
+        and the model's token after it follows (so every step adds at least one token, exactly the
+        tokens plain greedy decoding would). The kept nodes' KV moves next to the context; the
+        rest is dropped with its blocks."""
         choice = rows.argmax(-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == choice[accepted]:
-            accepted += 1
-        seq.draft_tokens += len(draft)
+        path = tree.accept(choice)
+        if self.recycling is not None and seq.speculative in ("recycling", "auto"):
+            self.recycling.update([seq.token_ids[-1]] + tree.tokens, rows)
+            if ranks is not None:
+                self.recycling.observe(tree, ranks, path)
+        accepted = len(path)
+        seq.draft_tokens += len(tree)
         seq.accepted_tokens += accepted
-        self._adapt(seq, len(draft), accepted)
+        self._adapt(seq, max(tree.depths), accepted)
         self.speculation[0] += 1
-        self.speculation[1] += len(draft)
+        self.speculation[1] += len(tree)
         self.speculation[2] += accepted
-        out = self._append(seq, choice[: accepted + 1])
+        root = seq.num_computed - 1  # position of the last token; node i was written at root + 1 + i
+        moved = [(j, i) for j, i in enumerate(path) if i != j]  # nodes off the draft's first branch
+        if moved:
+            slots = self.kv.slot_tensor(seq.block_table, root + 1, root + 1 + len(tree))
+            dst, src = (slots[torch.tensor(rows_, device=slots.device)] for rows_ in zip(*moved))
+            self.kv.copy_slots(dst, src)
+        out = self._append(seq, [tree.tokens[i] for i in path] + [choice[path[-1] + 1 if path else 0]])
         if seq.finish_reason is None:
-            seq.num_computed += accepted  # the accepted drafts' KV was written by the verify pass
+            seq.num_computed += accepted  # the accepted nodes' KV was written by the verify pass
             self.kv.truncate(seq.block_table, seq.num_tokens)
         return out
 

@@ -207,12 +207,16 @@ class KVCache:
                 (copy,) = self.allocator.allocate(1)
                 src = torch.arange(last * self.block_size, (last + 1) * self.block_size, device=self.k.device)
                 dst = src + (copy - last) * self.block_size
-                self.keys.copy_slots(dst, src)
-                self.values.copy_slots(dst, src)
+                self.copy_slots(dst, src)
                 self.allocator.free([last])
                 block_table[-1] = copy
             else:
                 self.allocator.unpublish(last)
+
+    def copy_slots(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """K and V of slots src -> slots dst, in every layer."""
+        self.keys.copy_slots(dst, src)
+        self.values.copy_slots(dst, src)
 
     def release(self, block_table: list[int]) -> None:
         # Tail first: a cached prompt's later blocks are evicted before the shared head blocks.

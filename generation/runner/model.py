@@ -56,21 +56,37 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 INT_SCORES_MIN_TOKENS = 256
 
 
-def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor | IntRun, torch.Tensor | IntRun]],
-                key_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """One decode query q [H, d] over a sequence's keys given as runs of (k, v), each [KVH, n, d]
-    straight into the cache (KVCache.view): [H * d]. `key_scale` [KVH, 1, d]: the keys are stored
-    divided by it (KVCache.key_scale), so the query is multiplied by it.
+# CPU matmul rounds a row of a product the same way whatever the other rows from this many rows
+# up (fewer take another kernel): a decode's query rows are padded to it, so that they and a
+# verify pass's rows (speculative decoding) compute bit-identical attention.
+MIN_QUERY_ROWS = 4
 
-    Grouped-query attention as matmuls: the H / KVH query heads sharing a KV head form the rows of
-    one [G, d] x [d, n] product, so K/V are never repeated nor copied. Scores of all runs are
-    softmaxed together (they are only [H, context] floats). int8 runs keep their per-token scales
-    out of the big tensors: on keys they scale the scores, on values the probabilities."""
+
+def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor | IntRun, torch.Tensor | IntRun]],
+                key_scale: torch.Tensor | None = None, keys: int | None = None,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Queries q [Lq, H, d] of one sequence over its keys given as runs of (k, v), each [KVH, n, d]
+    straight into the cache (KVCache.view): [Lq, H * d]. `key_scale` [KVH, 1, d]: the keys are
+    stored divided by it (KVCache.key_scale), so the query is multiplied by it. `keys`: how many
+    of the runs' slots are keys (the rest, at the end, are masked; None: all). `visible` [Lq, m]
+    bool: which of the last m keys each query sees (a draft tree's rows: batch.py); the keys
+    before them every query sees. None: every query sees every key (a decode, Lq = 1).
+
+    Grouped-query attention as matmuls: the queries sharing a KV head (H / KVH heads of each of
+    the Lq rows) form the rows of one [Lq * G, d] x [d, n] product, so K/V are never repeated nor
+    copied. Scores of all runs are softmaxed together (they are only [Lq * H, context] floats).
+    int8 runs keep their per-token scales out of the big tensors: on keys they scale the scores,
+    on values the probabilities."""
     k0 = runs[0][0]
     kvh, d = (k0.codes if isinstance(k0, IntRun) else k0).shape[::2]
-    qg = (q * d**-0.5).view(kvh, -1, d)
+    lq, h = q.shape[0], q.shape[1]
+    # [KVH, Lq * G, d], rows ordered (query, head in group); for Lq = 1 a view.
+    qg = (q * d**-0.5).view(lq, kvh, h // kvh, d).transpose(0, 1).reshape(kvh, -1, d)
     if key_scale is not None:
         qg = qg * key_scale.to(qg.dtype)
+    rows = qg.shape[1]
+    if rows < MIN_QUERY_ROWS:
+        qg = torch.cat([qg, qg.new_zeros(kvh, MIN_QUERY_ROWS - rows, d)], 1)
     q8: tuple[torch.Tensor, torch.Tensor] | None = None
     scores = []
     for k, _ in runs:
@@ -82,7 +98,14 @@ def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor | IntRun, torch.T
                 scores.append(torch.bmm(qg, k.codes.to(qg.dtype).transpose(1, 2)) * k.scale.transpose(1, 2).to(qg.dtype))
         else:
             scores.append(torch.bmm(qg, k.transpose(1, 2)))
-    p = torch.softmax((scores[0] if len(scores) == 1 else torch.cat(scores, -1)).float(), -1).to(q.dtype)
+    s = (scores[0] if len(scores) == 1 else torch.cat(scores, -1)).float()
+    keys = s.shape[-1] if keys is None else keys
+    if keys < s.shape[-1]:
+        s[..., keys:] = float("-inf")
+    if visible is not None:
+        m = visible.shape[1]
+        s[:, :rows, keys - m : keys].masked_fill_(~visible.repeat_interleave(h // kvh, 0), float("-inf"))
+    p = torch.softmax(s, -1).to(q.dtype)
     out, start = None, 0
     for _, v in runs:
         if isinstance(v, IntRun):
@@ -94,7 +117,7 @@ def attend_runs(q: torch.Tensor, runs: list[tuple[torch.Tensor | IntRun, torch.T
         out = torch.bmm(part, values) if out is None else out.baddbmm_(part, values)
         start += n
     assert out is not None
-    return out.view(-1)
+    return out[:, :rows].view(kvh, lq, h // kvh, d).transpose(0, 1).reshape(lq, h * d)
 
 
 def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +191,15 @@ class DecoderLayer(nn.Module):
 
     def _attend_group(self, q: torch.Tensor, layer: int, g: AttentionGroup, kv: KVCache) -> torch.Tensor:
         cfg = self.cfg
-        if g.runs is not None:  # decode, keys in place
-            scale = kv.key_scale(layer)
-            return torch.stack([attend_runs(q[i], [kv.view(layer, s, n) for s, n in runs], scale)
-                                for i, runs in enumerate(g.runs)]).view(q.shape[0], -1)
+        if g.runs is not None:  # decode or verify, keys in place: one sequence at a time
+            scale, outs, row = kv.key_scale(layer), [], 0
+            keys = g.keys or [None] * len(g.runs)
+            for i, (runs, visible) in enumerate(zip(g.runs, g.visible or [None] * len(g.runs))):
+                n = 1 if visible is None else visible.shape[0]
+                views = [kv.view(layer, slot, length) for slot, length in runs]
+                outs.append(attend_runs(q[row : row + n], views, scale, keys[i], visible))
+                row += n
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
         assert g.gather_slots is not None
         keys, values = kv.gather(layer, g.gather_slots)  # [B, Lk, kvh, d]
         b, lq = g.batch_size, g.max_query_len

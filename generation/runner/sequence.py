@@ -42,10 +42,11 @@ class Sequence:
     cache_prefix: bool = True
     block_hashes: list[bytes] = field(default_factory=list)  # hash chain of token_ids' full blocks, so far
     num_published: int = 0  # leading blocks of block_table already offered to the prefix cache
-    drafter: PromptLookup | None = None  # speculative decoding's draft source, if it speculates
+    speculative: str = "off"  # its speculative decoding method (engine.SPECULATIVE_METHODS)
+    lookup: PromptLookup | None = None  # its prompt lookup index, for lookup and auto
     draft_tokens: int = 0
     accepted_tokens: int = 0
-    spec_k: int = 0  # current draft length (0: the engine's num_speculative_tokens)
+    spec_k: int = 0  # current draft size in nodes (0: the engine's num_speculative_tokens)
     spec_misses: int = 0  # drafts in a row with nothing accepted
     spec_pause: int = 0  # steps to decode without drafting
 

@@ -82,7 +82,7 @@ _GENERATE_DOC = """\
         is the parsed value (the pydantic instance for a model class) once finish_reason is
         "stop"; if it does not parse, parsed stays None and warnings says why.
 
-        speculative: "off" or a method ("lookup"); None: the server's setting. Only plain greedy
+        speculative: "off" or a method ("lookup", "recycling", "auto"); None: the server's setting. Only plain greedy
         requests speculate, and their output is the same; usage.draft_tokens / accepted_tokens
         say how much was drafted and accepted."""
 
