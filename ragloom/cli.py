@@ -463,7 +463,7 @@ def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     )
     parser.add_argument(
         "--speculative", choices=["off", "auto", "lookup", "recycling"],
-        help=prefix + "speculative decoding for greedy requests (default off), verified in one pass with "
+        help=prefix + "speculative decoding for greedy requests (default lookup), verified in one pass with "
         "the same output as without: lookup drafts the tokens that followed the last few tokens' earlier "
         "occurrence in prompt or output (RAG, summaries, SQL, code edits); recycling drafts a tree of the "
         "model's own earlier top guesses after each token (Token Recycling); auto: lookup where it matches, "
@@ -471,7 +471,7 @@ def _add_scheduling_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     )
     parser.add_argument(
         "--num-speculative-tokens", type=int, metavar="N",
-        help=prefix + "most draft tokens (chain length or tree nodes) verified per step and sequence (default 5)",
+        help=prefix + "most draft tokens (chain length or tree nodes) verified per step and sequence (default 8)",
     )
     parser.add_argument(
         "--step-tokens", type=int, metavar="N",

@@ -68,13 +68,13 @@ class EngineSettings(BaseSettings):
         True, description="reuse the KV of earlier requests' full blocks for the same leading tokens"
     )
     speculative: Literal["off", "auto", "lookup", "recycling"] = Field(
-        "off", description="speculative decoding for plain greedy requests, verified in one forward pass; the "
+        "lookup", description="speculative decoding for plain greedy requests, verified in one forward pass; the "
         "output is plain greedy decoding's. lookup: the tokens that followed the latest earlier occurrence of "
         "the last 2-3 tokens in prompt or output (prompt lookup); recycling: a tree of the model's own top "
         "guesses after each token from earlier steps (Token Recycling); auto: lookup where it matches, else "
         "recycling",
     )
-    num_speculative_tokens: int = Field(5, ge=0, le=64, description="most draft tokens verified per step and sequence")
+    num_speculative_tokens: int = Field(8, ge=0, le=64, description="most draft tokens verified per step and sequence")
     speculative_max_batch: int = Field(
         4, ge=1, description="speculate only in steps where at most this many sequences decode: a batched "
         "step already shares each weight read, so drafts cost more there than they save",

@@ -163,9 +163,9 @@ SPEC_PROMPT = ("Copy this line exactly: the quick brown fox jumps over the lazy 
 
 
 def test_speculative_per_request_same_output_with_usage_and_loads(client: Client) -> None:
-    """A request asks for prompt lookup speculation (the server's default is off): the same
-    greedy tokens, the drafts counted in usage and in GetLoads; an unknown method is refused."""
-    plain = client.generate(SPEC_PROMPT, max_tokens=24, temperature=0, ignore_eos=True)
+    """A request turns speculation off or asks for prompt lookup: the same greedy tokens, the
+    drafts counted in usage and in GetLoads; an unknown method is refused."""
+    plain = client.generate(SPEC_PROMPT, max_tokens=24, temperature=0, ignore_eos=True, speculative="off")
     before = wait_idle(client)
     spec = client.generate(SPEC_PROMPT, max_tokens=24, temperature=0, ignore_eos=True, speculative="lookup")
     assert spec.token_ids == plain.token_ids

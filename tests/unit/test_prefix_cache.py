@@ -130,9 +130,10 @@ def test_a_fully_cached_prompt_recomputes_its_last_token(llm: LLMEngine, length:
     assert c1 == 0 and c2 == (length - 1) // 16 * 16
 
 
-def test_preemption_with_the_cache_gives_the_same_output() -> None:
+@pytest.mark.parametrize("speculative", ["off", "lookup"])
+def test_preemption_with_the_cache_gives_the_same_output(speculative: str) -> None:
     # 15 blocks of 8 tokens for four sequences of ~40 tokens each: decode has to preempt.
-    small = _engine(kv_cache_tokens=120, block_size=8, max_num_seqs=4)
+    small = _engine(kv_cache_tokens=120, block_size=8, max_num_seqs=4, speculative=speculative)
     prompts = [small.encode(prompt="In the old harbour town, every single morning the fishermen" + t)
                for t in [" sang", " argued about", " counted the", " mended their nets and"]]
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
@@ -142,7 +143,8 @@ def test_preemption_with_the_cache_gives_the_same_output() -> None:
     assert preempted > 0
     alone = [_run(small, [p], params)[0][0] for p in prompts]  # fills the cache too
     squeezed = _run(small, prompts, params)
-    assert small.scheduler.num_preemptions > preempted  # the cached run was preempted as well
+    if speculative == "off":  # drafts change which steps run out of room
+        assert small.scheduler.num_preemptions > preempted  # the cached run was preempted as well
     assert [ids for ids, _ in squeezed] == reference == alone
     assert small.kv.allocator.num_used == 0
 
