@@ -409,16 +409,7 @@ class LLMEngine:
             if chain:
                 return DraftTree.chain(chain), None
         if seq.speculative in ("recycling", "auto") and self.recycling is not None:
-            proposed = self.recycling.propose(seq.token_ids[-1], room)
-            if proposed is not None:
-                tree, ranks = proposed
-                if max(tree.depths) > left:  # near max_tokens: only what can still be output
-                    keep = [i for i, d in enumerate(tree.depths) if d <= left]
-                    index = {old: new for new, old in enumerate(keep)}
-                    tree = DraftTree([tree.tokens[i] for i in keep],
-                                     [index.get(tree.parents[i], -1) for i in keep])
-                    ranks = [ranks[i] for i in keep]
-                return tree, ranks
+            return self.recycling.propose(seq.token_ids[-1], room, max_depth=left)
         return None
 
     def _adapt(self, seq: Sequence, depth: int, accepted: int) -> None:

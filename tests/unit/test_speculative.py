@@ -216,3 +216,12 @@ def test_recycling_template_follows_measured_acceptance() -> None:
     tr._templates.clear()
     assert tr.template(6)[0] == (-1, 0) and (-1, 1) in tr.template(6)
     assert sum(1 for p, r in tr.template(6) if p >= 0 and tr.template(6)[p][1] == 1) >= 2  # grows under rank 1
+
+
+def test_recycling_tree_respects_max_depth() -> None:
+    tr = TokenRecycling(vocab_size=10, k=2)
+    tr.update([1, 2, 3], torch.eye(10)[[2, 3, 4]] * 5 + torch.eye(10)[[5, 5, 5]])  # 1->2->3->4, each also ->5
+    tree, _ = tr.propose(1, 8)
+    assert max(tree.depths) == 3
+    tree, _ = tr.propose(1, 8, max_depth=1)
+    assert tree.depths == [1, 1] and sorted(tree.tokens) == [2, 5]

@@ -91,19 +91,23 @@ class TokenRecycling:
             self._templates[budget] = [(index.get(path[:-1], -1), path[-1]) for path in chosen]
         return self._templates[budget]
 
-    def propose(self, root: int, budget: int) -> tuple[DraftTree, list[int]] | None:
-        """A draft tree of at most `budget` nodes after token `root`, and each node's rank; None
-        when the matrix knows nothing after root. Branches through ranks a row does not hold
-        (never predicted after, or only seeded) are cut."""
+    def propose(self, root: int, budget: int, max_depth: int | None = None) -> tuple[DraftTree, list[int]] | None:
+        """A draft tree of at most `budget` nodes, at most `max_depth` deep, after token `root`,
+        and each node's rank; None when the matrix knows nothing after root. Branches through
+        ranks a row does not hold (never predicted after, or only seeded) are cut."""
         if budget <= 0 or not self.width[root]:
             return None
         tokens: list[int] = []
         parents: list[int] = []
         ranks: list[int] = []
+        depths: list[int] = []
         kept: dict[int, int] = {}  # template node -> tree node
         rows: dict[int, list[int]] = {}
         for t_index, (parent, rank) in enumerate(self.template(budget)):
             if parent >= 0 and parent not in kept:
+                continue
+            depth = 1 if parent < 0 else depths[kept[parent]] + 1
+            if max_depth is not None and depth > max_depth:
                 continue
             after = root if parent < 0 else tokens[kept[parent]]
             if after not in rows:
@@ -114,4 +118,5 @@ class TokenRecycling:
             tokens.append(rows[after][rank])
             parents.append(-1 if parent < 0 else kept[parent])
             ranks.append(rank)
+            depths.append(depth)
         return (DraftTree(tokens, parents), ranks) if tokens else None
