@@ -312,6 +312,9 @@ class RagloomSystem:
             # Every timed run repeats its prompts: with prefix caching they would be cache hits
             # and TTFT would measure a lookup, not prefill (llama.cpp gets a fresh context too).
             prefix_caching=False,
+            # Decode speed of the forward pass itself, as llama.cpp's (which drafts nothing here);
+            # speculative.py measures speculation.
+            speculative="off",
         )
         self.engine = LLMEngine(self.settings)
         self.clock = Clock(device)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_dtype, in_place = SYSTEMS[name]
         batch.MAX_RUNS = 8 if in_place else 0
         engine = LLMEngine(EngineSettings(model=model, weights=args.weights, kv_dtype=kv_dtype, prefix_caching=False,
+                                          speculative="off",  # one forward per token: attention's cost
                                           max_prefill_tokens=max(4096, args.prompt_tokens),
                                           kv_cache_tokens=args.prompt_tokens + args.new_tokens + 64))
         row = {"system": name, "kv_dtype": engine.kv.format, "in_place": in_place,

@@ -535,6 +535,7 @@ class RagloomSystem:
             weights=args.weights,
             kv_cache_tokens=args.kv_tokens,
             max_num_batched_tokens=args.budget,
+            speculative="off",  # the scheduler's features, as llama.cpp's server (no drafting) serves
             **CONFIGS[name],
         )
         self.engine = LLMEngine(self.settings)
