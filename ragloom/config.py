@@ -61,7 +61,7 @@ class EngineSettings(BaseSettings):
     )
     max_model_len: int | None = Field(None, description="context limit; default: the model's own")
     constraint_timeout_s: float = Field(
-        30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before INVALID_ARGUMENT"
+        30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before DEADLINE_EXCEEDED"
     )
     jump_forward: bool = Field(True, description="append the tokens a constraint forces without sampling them")
     prefix_caching: bool = Field(

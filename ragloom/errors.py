@@ -27,10 +27,6 @@ class UnsupportedKeyword(GrammarError):
         self.keyword = keyword
 
 
-class CompileTimeout(GrammarError):
-    """Compiling a constraint took longer than the configured limit."""
-
-
 class SqlError(InvalidArgument):
     """SQL that cannot be parsed, names unknown tables or columns, or that the database rejected."""
 
@@ -53,6 +49,11 @@ class ResourceExhausted(RagloomError):
 
 class DeadlineExceeded(RagloomError):
     """The request's deadline passed before the work finished; the work was stopped."""
+
+
+class CompileTimeout(DeadlineExceeded):
+    """Compiling a constraint took longer than the configured limit (constraint_timeout_s); the
+    compiler stopped. Not an InvalidArgument: the same constraint may compile under a longer limit."""
 
 
 class Unavailable(RagloomError):

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
+from ragloom.generation.constrain import deadline
 from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval_pb2_grpc, tables_pb2_grpc
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
@@ -116,8 +117,12 @@ class RagloomServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
-        """Report NOT_SERVING first so load balancers stop routing, then drain in-flight calls."""
+        """Report NOT_SERVING first so load balancers stop routing, then drain in-flight calls.
+        Constraint compiles in progress stop at once (UNAVAILABLE): they run on worker threads
+        that the process would otherwise wait for at exit."""
         await self.health.enter_graceful_shutdown()
+        if cancelled := deadline.cancel_all("the server is shutting down"):
+            log.info("stopped %d constraint compile(s) in progress", cancelled)
         await self.server.stop(grace)
         if self.rag is not None:
             log.info("chunk KV store at shutdown: %s", _stats_line(self.rag.store.stats()))

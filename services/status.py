@@ -30,7 +30,7 @@ _CODES: tuple[tuple[type[e.RagloomError], grpc.StatusCode], ...] = (
     (e.NotFound, grpc.StatusCode.NOT_FOUND),
     (e.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (e.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (e.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),  # CompileTimeout too
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (e.ModelError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -1,6 +1,11 @@
-"""DFAs over code points: subset construction from the regex AST (`to_dfa`, the one regex-to-automaton
-builder: `grammar.py`'s terminals use it too), product, complement, minimization, and back to a regex
-(state elimination)."""
+"""DFAs over code points: built from the regex AST (`to_dfa`, and `dfa_tables` for dense tables: the one
+regex-to-automaton builder, `grammar.py`'s terminals use it too), product, complement, minimization, and
+back to a regex (state elimination).
+
+Small expressions go through a Thompson NFA and the subset construction. Long counted repetitions
+(a JSON string of maxLength 8192: thousands of copies of its character-or-escape automaton) are put
+together from their parts' automata instead, with numpy, in time and memory linear in the result.
+The long loops call `deadline.check()`, so a compile time limit stops them."""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import re as _re
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+import numpy as np
+
 from .charsets import MAX_CP, NOCHARS, SURROGATES, UNIVERSE, CharSet, cs_contains, cs_minus, cs_norm, cs_union
+from .deadline import check
 from .regex_ast import (
     ANYCHAR,
     ANYSTR,
@@ -33,7 +41,11 @@ from .regex_ast import (
 from .regex_render import render
 
 _MAX_NFA = 60000
-_MAX_DFA = 20000
+_MAX_DFA = 20000  # states of a subset or product construction, and of a DFA handed to the algebra
+# Dense tables put together from parts (a JSON string of maxLength 8192 is ~57,000 states by 11
+# atoms): at most this many cells, 16 MiB of int32.
+_MAX_CELLS = 1 << 22
+_DIRECT_MIN = 100  # NFA states up to which _subset is about as quick (and its DFA is minimal)
 K = TypeVar("K", bound=Hashable)
 
 
@@ -52,6 +64,8 @@ def _partition(sets: Sequence[CharSet]) -> tuple[list[CharSet], list[list[int]]]
     members: list[list[int]] = [[] for _ in sets]
     elem_sigs: list[list[int]] = [[] for _ in range(len(bounds) - 1)]
     for k, s in enumerate(sets):
+        if not k & 255:
+            check()
         for lo, hi in s:
             a = bisect.bisect_left(bounds, lo)
             b = bisect.bisect_left(bounds, hi + 1)
@@ -165,6 +179,8 @@ def _nfa(x: VRe) -> tuple[list[list[int]], list[list[tuple[CharSet, int]]], int,
     def new() -> int:
         if len(eps) > _MAX_NFA:
             raise TooComplex("automaton too large")
+        if not len(eps) & 1023:
+            check()
         eps.append([])
         edges.append([])
         return len(eps) - 1
@@ -212,16 +228,52 @@ def _nfa(x: VRe) -> tuple[list[list[int]], list[list[tuple[CharSet, int]]], int,
     return eps, edges, s, e
 
 
-def to_dfa(x: VRe) -> DFA:
+def _nfa_size(x: VRe, memo: dict[VRe, int]) -> int:
+    """The number of states _nfa(x) builds (it unrolls counted repetitions)."""
+    got = memo.get(x)
+    if got is None:
+        if isinstance(x, Chars):
+            got = 2
+        elif isinstance(x, (Cat, Alt)):
+            got = 2 + sum(_nfa_size(p, memo) for p in x.parts)
+        elif isinstance(x, Rep):
+            got = 2 + _nfa_size(x.x, memo) * (x.lo + (1 if x.hi is None else x.hi - x.lo))
+        else:
+            raise TypeError(x)
+        memo[x] = got
+    return got
+
+
+class _Atoms:
+    """The atoms of one expression (see _partition), and the atoms each of its character sets is made of."""
+
+    def __init__(self, x: VRe) -> None:
+        labels: list[CharSet] = []
+        seen: set[int] = set()
+        stack = [x]
+        while stack:
+            y = stack.pop()
+            if id(y) in seen:
+                continue
+            seen.add(id(y))
+            if isinstance(y, Chars):
+                if y.cs:
+                    labels.append(y.cs)
+            elif isinstance(y, (Cat, Alt)):
+                stack.extend(y.parts)
+            elif isinstance(y, Rep):
+                stack.append(y.x)
+        labels = list(dict.fromkeys(labels))
+        self.atoms, members = _partition(labels)
+        self._members = dict(zip(labels, members))
+
+    def of(self, cs: CharSet) -> list[int]:
+        return self._members[cs]
+
+
+def _subset(x: VRe, atoms: _Atoms) -> DFA:
+    """Thompson NFA, subset construction, minimization: the general builder (its DFA is minimal)."""
     eps, edges, start, end = _nfa(x)
-    labels: list[CharSet] = []
-    label_idx: dict[CharSet, int] = {}
-    for es in edges:
-        for cs, _ in es:
-            if cs not in label_idx:
-                label_idx[cs] = len(labels)
-                labels.append(cs)
-    atoms, members = _partition(labels)
 
     def closure(states: Iterable[int]) -> frozenset[int]:
         out = set(states)
@@ -239,18 +291,165 @@ def to_dfa(x: VRe) -> DFA:
     finals: set[int] = set()
     k = 0
     while k < len(order):
+        check()
         cur = order[k]
         if end in cur:
             finals.add(k)
         moves: dict[int, set[int]] = {}
         for s in cur:
             for cs, t in edges[s]:
-                for a in members[label_idx[cs]]:
+                for a in atoms.of(cs):
                     moves.setdefault(a, set()).add(t)
         for a, targets in moves.items():
             trans[k][a] = states.number(closure(targets))
         k += 1
-    return minimize(DFA(atoms, trans, finals))
+    return minimize(DFA(atoms.atoms, trans, finals))
+
+
+class Table:
+    """A trimmed DFA as a dense table: every state is reachable from state 0 and can reach a final
+    state (no states at all: the empty language)."""
+
+    __slots__ = ("trans", "finals")
+
+    def __init__(self, trans: np.ndarray, finals: np.ndarray) -> None:
+        self.trans = trans  # int32 [states, atoms]; -1 = dead
+        self.finals = finals  # bool [states]
+
+    @property
+    def n(self) -> int:
+        return len(self.finals)
+
+    @classmethod
+    def of(cls, d: DFA, num_atoms: int) -> Table:
+        trans = np.full((d.n, num_atoms), -1, np.int32)
+        for q, row in enumerate(d.trans):
+            for a, t in row.items():
+                trans[q, a] = t
+        finals = np.zeros(d.n, bool)
+        finals[sorted(d.finals)] = True
+        return cls(trans, finals)
+
+    def dfa(self, atoms: list[CharSet]) -> DFA:
+        trans: list[dict[int, int]] = [{} for _ in range(self.n)]
+        qs, cols = np.nonzero(self.trans >= 0)
+        for q, a, t in zip(qs.tolist(), cols.tolist(), self.trans[qs, cols].tolist()):
+            trans[q][a] = t
+        return DFA(atoms, trans, set(np.nonzero(self.finals)[0].tolist()))
+
+
+def _cells_check(states: int, num_atoms: int) -> None:
+    if states * max(num_atoms, 1) > _MAX_CELLS:
+        raise TooComplex("automaton too large")
+
+
+def _repeat(body: Table, lo: int, hi: int | None) -> Table | None:
+    """body{lo,hi} as copies of body chained end to start: counted repetition in O(copies) numpy
+    work instead of a subset construction over the unrolled NFA. Exact when no word of body is a
+    proper prefix of another (its final states have no way out), as with a JSON string's
+    characters and escapes; otherwise None (the ends of copies would be ambiguous)."""
+    if body.n == 0 or body.finals[0] or (body.trans[body.finals] >= 0).any():
+        return None
+    body = _fresh_start(body)  # a copy's start is where the previous copy ended
+    inner = ~body.finals  # the states of one copy: its final state is the next copy's start
+    m = int(inner.sum())
+    copies = lo + 1 if hi is None else hi
+    _cells_check(copies * m + 1, body.trans.shape[1])
+    loc = np.cumsum(inner) - 1  # body state -> its index in a copy (the start stays 0)
+    t = body.trans[inner]
+    rel = np.where(t < 0, -1, np.where(body.finals[t], m, loc[t]))  # m: the next copy's start
+    offsets = (np.arange(copies, dtype=np.int32) * m)[:, None, None]
+    trans = np.where(rel < 0, -1, rel + offsets).reshape(copies * m, -1).astype(np.int32)
+    if hi is None:  # the last copy is a loop: its ends lead back to its own start
+        last = trans[lo * m :]
+        last[last == copies * m] = lo * m
+        finals = np.zeros(copies * m, bool)
+    else:  # after the last copy nothing may follow
+        trans = np.vstack([trans, np.full((1, trans.shape[1]), -1, np.int32)])
+        finals = np.zeros(copies * m + 1, bool)
+    finals[lo * m :: m] = True
+    return Table(trans, finals)
+
+
+def _fresh_start(t: Table) -> Table:
+    """t with a start state that no move comes back to (a copy of the start, where one does):
+    then being at the start means having read nothing."""
+    if t.n == 0 or not (t.trans == 0).any():
+        return t
+    shifted = np.where(t.trans < 0, -1, t.trans + 1).astype(np.int32)
+    return Table(np.vstack([shifted[:1], shifted]), np.concatenate([t.finals[:1], t.finals]))
+
+
+def _optional(body: Table) -> Table:
+    """body or nothing."""
+    if body.n == 0:
+        return Table(np.full((1, body.trans.shape[1]), -1, np.int32), np.ones(1, bool))
+    t = _fresh_start(body)
+    return Table(t.trans, np.concatenate([[True], t.finals[1:]]))
+
+
+def _concat(a: Table, b: Table) -> Table | None:
+    """a then b, where a final state of a meets the start of b: exact when b's first characters
+    never continue a at those states, so that every character says which side it belongs to;
+    otherwise None."""
+    if a.n == 0 or b.n == 0:
+        return Table(np.zeros((0, a.trans.shape[1]), np.int32), np.zeros(0, bool))
+    ends = np.nonzero(a.finals)[0]
+    first = b.trans[0] >= 0
+    if (a.trans[ends][:, first] >= 0).any():
+        return None
+    if (b.trans == 0).any():  # b's start is re-entered: keep it
+        shift, bt, bf = a.n, b.trans, b.finals
+    else:  # only a's final states lead to b's first moves
+        shift, bt, bf = a.n - 1, b.trans[1:], b.finals[1:]
+    _cells_check(a.n + len(bf), a.trans.shape[1])
+    moved = np.where(bt < 0, -1, bt + shift)
+    trans = np.vstack([a.trans, moved]).astype(np.int32)
+    start_row = np.where(b.trans[0] < 0, -1, b.trans[0] + shift)
+    trans[np.ix_(ends, np.nonzero(first)[0])] = start_row[first]
+    finals = np.concatenate([a.finals & bool(b.finals[0]), bf])
+    return Table(trans, finals)
+
+
+def _build(x: VRe, atoms: _Atoms, memo: dict[VRe, int]) -> Table:
+    """x's automaton: small expressions through _subset (minimal); large concatenations and
+    counted repetitions put together from their parts' automata where that is exact (`_concat`,
+    `_repeat`), else through _subset too (which refuses what grows too large)."""
+    check()
+    num_atoms = len(atoms.atoms)
+    if _nfa_size(x, memo) > _DIRECT_MIN:
+        got: Table | None = None
+        if isinstance(x, Cat) and x.parts:
+            got = _build(x.parts[0], atoms, memo)
+            for p in x.parts[1:]:
+                got = _concat(got, _build(p, atoms, memo))
+                if got is None:
+                    break
+        elif isinstance(x, Rep):
+            body = _build(x.x, atoms, memo)
+            got = _optional(body) if x.hi == 1 else _repeat(body, x.lo, x.hi)
+        if got is not None:
+            return got
+    return Table.of(_subset(x, atoms), num_atoms)
+
+
+def dfa_tables(x: VRe) -> tuple[list[CharSet], Table]:
+    """The atoms and a trimmed deterministic automaton of x (minimal unless it was put together
+    from parts: a long counted repetition, which a minimization would not shrink much)."""
+    atoms = _Atoms(x)
+    return atoms.atoms, _build(x, atoms, {})
+
+
+def to_dfa(x: VRe) -> DFA:
+    """The minimal DFA of x."""
+    atoms = _Atoms(x)
+    memo: dict[VRe, int] = {}
+    if _nfa_size(x, memo) <= _DIRECT_MIN:
+        return _subset(x, atoms)
+    table = _build(x, atoms, memo)
+    if table.n > _MAX_DFA:  # minimizing and the algebra on it cost Python time per state
+        raise TooComplex("automaton too large")
+    return minimize(table.dfa(atoms.atoms))
 
 
 def _refine(d1: DFA, d2: DFA) -> tuple[list[CharSet], list[int], list[int]]:
@@ -283,6 +482,7 @@ def product(d1: DFA, d2: DFA, mode: str) -> DFA:
 
     k = 0
     while k < len(order):
+        check()
         p = order[k]
         if final(p):
             finals.add(k)
@@ -333,6 +533,7 @@ def _coarsest_partition(d: DFA, states: list[int], live: set[int]) -> dict[int, 
     members = [set(b) for b in blocks]
     work = set(range(len(members)))
     while work:
+        check()
         splitter = list(members[work.pop()])
         for a in atoms:
             hit: dict[int, set[int]] = {}
@@ -359,6 +560,7 @@ def minimize(d: DFA) -> DFA:
     """Trim (reachable and co-reachable states only) and merge equivalent states (Moore)."""
     if not d.trans:
         return d
+    check()
     # reachable
     reach = {0}
     stack = [0]
@@ -441,6 +643,7 @@ def dfa_to_vre(d: DFA, max_size: int = 4000) -> VRe:
     remaining = set(range(n))
     total = 0
     while remaining:
+        check()
         q = min(remaining, key=lambda s: (len(in_e[s]) - (s in in_e[s])) * (len(out_e[s]) - (s in out_e[s])))
         remaining.discard(q)
         loop = out_e[q].pop(q, None)

@@ -43,7 +43,8 @@ from lark.load_grammar import load_grammar
 
 from ragloom.errors import GrammarError
 
-from .automata import to_dfa
+from . import deadline
+from .automata import dfa_tables
 from .charsets import cs_size
 from .regex_ast import PatternUnsupported, TooComplex
 from .regex_parser import parse_pattern
@@ -51,6 +52,7 @@ from .regex_parser import parse_pattern
 END = "$END"
 _WORD_BOUNDARY = re.compile(r"^%declare\b[^\n]*\bWORD_BOUNDARY\b", re.M)
 _MISSING = object()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A parser state is the LALR state stack; a lexer state is the live (terminal, dfa state) pairs.
 Stack = tuple[int, ...]
 Cands = tuple[tuple[int, int], ...]
@@ -108,7 +110,9 @@ class TerminalDFA:
     @classmethod
     def regex(cls, name: str, pattern: str, priority: int) -> TerminalDFA:
         try:
-            trans, accepting, class_of, other, class_chars = _regex_tables(pattern)
+            shown = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", pattern)  # lark's patterns hold raw ones
+            with deadline.part(f"terminal {name} /{shown}/"):
+                trans, accepting, class_of, other, class_chars = _regex_tables(pattern)
         except ValueError as e:
             raise GrammarError(f"terminal {name}: regex /{pattern}/ {e}") from e.__cause__
         return cls(name, trans, accepting, class_of, other, class_chars, priority, False, len(pattern))
@@ -154,6 +158,8 @@ def _alternation_tables(alts: list[list[tuple[str, bool]]]) -> Tables:
     rows: list[dict[str, frozenset[tuple[int, int]]]] = []
     todo = deque([start])
     while todo:
+        if not len(rows) & 1023:
+            deadline.check()
         cur = todo.popleft()
         moves: dict[str, set[tuple[int, int]]] = {}
         for i, pos in cur:
@@ -194,40 +200,39 @@ _MAX_EXPLICIT_CHARS = 200_000  # characters listed in class_of; all others share
 
 
 def _vre_tables(pattern: str) -> Tables:
-    """Tables from regex.py's own automaton: parse (Python syntax, lark's scoped flags), subset
-    construction, minimization; then one character class per distinct transition column, the
-    largest of them left implicit ("any other char")."""
+    """Tables from regex.py's own automaton (`automata.dfa_tables`: parse with Python syntax and
+    lark's scoped flags, then subset construction and minimization, or counted repetition put
+    together directly); then one character class per distinct transition column, the largest of
+    them left implicit ("any other char")."""
     try:
-        dfa = to_dfa(parse_pattern(pattern, flavor="lark", search=False))
+        atoms, table = dfa_tables(parse_pattern(pattern, flavor="lark", search=False))
     except (PatternUnsupported, TooComplex) as e:
         raise ValueError(f"is not supported ({e})") from e
-    if not dfa.trans:
+    if not table.n:
         raise ValueError("matches nothing")
-    if 0 in dfa.finals:
+    if table.finals[0]:
         raise ValueError("matches the empty string")
-    # one column per atom, plus one (all dead) for the atoms no transition uses
-    cols = np.full((dfa.n, len(dfa.atoms) + 1), -1, np.int32)
-    for q, row in enumerate(dfa.trans):
-        for a, t in row.items():
-            cols[q, a] = t
-    trans, class_of_col = np.unique(cols, axis=1, return_inverse=True)
-    class_of_col = class_of_col.reshape(-1)
+    deadline.check()
+    # one column per atom, plus one (all dead) for the atoms no transition uses; equal columns are
+    # one class (found by their bytes: np.unique(axis=1) sorts, 10x slower on long tables)
+    cols = np.vstack([table.trans.T, np.full((1, table.n), -1, np.int32)])
+    first: dict[bytes, int] = {}
+    class_of_col = np.array([first.setdefault(col.tobytes(), len(first)) for col in cols])
+    trans = cols[np.unique(class_of_col, return_index=True)[1]].T
     sizes = np.zeros(trans.shape[1], np.int64)
-    for a, atom in enumerate(dfa.atoms):
+    for a, atom in enumerate(atoms):
         sizes[class_of_col[a]] += cs_size(atom)
     other = int(np.argmax(sizes))
     if int(sizes.sum() - sizes[other]) > _MAX_EXPLICIT_CHARS:
         raise ValueError("is not supported (its character classes are too large)")
     members: list[set[str]] = [set() for _ in range(trans.shape[1])]
-    for a, atom in enumerate(dfa.atoms):
+    for a, atom in enumerate(atoms):
         k = int(class_of_col[a])
         if k != other:
             members[k].update(chr(cp) for lo, hi in atom for cp in range(lo, hi + 1))
     class_of = {c: k for k, chars in enumerate(members) for c in chars}
     class_chars: list[frozenset[str] | None] = [None if k == other else frozenset(m) for k, m in enumerate(members)]
-    accepting = np.zeros(dfa.n, bool)
-    accepting[sorted(dfa.finals)] = True
-    return np.ascontiguousarray(trans, np.int32), accepting, class_of, other, class_chars
+    return np.ascontiguousarray(trans, np.int32), table.finals, class_of, other, class_chars
 
 
 class _NoLexer(Lexer):
@@ -296,11 +301,16 @@ class Grammar:
             with _CACHE_LOCK:
                 table = _TABLES.get(key)
             if table is None:
-                table = lark.Lark(text, parser="lalr", lexer=_NoLexer, start="start").parser.parser.parser.parse_table
-                with _CACHE_LOCK:
-                    _TABLES[key] = table
-                    while len(_TABLES) > 64:
-                        _TABLES.popitem(last=False)
+                # lark cannot be interrupted: the time limit is checked before and after it, and
+                # its tables are cached even when the limit passed meanwhile (a retry reuses them)
+                deadline.check()
+                with deadline.part("its LALR(1) parser tables"):
+                    table = lark.Lark(text, parser="lalr", lexer=_NoLexer, start="start").parser.parser.parser.parse_table
+                    with _CACHE_LOCK:
+                        _TABLES[key] = table
+                        while len(_TABLES) > 64:
+                            _TABLES.popitem(last=False)
+                    deadline.check()
         except LarkError as e:
             raise GrammarError(f"grammar does not compile as LALR(1) lark: {e}") from e
         bnf = [(r.origin.name, tuple(x.name for x in r.expansion)) for r in rules]

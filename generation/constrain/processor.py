@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ragloom.errors import CompileTimeout, GrammarError, InvalidArgument
+from ragloom.errors import GrammarError, InvalidArgument
+from ragloom.generation.constrain import deadline
 from ragloom.generation.constrain.grammar import Grammar, State, compile_grammar
 from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
@@ -178,7 +179,8 @@ def _grammar_text(kind: str, spec: Any, strict: bool, deadline: float) -> tuple[
     if kind == "json_schema":
         from ragloom.generation.constrain.jsonschema import schema_to_grammar
 
-        # "subset": date-time and time exactly but without leap seconds (every string accepted is valid)
+        # "subset": formats as exact subsets (date-time without leap seconds, hostnames without A-labels,
+        # IRIs in the Basic Multilingual Plane): every string accepted is valid
         jg = schema_to_grammar(spec, strict=strict, deadline=deadline, formats="subset")
         return jg.grammar, jg.warnings
     if kind == "regex":
@@ -212,8 +214,10 @@ def compile_constraint(
 ) -> Constraint:
     """Compile a constraint for a tokenizer, cached by (kind, spec, strict, tokenizer).
 
-    Raises GrammarError (INVALID_ARGUMENT) naming what cannot be compiled, and CompileTimeout when
-    compiling takes longer than `timeout_s`.
+    Raises GrammarError (INVALID_ARGUMENT) naming what cannot be compiled, and CompileTimeout
+    (DEADLINE_EXCEEDED) naming the part being compiled once `timeout_s` has passed: the compiler
+    checks the limit as it goes (`deadline.py`) and stops there, so no worker thread is held
+    longer. Only lark's LALR tables and the first mask run without checks.
     """
     spec_text = spec if isinstance(spec, str) else repr(spec)
     key = (kind, hashlib.sha256(f"{strict}\0{spec_text}".encode()).hexdigest(), id(tokenizer), vocab_size)
@@ -222,21 +226,20 @@ def compile_constraint(
             _COMPILED.move_to_end(key)
             return _COMPILED[key]
     started = time.monotonic()
-    deadline = started + timeout_s
-    text, warnings = _grammar_text(kind, spec, strict, deadline)
-    grammar = compile_grammar(text)
-    if not grammar.start_cands(grammar.initial[0], False):
-        what = "only the empty string" if grammar.can_end(grammar.initial) else "nothing"
-        raise GrammarError(f"the {kind} constraint matches {what}: there is nothing to generate")
-    vocab: TokenVocab = vocab_for(tokenizer, vocab_size)
-    masks = TokenMasks(grammar, vocab, eos_ids)
-    masks.mask(grammar.initial)  # the first mask is part of compiling (time-to-first-mask)
+    with deadline.limit(timeout_s, f"the {kind} constraint") as limit:
+        with deadline.part("its translation to a lark grammar"):
+            text, warnings = _grammar_text(kind, spec, strict, limit.at)
+        with deadline.part("its lark grammar"):  # terminals and parser tables name themselves
+            grammar = compile_grammar(text)
+        if not grammar.start_cands(grammar.initial[0], False):
+            what = "only the empty string" if grammar.can_end(grammar.initial) else "nothing"
+            raise GrammarError(f"the {kind} constraint matches {what}: there is nothing to generate")
+        vocab: TokenVocab = vocab_for(tokenizer, vocab_size)
+        masks = TokenMasks(grammar, vocab, eos_ids)
+        with deadline.part("its first token mask"):
+            masks.mask(grammar.initial)  # the first mask is part of compiling (time-to-first-mask)
+            deadline.check()
     elapsed = time.monotonic() - started
-    if elapsed > timeout_s:
-        raise CompileTimeout(
-            f"compiling the {kind} constraint took {elapsed:.3g}s, over the {timeout_s:g}s limit "
-            "(setting constraint_timeout_s); simplify it (fewer alternatives, shallower nesting) or raise the limit"
-        )
     constraint = Constraint(grammar, masks, kind, warnings, elapsed)
     log.info("compiled %s constraint: %d terminals in %.2fs", kind, len(grammar.terminals), elapsed)
     with _LOCK:

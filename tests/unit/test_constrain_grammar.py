@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import time
 
+import grpc
 import numpy as np
 import pytest
 import torch
 
-from ragloom.errors import GrammarError
+from ragloom.errors import CompileTimeout, DeadlineExceeded, GrammarError, InvalidArgument
+from ragloom.generation.constrain import automata, deadline
 from ragloom.generation.constrain.grammar import Grammar
 from ragloom.generation.constrain.masks import (
     TokenMasks,
@@ -18,8 +21,10 @@ from ragloom.generation.constrain.masks import (
     packed_to_bool,
     unpack,
 )
-from ragloom.generation.constrain.processor import Constraint
+from ragloom.generation.constrain.processor import Constraint, compile_constraint
+from ragloom.generation.constrain.regex_parser import parse_pattern
 from ragloom.generation.constrain.vocab import TokenVocab, vocab_for
+from ragloom.services.status import grpc_code
 
 JSON = r"""
 start: value
@@ -255,3 +260,102 @@ def test_regex_terminal_automata_match_like_python_re() -> None:
             assert (q >= 0 and bool(accepting[q])) == bool(re.fullmatch(pattern, s, re.ASCII)), (pattern, s)
             checked += 1
     assert checked > 1000
+
+
+# ---- compile-time bounds -------------------------------------------------------------------------
+
+JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\\x2fbfnrt]|\\u[0-9a-fA-F]{4})'  # \x2f: a / would end a lark regex
+
+
+def _trimmed(table: automata.Table) -> bool:
+    """Every state reachable from the start and able to reach a final state."""
+    succ = [set(row[row >= 0].tolist()) for row in table.trans]
+    pred: list[set[int]] = [set() for _ in succ]
+    for q, ts in enumerate(succ):
+        for t in ts:
+            pred[t].add(q)
+
+    def closure(seeds: set[int], edges: list[set[int]]) -> set[int]:
+        seen, todo = set(seeds), list(seeds)
+        while todo:
+            for t in edges[todo.pop()] - seen:
+                seen.add(t)
+                todo.append(t)
+        return seen
+
+    n = len(succ)
+    finals = set(np.nonzero(table.finals)[0].tolist())
+    return n == 0 or len(closure({0}, succ)) == n == len(closure(finals, pred))
+
+
+@pytest.mark.parametrize("pattern", [
+    f'"{JSON_CHAR}{{0,5}}"', f'"{JSON_CHAR}{{2,}}"', "(?:ab){2,5}", "(?:a|ab){0,5}", "x(?:ab)?y", "a{3}b*",
+    '(?:"[^"]{0,3}")?', "[a-c]{0,4}[c-e]", "(?:ab*c){1,}", "(?:(?:ab){0,2}c){0,3}", "(?:ab|cd){3,4}x?",
+    "(?:a[bc]?d){0,3}", "(?:x(?:ab){1,3}y){2,4}z", "q(?:a(?:bc){0,2}){0,2}", r"\d{1,3}(?:\.\d{1,3}){3}",
+    "(?:(?:ab)?c){0,4}", "(?:[de]*c){2,4}", "x(?:a*b)?c",
+])
+def test_automata_put_together_from_parts_equal_the_subset_construction(pattern: str, monkeypatch) -> None:
+    x = parse_pattern(pattern, flavor="python", search=False)
+    reference = automata.to_dfa(x)  # small: Thompson NFA, subset construction, minimization
+    monkeypatch.setattr(automata, "_DIRECT_MIN", 0)  # every concatenation and repetition from its parts
+    atoms, table = automata.dfa_tables(x)
+    built = table.dfa(atoms)
+    assert automata.product(built, reference, "minus").is_empty(), pattern
+    assert automata.product(reference, built, "minus").is_empty(), pattern
+    assert _trimmed(table), pattern
+
+
+def test_a_long_counted_string_is_one_exact_terminal() -> None:
+    # thousands of copies of a character-or-escape automaton: put together directly, not refused as too large
+    g = Grammar.from_lark(f'start: S\nS: /"{JSON_CHAR}{{0,8192}}"/\n')
+    assert g.accepts_text('"' + "a" * 8192 + '"')
+    assert not g.accepts_text('"' + "a" * 8193 + '"')
+    assert g.accepts_text('"' + "\\u00e9" * 8192 + '"')  # an escape is one character
+    assert not g.accepts_text('"' + "\\u00e9" * 8192 + 'a"')
+    assert not g.accepts_text('"\\u00e"') and not g.accepts_text('"\\x"')
+
+
+def test_a_slow_terminal_stops_at_the_time_limit(monkeypatch) -> None:
+    # 2**18 subset states once the size limit is lifted: many seconds of work without the time limit
+    monkeypatch.setattr(automata, "_MAX_DFA", 10**6)
+    started = time.monotonic()
+    with deadline.limit(0.2, "the test grammar"), pytest.raises(CompileTimeout) as info:
+        Grammar.from_lark("start: T\nT: /[ab]*a[ab]{17}/\n")
+    assert time.monotonic() - started < 1.0
+    assert str(info.value).startswith("compiling the test grammar: terminal T /[ab]*a[ab]{17}/ exceeded the 0.2s limit")
+
+
+def test_a_compile_timeout_answers_deadline_exceeded() -> None:
+    with pytest.raises(CompileTimeout) as info:  # a pattern no other test compiles: nothing cached
+        compile_constraint("regex", "[ab]*a[ab]{9}timeout", None, 0, frozenset(), timeout_s=1e-6)
+    assert isinstance(info.value, DeadlineExceeded) and not isinstance(info.value, InvalidArgument)
+    assert grpc_code(info.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert str(info.value).startswith("compiling the regex constraint"), str(info.value)
+    assert "1e-06s limit" in str(info.value)
+
+
+def test_cancel_all_stops_a_compile_in_progress(monkeypatch) -> None:
+    # what the server's stop does: a compile on a worker thread ends at its next check, not at its limit
+    import threading
+
+    from ragloom.errors import Unavailable
+
+    monkeypatch.setattr(automata, "_MAX_DFA", 10**6)
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with deadline.limit(60, "the test grammar"):
+                Grammar.from_lark("start: T\nT: /[ab]*b[ab]{17}/\n")
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    time.sleep(0.3)
+    assert deadline.cancel_all("the server is shutting down") == 1
+    thread.join(5)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], Unavailable), outcome
+    assert "shutting down" in str(outcome[0])
+    assert deadline.cancel_all("nothing running") == 0
