@@ -38,6 +38,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import re
 import statistics
 import sys
 import time
@@ -651,12 +652,13 @@ class RagloomSystem:
     name = "ragloom"
 
     def __init__(
-        self, tokenizer: Any, vocab: int, eos: frozenset[int], max_ws: int, timeout_s: float
+        self, tokenizer: Any, vocab: int, eos: frozenset[int], max_ws: int, timeout_s: float, cold_lexer: bool = False
     ) -> None:
-        from ragloom.generation.constrain import grammar, processor
+        from ragloom.generation.constrain import grammar, lexer_tables, processor
         from ragloom.generation.constrain.vocab import vocab_for
 
-        self.grammar_mod, self.processor = grammar, processor
+        self.grammar_mod, self.processor, self.lexer_tables = grammar, processor, lexer_tables
+        self.cold_lexer = cold_lexer
         self.tokenizer, self.vocab, self.eos, self.max_ws, self.timeout_s = (
             tokenizer,
             vocab,
@@ -668,7 +670,10 @@ class RagloomSystem:
         self.version = _version("ragloom")
         self.notes = (
             f"compile_constraint('json_schema', strict=True, timeout_s={timeout_s:g}) with its caches cleared "
-            "(processor._COMPILED, grammar._CACHE); mask = GrammarMatcher.mask() copied into the bitmask row"
+            "(processor._COMPILED, grammar._CACHE"
+            + (", and the process-wide lexer tables: every schema as in a new process)" if cold_lexer else
+               "; the process-wide lexer tables of terminals seen in earlier schemas are kept, as in a server)")
+            + "; mask = GrammarMatcher.mask() copied into the bitmask row"
             + (
                 ""
                 if max_ws == MAX_WS
@@ -681,6 +686,8 @@ class RagloomSystem:
 
         self.processor._COMPILED.clear()
         self.grammar_mod._CACHE.clear()
+        if self.cold_lexer:
+            self.lexer_tables.clear()
         t0 = time.perf_counter()
         try:
             if self.max_ws == MAX_WS:
@@ -1186,7 +1193,7 @@ def run_batch(
 def make_system(name: str, args: argparse.Namespace, tokenizer: Any, vocab: int, eos: frozenset[int]) -> Any:
     flexible = args.whitespace == "flexible"
     if name == "ragloom":
-        return RagloomSystem(tokenizer, vocab, eos, MAX_WS if flexible else 0, args.compile_timeout)
+        return RagloomSystem(tokenizer, vocab, eos, MAX_WS if flexible else 0, args.compile_timeout, args.cold_lexer)
     if name == "xgrammar":
         return XGrammarSystem(tokenizer, vocab, flexible, args.threads)
     if name == "llguidance":
@@ -1255,6 +1262,121 @@ def measure_schema(
             if peer in masks:
                 agg.add(s.name, tokens, masks, token_classes, vocab_texts, tokenizer, args.examples)
     return row
+
+
+# ---- SQL grammar masks (the text-to-SQL databases)
+
+SQL_DATA = next(
+    (p for p in (_REPO / "shared" / "data" / "text2sql", _REPO.parent / "shared" / "data" / "text2sql") if p.is_dir()),
+    _REPO.parent / "shared" / "data" / "text2sql",
+)
+
+
+def sqlite_tables(path: Path) -> dict[str, list[str]]:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: [r[1] for r in db.execute(f"PRAGMA table_info('{t}')")] for t in names}
+
+
+def measure_sql(
+    systems: dict[str, Any], tokenizer: Any, vocab: int, eos: frozenset[int], data: Path = SQL_DATA
+) -> list[dict[str, Any]]:
+    """Per text-to-SQL database: ragloom's schema-aware SQL grammar (what Ask compiles per database),
+    compiled by ragloom and, from the same lark text, by llguidance; then the SQLite gold queries the
+    grammar accepts are walked token by token (ragloom cold = each query's first walk, warm = again)."""
+    from ragloom.generation.constrain import grammar as grammar_mod
+    from ragloom.generation.constrain import processor
+    from ragloom.generation.constrain.sql import sql_grammar
+
+    questions = [json.loads(line) for line in (data / "questions.jsonl").read_text().splitlines() if line.strip()]
+    rows = []
+    for db_path in sorted((data / "dbs").glob("*.sqlite")):
+        db = db_path.stem
+        tables = sqlite_tables(db_path)
+        spec = {"tables": tables, "dialect": "sqlite"}
+        row: dict[str, Any] = {"db": db, "tables": len(tables), "columns": sum(map(len, tables.values())), "systems": {}}
+        compiled: dict[str, Any] = {}
+        if "ragloom" in systems:
+            processor._COMPILED.clear()
+            grammar_mod._CACHE.clear()
+            t0 = time.perf_counter()
+            c = processor.compile_constraint("sql", spec, tokenizer, vocab, eos, timeout_s=60)
+            row["systems"]["ragloom"] = {"ttfm_s": time.perf_counter() - t0}
+            compiled["ragloom"] = c
+        # llguidance's lark reads neither terminal priorities nor %declare: they go (its lexer settles
+        # ties its own way, and it does not stop `SELECTname`), a slightly larger language, same shape
+        text = re.sub(r"^%declare.*$", "", re.sub(r"^(\w+)\.-?\d+:", r"\1:", sql_grammar(tables, "sqlite"), flags=re.M),
+                      flags=re.M)
+        if "llguidance" in systems:
+            llg = systems["llguidance"]
+            t0 = time.perf_counter()
+            try:
+                m = llg.llg.LLMatcher(llg.tok, llg.llg.LLMatcher.grammar_from_lark(text), log_level=0)
+                if m.is_error():
+                    raise CompileFailed(m.get_error()[:300])
+                m.compute_mask()  # first mask: TTFM like ragloom's
+                row["systems"]["llguidance"] = {"ttfm_s": time.perf_counter() - t0}
+                compiled["llguidance"] = m
+            except Exception as e:
+                row["systems"]["llguidance"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        golds = [q["gold_sql"] for q in questions if q["db"] == db]
+        rg = compiled.get("ragloom")
+        queries = [g for g in golds if rg is None or rg.grammar.accepts_text(g)]
+        row.update(golds=len(golds), walked=len(queries))
+        for name, c in compiled.items():
+            system = systems[name]
+            times: list[float] = []
+            warm: list[float] = []
+            ok = 0
+            for sql in queries:
+                tokens = tokenizer.encode(sql, add_special_tokens=False)
+                w = walk(system, c, tokens, eos, vocab)
+                times += w.times
+                ok += w.complete
+                if name == "ragloom":
+                    warm += walk(system, c, tokens, eos, vocab).times
+            entry = row["systems"][name]
+            entry.update(walked_ok=ok, mask_us=stats_us(times), _times=times)
+            if name == "ragloom":
+                entry.update(mask_us_warm=stats_us(warm), _warm_times=warm)
+        print(f"[sql] {db}: {len(tables)} tables, {len(queries)}/{len(golds)} golds walked: "
+              + ", ".join(f"{n} ttfm {e.get('ttfm_s', float('nan')) * 1e3:.0f} ms, mask p50 "
+                          f"{(e.get('mask_us') or {}).get('p50') or float('nan'):.0f} µs" for n, e in row["systems"].items()),
+              file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def sql_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = sorted({n for r in rows for n in r["systems"]})
+    for n in names:
+        entries = [r["systems"][n] for r in rows if n in r["systems"] and "ttfm_s" in r["systems"][n]]
+        out[n] = {
+            "databases": len(entries),
+            "ttfm_ms": stats_ms([e["ttfm_s"] for e in entries]),
+            "mask_us": stats_us([t for e in entries for t in e.get("_times", [])]),
+            "walked_ok": sum(e.get("walked_ok", 0) for e in entries),
+        }
+        if n == "ragloom":
+            out[n]["mask_us_warm"] = stats_us([t for e in entries for t in e.get("_warm_times", [])])
+    return out
+
+
+def sql_table(summary: dict[str, Any], walked: int) -> str:
+    head = ["system", "databases", "TTFM p50 ms", "TTFM max ms", f"queries ok / {walked}", "mask p50 µs", "mask p99 µs",
+            "mask avg µs"]
+    rows = []
+    for n, e in summary.items():
+        rows.append([n + (" cold" if n == "ragloom" else ""), str(e["databases"]), _fmt(e["ttfm_ms"]["p50"]),
+                     _fmt(e["ttfm_ms"]["max"]), str(e["walked_ok"]), _fmt(e["mask_us"]["p50"]),
+                     _fmt(e["mask_us"]["p99"]), _fmt(e["mask_us"]["avg"])])
+        if "mask_us_warm" in e:
+            w = e["mask_us_warm"]
+            rows.append(["ragloom warm", "", "", "", "", _fmt(w["p50"]), _fmt(w["p99"]), _fmt(w["avg"])])
+    return format_table(head, rows)
 
 
 def pooled(rows: list[dict[str, Any]], name: str, key: str, only: set[str] | None = None) -> list[float]:
@@ -1534,6 +1656,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-agreement", action="store_true", help="skip comparing the masks")
     p.add_argument(
+        "--cold-lexer",
+        action="store_true",
+        help="ragloom: clear the process-wide lexer tables before each schema (as if each were the first "
+        "in a new process); default: keep them, as a server does",
+    )
+    p.add_argument(
+        "--no-sql", action="store_true", help="skip the SQL grammar masks over the text-to-SQL databases"
+    )
+    p.add_argument(
         "--examples", type=int, default=40, help="'other' disagreements kept per peer (default: 40)"
     )
     p.add_argument(
@@ -1627,6 +1758,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             failed["batch"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+    sql_rows: list[dict[str, Any]] = []
+    if not args.no_sql and SQL_DATA.is_dir() and ({"ragloom", "llguidance"} & set(systems)):
+        try:
+            sql_rows = measure_sql(systems, tokenizer, vocab, eos)
+        except Exception as exc:
+            failed["sql"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    sql = sql_summary(sql_rows)
     for system in systems.values():
         system.close()
 
@@ -1701,6 +1840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "common_schemas": len(common),
         "batch": {"schemas": [r["name"] for r in chosen], "results": batches},
         "agreement": {p: a.to_json() for p, a in agreements.items()},
+        "sql": {"summary": sql, "databases": [_strip(r) for r in sql_rows]},
         "schemas": [_strip(r) for r in rows],
         "skipped": skipped,
         "failed": failed,
@@ -1718,6 +1858,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if batches:
         print(f"\nbatched masks: {args.batch} sequences stepping together")
         print(batch_table(batches))
+    if sql_rows:
+        walked = sum(r["walked"] for r in sql_rows)
+        print(f"\nSQL grammar masks: {len(sql_rows)} text-to-SQL databases, {walked} SQLite gold queries the grammar accepts")
+        print(sql_table(sql, walked))
     if agreements:
         print("\nmask agreement (allowed-token sets identical at a position)")
         print(agreement_table(agreements))

@@ -1,42 +1,46 @@
 """Token masks for a Grammar over a TokenVocab, and applying them to logits.
 
 A mask answers "which tokens can come next" for a matcher state (LALR stack, live lexer
-candidates). Computing it walks the whole vocabulary, vectorized with numpy rather than token by
-token in Python:
+candidates). It is assembled from pieces that are mostly computed once and reused, as XGrammar's
+adaptive token mask cache splits context-independent tokens from the rest:
 
-1. Scan every token's characters through the DFAs of the live candidates at once. A token that
-   some candidate consumes entirely stays inside the current lexeme: allowed. (This scan depends
-   only on the lexer candidates, not on the parser, so it is cached per candidate set.)
-2. A token on which all candidates die at character b, where a candidate was complete, ends the
-   lexeme there. Tokens are grouped by the terminal that completes; each group is fed to the
+1. Run each live candidate's DFA over the vocabulary (lexer_tables.py: cached per process, per
+   DFA structure and state, shared by every grammar using the terminal). A token some candidate
+   consumes entirely stays inside the current lexeme: allowed, whatever the parser holds.
+2. A token on which all candidates die at character b >= 1, where a candidate was complete, ends
+   the lexeme there. Tokens are grouped by the terminal that completes; each group is fed to the
    parser once, and the rest of each token is scanned again from the new lexeme's start: this
-   repeats for tokens that span three, four, ... terminals (`":"`, `"},{"`).
-3. EOS is allowed where the grammar may end.
+   repeats for tokens that span three, four, ... terminals (`":"`, `"},{"`). These groups are
+   small (the tokens holding a lexeme boundary).
+3. A token none of the candidates can take a first character of, where the lexeme may end, starts
+   the next lexeme: such tokens are allowed exactly when the next lexer state allows them from
+   their start, which is that state's own (cached) set. One AND of packed bits instead of a
+   rescan of the vocabulary.
+4. EOS where the grammar may end; tokens holding part of a multi-byte character by the characters
+   they would start.
 
-Masks are cached per (stack, candidates) and stored packed (one bit per token, 6 KiB for a 49k
-vocabulary); unpacking on the logits' device is a shift and an AND, on CPU or CUDA alike.
+Per grammar, sets are cached per lexer state and masks per (stack, candidates), packed (one bit
+per token, 6 KiB for a 49k vocabulary); unpacking on the logits' device is a shift and an AND, on
+CPU or CUDA alike.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ragloom.generation.constrain import deadline, lexer_tables
 from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State, is_word_char
-from ragloom.generation.constrain.vocab import TokenVocab
+from ragloom.generation.constrain.vocab import TokenVocab, pack, unpack
 
+__all__ = ["TokenMasks", "advance_bytes", "apply_mask", "pack", "packed_to_bool", "unpack"]
 
-def pack(allowed: np.ndarray) -> np.ndarray:
-    """bool [V] -> uint8 [ceil(V/8)], bit i of byte j is token 8j+i."""
-    return np.packbits(allowed, bitorder="little")
-
-
-def unpack(packed: np.ndarray, size: int) -> np.ndarray:
-    return np.unpackbits(packed, count=size, bitorder="little").astype(bool)
-
+# Groups up to this many tokens are set bit by bit; larger ones through a bool array.
+_SPARSE_IDS = 4096
 
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
 
@@ -68,6 +72,26 @@ def apply_mask(logits: torch.Tensor, packed: np.ndarray) -> torch.Tensor:
     return logits
 
 
+def with_tokens(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """A copy of packed `bits` with the tokens `ids` set too."""
+    if len(ids) > _SPARSE_IDS:
+        dense = np.zeros(bits.size * 8, bool)
+        dense[ids] = True
+        return bits | pack(dense)
+    out = bits.copy()
+    np.bitwise_or.at(out, ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8))
+    return out
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A lexer state's candidates over every token (steps 1-3 of the module docstring)."""
+
+    inside: np.ndarray  # packed: tokens staying inside the lexeme
+    groups: list[tuple[int, np.ndarray, np.ndarray]]  # (completed terminal, tokens, offset after it)
+    zero: tuple[int, np.ndarray] | None  # (terminal completing at offset 0, packed tokens) or None
+
+
 class TokenMasks:
     """Masks of one grammar over one vocabulary; shared by every sequence using that pair."""
 
@@ -75,41 +99,19 @@ class TokenMasks:
         self.grammar = grammar
         self.vocab = vocab
         self.eos_ids = sorted(i for i in eos_ids if i < vocab.size)
-        alphabet = vocab.alphabet
-        # per terminal: dense vocab char id -> DFA class
-        self.char_class = [
-            np.array([dfa.class_of.get(c, dfa.other_class) for c in alphabet], np.int32) for dfa in grammar.terminals
-        ]
-        self.all_tokens = np.nonzero(vocab.valid)[0]
-        self.word_char = np.array([is_word_char(c) for c in alphabet], bool)
-        self._scans: OrderedDict[Cands, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
+        self._scans: OrderedDict[Cands, Scan] = OrderedDict()
         # scans of the tokens that went on past a lexeme, by how they got there (see _continue)
         self._continued: OrderedDict[tuple, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
+        # packed text tokens allowed from a lexer state (no EOS, no partial characters)
+        self._bodies: OrderedDict[tuple[Stack, Cands], np.ndarray] = OrderedDict()
+        self._in_progress: set[tuple[Stack, Cands]] = set()
         self._masks: OrderedDict[tuple[State, bytes], np.ndarray] = OrderedDict()
+        self._heads: dict[frozenset[str], frozenset[bytes]] = {}
         self.cache_size = cache_size
         self.hits = 0
         self.misses = 0
 
     # ---- scanning ----------------------------------------------------------------------------
-
-    def _run(self, t: int, q: int, tok: np.ndarray, off: np.ndarray, rem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Chars each token consumes from offset `off` in terminal t's DFA from state q, and the
-        state it stops in (the last live one)."""
-        dfa = self.grammar.terminals[t]
-        trans, cls = dfa.trans, self.char_class[t]
-        n = len(tok)
-        consumed = np.zeros(n, np.int64)
-        state = np.full(n, q, np.int32)
-        base = self.vocab.starts[tok] + off
-        act = np.arange(n)
-        chars = self.vocab.chars
-        while act.size:
-            nxt = trans[state[act], cls[chars[base[act] + consumed[act]]]]
-            act = act[nxt >= 0]
-            state[act] = nxt[nxt >= 0]
-            consumed[act] += 1
-            act = act[consumed[act] < rem[act]]
-        return consumed, state
 
     def _scan(
         self, cands: Cands, tok: np.ndarray, off: np.ndarray
@@ -119,7 +121,8 @@ class TokenMasks:
         if not cands or not len(tok):  # nothing can start here (e.g. only the end may follow)
             return tok[:0], []
         rem = self.vocab.lengths[tok] - off
-        runs = [(t, *self._run(t, q, tok, off, rem)) for t, q in cands]
+        runs = [(t, *lexer_tables.run_tokens(self.vocab, self.grammar.terminals[t], q, tok, off, rem))
+                for t, q in cands]
         best = np.max([c for _, c, _ in runs], axis=0)
         inside = best == rem
         chosen = np.full(len(tok), -1, np.int64)
@@ -127,27 +130,111 @@ class TokenMasks:
             done = (consumed == best) & self.grammar.terminals[t].accepting[state] & ~inside & (chosen < 0)
             chosen[done] = t
         groups = []
-        for t in np.unique(chosen[chosen >= 0]):
+        for t in sorted({t for t, _ in cands}):
             sel = chosen == t
-            groups.append((int(t), tok[sel], off[sel] + best[sel]))
+            if sel.any():
+                groups.append((t, tok[sel], off[sel] + best[sel]))
         return tok[inside], groups
 
-    def _allowed(self, stack: Stack, cands: Cands, out: np.ndarray) -> None:
-        scan = self._scans.get(cands)
-        if scan is None:  # the whole vocabulary from a lexer state: cached, it does not need the parser
-            scan = self._scan(cands, self.all_tokens, np.zeros(len(self.all_tokens), np.int64))
-            self._scans[cands] = scan
-            if len(self._scans) > 256:
-                self._scans.popitem(last=False)
-        inside, groups = scan
-        out[inside] = True
-        for t, tok, off in groups:
-            self._continue(stack, t, tok, off, out, (cands, t))
+    def _scan_all(self, cands: Cands) -> Scan:
+        """`_scan` over the whole vocabulary from each token's start, from the cached runs."""
+        g, vocab = self.grammar, self.vocab
+        if len(cands) == 1:  # the common case, cached per process (lexer_tables.single_scan)
+            t, q = cands[0]
+            one = lexer_tables.single_scan(vocab, g.terminals[t], q)
+            return Scan(one.inside, [(t, one.done_tok, one.done_off)] if len(one.done_tok) else [],
+                        (t, one.zero) if one.zero is not None else None)
+        got = self._scans.get(cands)
+        if got is not None:
+            return got
+        runs = [lexer_tables.terminal_run(vocab, g.terminals[t], q) for t, q in cands]
+        member = np.zeros(vocab.size, bool)
+        for run in runs:
+            member[run.tok] = True
+        union = np.nonzero(member)[0]  # (np.unique would hash: slower)
+        where = np.empty(vocab.size, np.int64)
+        where[union] = np.arange(len(union))
+        consumed = np.zeros((len(cands), len(union)), np.int64)
+        state = np.empty((len(cands), len(union)), np.int32)
+        for i, (run, (_, q)) in enumerate(zip(runs, cands, strict=True)):
+            state[i] = q
+            at = where[run.tok]
+            consumed[i, at] = run.consumed
+            state[i, at] = run.state
+        best = consumed.max(axis=0)
+        inside = best == vocab.lengths[union]
+        chosen = np.full(len(union), -1, np.int64)
+        for i in sorted(range(len(cands)), key=lambda i: g.rank[cands[i][0]]):
+            t = cands[i][0]
+            done = (consumed[i] == best) & g.terminals[t].accepting[state[i]] & ~inside & (chosen < 0)
+            chosen[done] = t
+        groups = []
+        for t in sorted({t for t, _ in cands}):
+            sel = chosen == t
+            if sel.any():
+                groups.append((t, union[sel], best[sel]))
+        zero = None
+        t0 = g.completed(cands)  # tokens no candidate takes a character of end the lexeme first
+        if t0 is not None:
+            zero = (t0, pack(vocab.valid & ~member))
+        member[union[~inside]] = False
+        got = self._scans[cands] = Scan(pack(member), groups, zero)
+        if len(self._scans) > 256:
+            self._scans.popitem(last=False)
+        return got
+
+    def _body(self, stack: Stack, cands: Cands) -> np.ndarray:
+        """Packed: the tokens with text allowed in lexer state (stack, cands)."""
+        key = (stack, cands)
+        got = self._bodies.get(key)
+        if got is not None:
+            self._bodies.move_to_end(key)
+            return got
+        deadline.check()  # the first mask is part of compiling; outside a compile this does nothing
+        self._in_progress.add(key)
+        try:
+            scan = self._scan_all(cands)
+            found: list[np.ndarray] = []
+            for t, tok, off in scan.groups:
+                self._continue(stack, t, tok, off, found, (cands, t))
+            bits = with_tokens(scan.inside, np.concatenate(found)) if found else scan.inside
+            if scan.zero is not None:
+                bits = bits | self._after(stack, *scan.zero)
+        finally:
+            self._in_progress.discard(key)
+        self._bodies[key] = bits
+        if len(self._bodies) > self.cache_size:
+            self._bodies.popitem(last=False)
+        return bits
+
+    def _after(self, stack: Stack, t: int, tokens: np.ndarray) -> np.ndarray:
+        """Packed: of `tokens` (packed), those allowed as the start of what follows a lexeme
+        completing as terminal t before their first character."""
+        g = self.grammar
+        if t in g.ignored:
+            stack2, after_ignored = stack, True
+        else:
+            nxt = g.feed(stack, g.terminals[t].name)
+            if nxt is None:
+                return np.zeros_like(tokens)
+            stack2, after_ignored = nxt, False
+        start = g.start_cands(stack2, after_ignored)
+        if not start:
+            return np.zeros_like(tokens)
+        if g.ends_word[t]:  # word boundaries: no word character right after this lexeme
+            tokens = tokens & ~self.vocab.word_start
+        if (stack2, start) in self._in_progress:  # only a terminal matching "" could loop here
+            found: list[np.ndarray] = []
+            ids = np.nonzero(unpack(tokens, self.vocab.size))[0]
+            self._continue(stack, t, ids, np.zeros(len(ids), np.int64), found, ("zero", stack, t))
+            return with_tokens(np.zeros_like(tokens), np.concatenate(found)) if found else np.zeros_like(tokens)
+        return self._body(stack2, start) & tokens
 
     def _continue(
-        self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, out: np.ndarray, path: tuple
+        self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, found: list[np.ndarray], path: tuple
     ) -> None:
-        """Tokens whose current lexeme completed as terminal t, `off` chars into each token.
+        """Tokens whose current lexeme completed as terminal t, `off` chars into each token; the
+        allowed ones are appended to `found`.
 
         `path` (the candidates of the first scan, then the terminal and the next candidates at each
         step) determines `tok` and `off`, so the scan from here is cached by it: states with other
@@ -168,15 +255,18 @@ class TokenMasks:
         scan = self._continued.get(key)
         if scan is None:
             if g.ends_word[t]:  # word boundaries: no word character right after this lexeme
-                keep = ~self.word_char[self.vocab.chars[self.vocab.starts[tok] + off]]
+                word = self.vocab.chars[self.vocab.starts[tok] + off]
+                keep = ~np.array([is_word_char(self.vocab.alphabet[c]) for c in word], bool) if len(word) < 64 \
+                    else ~_word_chars(self.vocab)[word]
                 tok, off = tok[keep], off[keep]
             scan = self._continued[key] = self._scan(start, tok, off)
             if len(self._continued) > 1024:
                 self._continued.popitem(last=False)
         inside, groups = scan
-        out[inside] = True
+        if len(inside):
+            found.append(inside)
         for t2, tok2, off2 in groups:
-            self._continue(stack2, t2, tok2, off2, out, (key, t2))
+            self._continue(stack2, t2, tok2, off2, found, (key, t2))
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -195,21 +285,46 @@ class TokenMasks:
             return got
         self.misses += 1
         stack, cands = state
-        out = np.zeros(self.vocab.size, bool)
+        extra: list[int] = []
         if not pending:
-            if cands:
-                self._allowed(stack, cands, out)
-            else:
-                self._allowed(stack, self.grammar.start_cands(stack, False), out)
+            bits = self._body(stack, cands or self.grammar.start_cands(stack, False))
             if self.grammar.can_end(state):
-                out[self.eos_ids] = True
-        for tid, raw in self.vocab.partial.items():
-            out[tid] = advance_bytes(self.grammar, state, pending, raw) is not None
-        packed = pack(out)
+                extra.extend(self.eos_ids)
+            extra.extend(self._partial_starts(state))
+        else:
+            bits = np.zeros((self.vocab.size + 7) // 8, np.uint8)
+            extra.extend(tid for tid, raw in self.vocab.partial.items()
+                         if advance_bytes(self.grammar, state, pending, raw) is not None)
+        packed = with_tokens(bits, np.asarray(extra, np.int64)) if extra else bits.copy()
         self._masks[key] = packed
         if len(self._masks) > self.cache_size:
             self._masks.popitem(last=False)
         return packed
+
+    def _partial_starts(self, state: State) -> list[int]:
+        """The partial-character tokens allowed at a character boundary (as advance_bytes decides
+        one by one), read by the complete characters they start with."""
+        out: list[int] = []
+        for text, items in self.vocab.partial_by_text.items():
+            nxt = self.grammar.advance(state, text) if text else state
+            if nxt is None:
+                continue
+            chars = self.grammar.next_chars(nxt)
+            if chars is None:
+                out.extend(tid for tid, _ in items)
+                continue
+            heads = self._heads.get(chars)
+            if heads is None:
+                heads = self._heads[chars] = frozenset(
+                    e[:k] for c in chars if len(e := c.encode()) > 1 for k in range(1, len(e)))
+                if len(self._heads) > 4096:
+                    self._heads.clear()
+            out.extend(tid for tid, tail in items if not tail or tail in heads)
+        return out
+
+
+def _word_chars(vocab: TokenVocab) -> np.ndarray:
+    return np.array([is_word_char(c) for c in vocab.alphabet], bool)
 
 
 def advance_bytes(grammar: Grammar, state: State, pending: bytes, raw: bytes) -> tuple[State, bytes] | None:

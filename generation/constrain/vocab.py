@@ -12,12 +12,27 @@ where the grammar accepts.
 
 from __future__ import annotations
 
+import bisect
+import codecs
+import itertools
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
+
+
+def pack(allowed: np.ndarray) -> np.ndarray:
+    """bool [V] -> uint8 [ceil(V/8)], bit i of byte j is token 8j+i."""
+    return np.packbits(allowed, bitorder="little")
+
+
+def unpack(packed: np.ndarray, size: int) -> np.ndarray:
+    return np.unpackbits(packed, count=size, bitorder="little").astype(bool)
+
+
+_UIDS = itertools.count()
 
 
 @lru_cache(maxsize=1)
@@ -85,6 +100,8 @@ class TokenVocab:
     lengths: np.ndarray  # int64 [size]
     valid: np.ndarray  # bool [size]
     partial: dict[int, bytes]  # tokens holding part of a multi-byte character: their raw bytes
+    # names this vocabulary in process-wide caches (an id() could be reused after it is freed)
+    uid: int = field(default_factory=lambda: next(_UIDS), init=False, repr=False, compare=False)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, vocab_size: int) -> TokenVocab:
@@ -124,6 +141,82 @@ class TokenVocab:
             partial=dict(partial or {}),
         )
 
+    # ---- indexes for masks (built on first use, once per vocabulary) ----------------------------
+
+    @cached_property
+    def nonempty(self) -> np.ndarray:
+        """int64: the ids of tokens with text."""
+        return np.nonzero(self.valid)[0]
+
+    @cached_property
+    def first_char(self) -> np.ndarray:
+        """int32 [size]: each token's first character (0 for tokens without text)."""
+        out = np.zeros(self.size, np.int32)
+        out[self.valid] = self.chars[self.starts[self.valid]]
+        return out
+
+    @cached_property
+    def by_length(self) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+        """The tokens with text, longest first, and their characters column by column:
+        (order, counts, columns) where columns[j][i] is character j of token order[i] for the
+        counts[j] tokens longer than j. Column j of the first n tokens is then a contiguous slice."""
+        order = self.nonempty[np.argsort(-self.lengths[self.nonempty], kind="stable")]
+        lengths = self.lengths[order]
+        width = int(lengths[0]) if len(lengths) else 0
+        counts = [int(np.count_nonzero(lengths > j)) for j in range(width)]
+        columns = [self.chars[self.starts[order[:n]] + j] for j, n in enumerate(counts)]
+        return order, counts, columns
+
+    @cached_property
+    def _sorted(self) -> tuple[list[str], np.ndarray]:
+        order = sorted(self.nonempty.tolist(), key=lambda i: self.texts[i])
+        return [self.texts[i] for i in order], np.asarray(order, np.int64)  # type: ignore[misc]
+
+    @property
+    def sorted_ids(self) -> np.ndarray:
+        """int64: token ids in the order of their texts (code point order)."""
+        return self._sorted[1]
+
+    def prefix_range(self, prefix: str, lo: int = 0, hi: int | None = None) -> tuple[int, int]:
+        """[a, b): the positions in sorted_ids of the tokens whose text starts with `prefix`
+        (searched within [lo, hi))."""
+        texts = self._sorted[0]
+        hi = len(texts) if hi is None else hi
+        a = bisect.bisect_left(texts, prefix, lo, hi)
+        return a, bisect.bisect_left(texts, prefix + "\U0010ffff", a, hi)
+
+    @cached_property
+    def word_start(self) -> np.ndarray:
+        """Packed bits of the tokens whose text starts with a word character (letter, digit, _)."""
+        word = np.array([c.isalnum() or c == "_" for c in self.alphabet], bool)
+        return pack(self.valid & word[self.first_char])
+
+    @cached_property
+    def valid_bits(self) -> np.ndarray:
+        return pack(self.valid)
+
+    @cached_property
+    def partial_split(self) -> list[tuple[int, str, bytes]]:
+        """(id, complete characters, bytes of the unfinished last one) of each partial token,
+        as read from the start of a character."""
+        out = []
+        for tid, raw in self.partial.items():
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            try:
+                text = decoder.decode(raw, final=False)
+            except UnicodeDecodeError:
+                continue  # never valid UTF-8 after a character boundary
+            out.append((tid, text, decoder.getstate()[0]))
+        return out
+
+    @cached_property
+    def partial_by_text(self) -> dict[str, list[tuple[int, bytes]]]:
+        """partial_split grouped by the complete characters: the grammar reads each group's once."""
+        out: dict[str, list[tuple[int, bytes]]] = {}
+        for tid, text, tail in self.partial_split:
+            out.setdefault(text, []).append((tid, tail))
+        return out
+
 
 # value holds the tokenizer too, so its id() cannot be reused by another object while cached
 _VOCABS: dict[tuple[int, int], tuple[Any, TokenVocab]] = {}
@@ -133,5 +226,7 @@ def vocab_for(tokenizer: Any, vocab_size: int) -> TokenVocab:
     """One TokenVocab per (tokenizer, model vocab size), built on first use (~1 s for 50k tokens)."""
     key = (id(tokenizer), vocab_size)
     if key not in _VOCABS:
-        _VOCABS[key] = (tokenizer, TokenVocab.from_tokenizer(tokenizer, vocab_size))
+        vocab = TokenVocab.from_tokenizer(tokenizer, vocab_size)
+        vocab.by_length, vocab.prefix_range("")  # the masks' indexes, now rather than in a first mask
+        _VOCABS[key] = (tokenizer, vocab)
     return _VOCABS[key][1]
