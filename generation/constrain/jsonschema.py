@@ -20,31 +20,41 @@ docs use it): declared properties first in declared order, then the rest in inst
 an integral value as integers, other numbers positionally from their shortest repr.
 
 Supported keywords (exactly): type, enum, const, properties, required, additionalProperties,
-patternProperties (up to 4 patterns), propertyNames, minProperties (<= 1 when undeclared properties are
-allowed: duplicate undeclared keys cannot be ruled out by a grammar), maxProperties, items, prefixItems,
-minItems, maxItems, uniqueItems: false, contains/minContains/maxContains where the contains-schema can be
-complemented, minLength, maxLength, pattern (ECMA-262 subset: no lookarounds, backreferences, word
-boundaries or Unicode property escapes), format (see `FORMATS`), minimum, maximum, exclusiveMinimum,
-exclusiveMaximum, multipleOf (exact digit automata up to a size limit), allOf (by intersection), anyOf (by
-union), oneOf (when the branches can be made exclusive by complement or are provably disjoint), not and
-if/then/else (when the schema involved can be complemented), $ref/$defs (local JSON pointers, anchors,
-`$id`-relative references in the same document; recursion), dependentRequired and dependentSchemas (by case
-split, small counts), unevaluatedProperties/unevaluatedItems when no anyOf/oneOf/if/not decides what is
-evaluated. Annotations ($schema, $id, $comment, title, description, default, examples, deprecated,
-readOnly, writeOnly, $anchor, content*) are ignored; unknown keywords are ignored with a warning; the draft
-2019-09 `dependencies` is read as dependentRequired/dependentSchemas. Anything else that constrains is
-refused with `UnsupportedKeyword` naming it (or dropped with a warning when `strict=False`): uniqueItems:
-true, $dynamicRef, remote $ref, custom metaschemas, complements that cannot be expressed, alternatives
-(anyOf/oneOf/enum/not/if/contains/dependent*) that LALR(1) or the lexer cannot tell apart. A schema no value
-satisfies raises `UnsatisfiableSchema`.
+patternProperties (up to 4 patterns), propertyNames, minProperties (when undeclared properties are
+allowed, at most 1 above the number of required names: a grammar cannot rule out a repeated undeclared
+key, which would fake the count), maxProperties, items, prefixItems, minItems, maxItems, uniqueItems
+(false; true when the items range over few values: null, booleans, number points or small integer
+ranges, finite string sets, fixed-shape arrays/objects of those, at most 64 sets of used values, see
+`schema_unique.py`), contains/minContains/maxContains where the contains-schema can be complemented,
+minLength, maxLength, pattern (ECMA-262 subset: no lookarounds, backreferences, word boundaries or Unicode
+property escapes), format (see below), minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf
+(exact digit automata up to a size limit), allOf (by intersection), anyOf (by union), oneOf (when the
+branches can be made exclusive by complement or are provably disjoint), not (complements of types,
+ranges, multipleOf, patterns, contains, minProperties, required/properties), if/then/else (as the
+disjoint cases "if and then" / "not if and else", so `if` must be complementable; discriminators such as
+a const/enum property or a type usually are), $ref/$defs (JSON pointers, anchors, `$id`-relative
+references in the same document or in `resources`; recursion), $dynamicRef (resolved along the dynamic
+scope, which the compiler tracks statically per subschema), dependentRequired and dependentSchemas (by
+case split, small counts), unevaluatedProperties/unevaluatedItems (by case split on which anyOf/oneOf/
+if/dependentSchemas branches pass, see `schema_unevaluated.py`). Annotations ($schema, $id, $comment,
+title, description, default, examples, deprecated, readOnly, writeOnly, $anchor, content*) are ignored;
+unknown keywords are ignored with a warning; the draft 2019-09 `dependencies` is read as
+dependentRequired/dependentSchemas. Anything else that constrains is refused with `UnsupportedKeyword`
+naming it (or dropped with a warning when `strict=False`): uniqueItems over large or infinite item
+domains, $ref to documents not given in `resources`, custom metaschemas, complements that cannot be
+expressed, alternatives (anyOf/oneOf/enum/not/if/contains/dependent*/unevaluated*) that LALR(1) or the
+lexer cannot tell apart. A schema no value satisfies raises `UnsatisfiableSchema`.
 
 Formats: `formats="assert"` asserts exactly date, ipv4, ipv6, uuid, uri, uri-reference, email (RFC 5321
 dot-atom or quoted local part; domain of RFC 1123 labels or an IPv4/IPv6 literal), duration,
-json-pointer and relative-json-pointer, and refuses hostname, idn-*, iri*, uri-template, regex, and
-date-time/time (RFC 3339 leap seconds tie second 60 to the offset: an ~11k-state automaton).
-`formats="subset"` accepts date-time/time without leap seconds (a sound subset: every accepted string is
-valid). `formats="annotate"` ignores `format` (draft 2020-12's default vocabulary). Unknown formats are
-annotations (a warning).
+json-pointer and relative-json-pointer, and refuses the others below and regex. `formats="subset"` also
+accepts sound subsets (every accepted string is valid) of: date-time/time without leap seconds (RFC 3339
+ties second 60 to the offset: an ~11k-state automaton); hostname and idn-hostname as ASCII RFC 1123 names
+without A-labels ("xn--": their validity is Punycode and IDNA2008) in shapes within the 253-character
+total; idn-email with any non-ASCII local part and such a domain; iri, iri-reference and uri-template
+(RFC 3987, RFC 6570) with Basic Multilingual Plane characters (the supplementary-plane classes are too
+large for the engine's terminals). `formats="annotate"` ignores `format` (draft 2020-12's default
+vocabulary). Unknown formats are annotations (a warning).
 
 Grammar shape: one rule per distinct value set (identical subschemas share rules), object and array rules
 as right-recursive chains (O(properties x count bound) rules), hash-consed helper rules. Grammars whose
@@ -54,14 +64,16 @@ same parser state) and refused naming the keyword that introduced the alternativ
 
 Modules, one concept each (this one is the public face and the driver): `schema_keywords.py` (keyword
 tables), `schema_values.py` (the value-set model), `schema_numbers.py` (numeric ranges and multipleOf as
-digit languages), `schema_formats.py` (formats), `schema_refs.py` ($id/$ref resolution),
-`schema_compiler.py` (schema -> value sets), `schema_emitter.py` (value sets -> grammar text, and the
-LALR/lexer check); regular languages come from `regex.py`.
+digit languages), `schema_formats.py` (formats), `schema_refs.py` ($id/$ref/$dynamicRef resolution),
+`schema_compiler.py` (schema -> value sets), `schema_unevaluated.py` (unevaluated* by case split),
+`schema_unique.py` (uniqueItems by enumerating item values), `schema_emitter.py` (value sets -> grammar
+text, and the LALR/lexer check); regular languages come from `regex.py`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -114,8 +126,11 @@ def schema_to_grammar(
     max_whitespace: int = 16,
     formats: Literal["assert", "subset", "annotate"] = "assert",
     deadline: float | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> JsonGrammar:
-    """Compile a JSON Schema to a lark grammar (see the module docstring for the exact language)."""
+    """Compile a JSON Schema to a lark grammar (see the module docstring for the exact language).
+
+    `resources` maps URIs to other schema documents that `$ref` may point to (nothing is fetched)."""
     if formats not in ("assert", "subset", "annotate"):
         raise GrammarError("formats must be 'assert', 'subset' or 'annotate'")
     if max_whitespace < 0:
@@ -128,7 +143,13 @@ def schema_to_grammar(
     notes: list[str] = []
     for _attempt in range(12):
         comp = Compiler(
-            doc, strict=strict, formats=formats, deadline=deadline, dropped=dropped, ignored=ignored
+            doc,
+            strict=strict,
+            formats=formats,
+            deadline=deadline,
+            dropped=dropped,
+            ignored=ignored,
+            resources=resources,
         )
         try:
             em = Emitter(comp, max_whitespace)
@@ -151,7 +172,9 @@ def schema_to_grammar(
         except RecursionError:
             raise GrammarError("the schema is nested too deeply") from None
         problem: str | None = None
-        if not comp.union_sites and not ALWAYS_CHECK_LALR:
+        # a uniqueItems array of scalars chooses among distinct terminals (one per value) at every step
+        checked = [s for s in comp.union_sites if s[1] != "uniqueItems" or em.unique_composite]
+        if not checked and not ALWAYS_CHECK_LALR:
             # without alternative arrays/objects the grammar is deterministic by construction: every value
             # position has one terminal per JSON type, and key terminals are disjoint (declared names are
             # cut out of the other regions). The engine builds the LALR tables anyway.
@@ -183,8 +206,6 @@ def schema_to_grammar(
     raise GrammarError("the schema could not be compiled even after dropping the unsupported keywords")
 
 
-
-
 def _num_text(v: Any) -> str:
     """Integral values as integers, others positionally, both from the shortest repr of a float (the
     same decimal reading the compiler gives to numeric keywords)."""
@@ -204,13 +225,19 @@ def _num_text(v: Any) -> str:
     return t
 
 
-def canonical_dumps(instance: Any, schema: dict | bool | str, *, indent: int | None = None) -> str:
+def canonical_dumps(
+    instance: Any,
+    schema: dict | bool | str,
+    *,
+    indent: int | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> str:
     """The engine's canonical JSON text for `instance` under `schema` (see the module docstring)."""
     doc = _load(schema)
     comp: Compiler | None
     root: Key | None
     try:
-        comp = Compiler(doc, strict=False, formats="annotate", deadline=None)
+        comp = Compiler(doc, strict=False, formats="annotate", deadline=None, resources=resources)
         root = comp.root_key
     except Exception:
         comp, root = None, None
@@ -250,13 +277,14 @@ def canonical_dumps(instance: Any, schema: dict | bool | str, *, indent: int | N
                 if nl:
                     out.append("\n" + " " * (indent * (depth + 1)))  # type: ignore[operator]
                 ek = arr.elem(i) if arr is not None else None
-                if arr is not None and ek is not None and arr.contains is not None and comp is not None:
-                    # the grammar splits the items into matching / not matching `contains`
-                    try:
-                        hit = comp.accepts(arr.contains, e)
-                    except Exception:
-                        hit = False
-                    ek = k_and(ek, arr.contains if hit else k_not(arr.contains))
+                if arr is not None and ek is not None and comp is not None:
+                    # the grammar splits the items into matching / not matching each `contains`
+                    for c, _lo, _hi in arr.counts:
+                        try:
+                            hit = comp.accepts(c, e)
+                        except Exception:
+                            hit = False
+                        ek = k_and(ek, c if hit else k_not(c))
                 emit(e, ek, depth + 1)
             if nl:
                 out.append("\n" + " " * (indent * depth))  # type: ignore[operator]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -13,11 +14,14 @@ from typing import Any
 from ragloom.errors import CompileTimeout, GrammarError, UnsupportedKeyword
 
 from . import regex as R
+from .deadline import check as check_compile_limit
 from .regex import ANYSTR, DFA, EMPTY, VRe, alt, lit
 from .schema_formats import FORMAT_SOURCES, SUBSET_FORMATS, UNSUPPORTED_FORMATS, format_vre
 from .schema_keywords import KNOWN, METASCHEMAS, METASCHEMAS_2020, TYPES
 from .schema_numbers import atom_and, is_num, mult_dfa, nums_and, nums_not, nums_simplify, to_fraction
 from .schema_refs import Registry
+from .schema_unevaluated import unevaluated
+from .schema_unique import value_id
 from .schema_values import (
     ALLSTR,
     ANY,
@@ -43,6 +47,10 @@ def _canon_json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)
 
 
+#: different contains schemas on one array (each item splits into 2^n cases)
+MAX_CONTAINS = 3
+
+
 class Compiler:
     def __init__(
         self,
@@ -53,6 +61,7 @@ class Compiler:
         deadline: float | None,
         dropped: frozenset[tuple[int, str]] = frozenset(),
         ignored: frozenset[str] = frozenset(),
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON Schema must be an object or a boolean")
@@ -62,12 +71,14 @@ class Compiler:
         self.deadline = deadline
         self.warnings: list[str] = []
         self._warned: set[str] = set()
-        self.reg = Registry(schema)
-        self._sids: dict[tuple[str, str], int] = {}
-        self._schemas: list[tuple[Any, str]] = []
+        self.reg = Registry(schema, resources)
+        self._sids: dict[tuple[str, str, tuple[str, ...]], int] = {}
+        self._schemas: list[tuple[Any, str, tuple[str, ...]]] = []
         self._canon_cache: dict[int, str] = {}
         self._consts: dict[str, Any] = {}
         self._node_memo: dict[Key, Node] = {}
+        self._value_nodes: dict[Node, int] = {}  # value sets registered by node_key
+        self._value_list: list[Node] = []
         self._in_progress: set[Key] = set()
         self._dfa_cache: dict[VRe, DFA] = {}
         self.union_sites: list[tuple[int, str]] = []
@@ -78,6 +89,7 @@ class Compiler:
 
     # ---------------------------------------------------------------- helpers
     def check_deadline(self) -> None:
+        check_compile_limit()  # compile_constraint's limit, whose message names it
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise CompileTimeout(
                 "compiling the JSON schema exceeded its time limit; simplify the schema "
@@ -101,27 +113,47 @@ class Compiler:
             self._canon_cache[k] = _canon_json(s)
         return self._canon_cache[k]
 
-    def key_of(self, schema: Any, base: str) -> Key:
+    def key_of(self, schema: Any, base: str, scope: tuple[str, ...] = ()) -> Key:
+        """The key of a subschema, evaluated with `base` as its base URI and `scope` as the dynamic scope
+        (the resources entered on the way to it that define a `$dynamicAnchor`, outermost first: all a
+        `$dynamicRef` below it needs; empty when the document has no `$dynamicRef`)."""
         if schema is True:
             return TRUE
         if schema is False:
             return FALSE
-        if isinstance(schema, dict):
-            base = self.reg.base(schema, base)
-            if not schema:
-                return TRUE
-        ck = (self.canon(schema), base)
+        if isinstance(schema, dict) and not schema:
+            return TRUE
+        base, scope = self.enter(schema, base, scope)
+        ck = (self.canon(schema), base, scope)
         sid = self._sids.get(ck)
         if sid is None:
             sid = len(self._schemas)
             self._sids[ck] = sid
-            self._schemas.append((schema, base))
+            self._schemas.append((schema, base, scope))
         return frozenset({("s", sid)})
+
+    def enter(self, schema: Any, base: str, scope: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        """The base URI and dynamic scope inside `schema` (entered from `base` / `scope`)."""
+        base = self.reg.base(schema, base)
+        if not self.reg.has_dynamic_ref:
+            return base, ()
+        if base in self.reg.dyn_resources and base not in scope:
+            scope = (*scope, base)
+        return base, scope
 
     def const_key(self, v: Any) -> Key:
         c = _canon_json(v)
         self._consts.setdefault(c, v)
         return frozenset({("c", c)})
+
+    def node_key(self, n: Node) -> Key:
+        """A key for a value set built directly (e.g. one item value of a uniqueItems array)."""
+        i = self._value_nodes.get(n)
+        if i is None:
+            i = len(self._value_list)
+            self._value_nodes[n] = i
+            self._value_list.append(n)
+        return frozenset({("v", i)})
 
     def dfa(self, x: VRe) -> DFA:
         d = self._dfa_cache.get(x)
@@ -159,6 +191,8 @@ class Compiler:
                     part = self.const_node(self._consts[atom[1]])
                 elif atom[0] == "n":
                     part = self.n_not(self.node(atom[1]), "not")
+                elif atom[0] == "v":
+                    part = self._value_list[atom[1]]
                 else:
                     part = NONE
                 out = self.n_and(out, part)
@@ -187,14 +221,14 @@ class Compiler:
         raise GrammarError(f"not a JSON value: {v!r}")
 
     def schema_node(self, sid: int) -> Node:
-        schema, base = self._schemas[sid]
+        schema, base, scope = self._schemas[sid]
         if not isinstance(schema, dict):
             raise GrammarError(f"a subschema must be an object or a boolean, got {schema!r}")
         node = ANY
         s = {k: v for k, v in schema.items() if k not in self.ignored} if self.ignored else schema
 
         def sub(v: Any) -> Key:
-            return self.key_of(v, base)
+            return self.key_of(v, base, scope)
 
         def dropped(kw: str) -> bool:
             return (sid, kw) in self.dropped
@@ -222,8 +256,6 @@ class Compiler:
                 )
             elif ms.rstrip("#") not in METASCHEMAS_2020:
                 self.warn(f"$schema {ms!r} is read with draft 2020-12 semantics")
-        if "$dynamicRef" in s:
-            self.refuse("$dynamicRef", "dynamic references are not supported")
 
         # ---- type
         if "type" in s:
@@ -313,7 +345,17 @@ class Compiler:
             ref = s["$ref"]
             if not isinstance(ref, str):
                 raise GrammarError("$ref must be a string")
-            n = guard("$ref", lambda: self.node(self.key_of(*self.reg.resolve(ref, base))))
+            n = guard("$ref", lambda: self.node(self.key_of(*self.reg.resolve(ref, base), scope)))
+            if n is not None:
+                node = self.n_and(node, n)
+        if "$dynamicRef" in s:
+            dref = s["$dynamicRef"]
+            if not isinstance(dref, str):
+                raise GrammarError("$dynamicRef must be a string")
+            n = guard(
+                "$dynamicRef",
+                lambda: self.node(self.key_of(*self.reg.resolve_dynamic(dref, base, scope), scope)),
+            )
             if n is not None:
                 node = self.n_and(node, n)
         if "allOf" in s:
@@ -342,8 +384,8 @@ class Compiler:
 
         # ---- unevaluated*
         for kw in ("unevaluatedProperties", "unevaluatedItems"):
-            if kw in s:
-                n = guard(kw, partial(self.unevaluated, kw, s, sid, base, node))
+            if kw in s and not dropped(kw):
+                n = guard(kw, partial(unevaluated, self, kw, s, base, scope, sid, node))
                 if n is not None:
                     node = n
         return node
@@ -442,12 +484,7 @@ class Compiler:
         if "format" in s and self.formats != "annotate":
             f = s["format"]
             if f in SUBSET_FORMATS and self.formats == "assert":
-                self.refuse(
-                    "format",
-                    f"format {f!r}: the exact language (RFC 3339 leap seconds, valid only at "
-                    "23:59:60 UTC and so tied to the offset) is too large an automaton; "
-                    "formats='subset' accepts it without leap seconds",
-                )
+                self.refuse("format", f"format {f!r}: {SUBSET_FORMATS[f]}")
             elif f in FORMAT_SOURCES:
                 fl = format_vre(f)
                 try:
@@ -482,9 +519,15 @@ class Compiler:
                 items = sub(s["items"])
         mn = int(s.get("minItems", 0))
         mx = int(s["maxItems"]) if "maxItems" in s else None
-        if s.get("uniqueItems") is True:
-            if not (mx is not None and mx <= 1):
-                self.refuse("uniqueItems", "uniqueItems: true cannot be expressed by a context-free grammar")
+        # uniqueItems: exact when the items range over few values (the emitter enumerates the sets of
+        # values used so far, `schema_unique.py`) and refused there otherwise
+        unique = (
+            s.get("uniqueItems") is True
+            and not (mx is not None and mx <= 1)
+            and (sid, "uniqueItems") not in self.dropped
+        )
+        if unique:
+            self.union_sites.append((sid, "uniqueItems"))
         if mn > 2000:
             self.refuse("minItems", "minItems above 2000")
             mn = 0
@@ -503,11 +546,11 @@ class Compiler:
                 self.refuse(e.keyword, e.message)
                 contains = None
         if contains is None:
-            return only(arrs=(ArrSet(prefix, items, mn, mx),))
+            return only(arrs=(ArrSet(prefix, items, mn, mx, unique=unique),))
         if contains == FALSE and cmin > 0:
             return only(arrs=())
         self.union_sites.append((sid, "contains"))
-        return only(arrs=(ArrSet(prefix, items, mn, mx, contains, cmin, cmax),))
+        return only(arrs=(ArrSet(prefix, items, mn, mx, ((contains, cmin, cmax),), unique),))
 
     def contains_parts(self, s: dict, sub: Callable[[Any], Key]) -> tuple[Key | None, int, int | None]:
         """contains/minContains/maxContains: counted in the grammar, item by item, as matching (the
@@ -675,112 +718,14 @@ class Compiler:
         cond = self.node(sub(s["if"]))
         then = self.node(sub(s["then"])) if "then" in s else ANY
         other = self.node(sub(s["else"])) if "else" in s else ANY
-        if "else" not in s:
-            # (C and T) or not C  ==  T or not C
-            return self.n_or_many([then, self.n_not(cond, "if")], sid, "if")
+        # the two cases are kept disjoint (C and T, not C and E): overlapping object or array alternatives
+        # would make the grammar ambiguous, where disjoint ones are usually told apart by a key or a value
         if "then" not in s:
-            # (C) or (not C and E)  ==  C or E
-            return self.n_or_many([cond, other], sid, "if")
+            try:
+                return self.n_or_many([cond, self.n_and(self.n_not(cond, "if"), other)], sid, "if")
+            except Refuse:
+                return self.n_or_many([cond, other], sid, "if")  # C or E: the same set, no complement
         return self.n_or_many([self.n_and(cond, then), self.n_and(self.n_not(cond, "if"), other)], sid, "if")
-
-    def unevaluated(self, kw: str, s: dict, sid: int, base: str, node: Node) -> Node:
-        """unevaluatedProperties/Items when what is evaluated is static: only properties /
-        patternProperties / additionalProperties (prefixItems / items / contains) of this schema and of
-        schemas merged in by allOf and $ref; anyOf/oneOf/if/not/dependentSchemas anywhere in that set
-        make it dynamic and are refused."""
-        val = s[kw]
-        child = self.key_of(val, base)
-        ev = self._evaluated(s, base, kw, set())
-        if kw == "unevaluatedProperties":
-            if ev is True:
-                return node
-            names, pats = ev
-            out: list[ObjSet] = []
-            for o in node.objs:
-                declared = {n for n, _ in o.props}
-                extra = [n for n in names if n not in declared]
-                props = list(o.props)
-                for n in extra:
-                    props.append((n, self.rest_child(o.rest, n)))
-                evaluated_lang = alt(*pats) if pats else EMPTY
-                rest = []
-                for lang, ck in o.rest:
-                    if pats:
-                        inside = R.vre_inter(lang, evaluated_lang)
-                        outside = R.vre_minus(lang, evaluated_lang)
-                        if not R.is_empty_lang(inside):
-                            rest.append((inside, ck))
-                        if not R.is_empty_lang(outside):
-                            rest.append((outside, k_and(ck, child)))
-                    else:
-                        rest.append((lang, k_and(ck, child)))
-                # declared names that nothing evaluates (e.g. they come from a `not`) are unevaluated too
-                props = [
-                    (n, k if (n in names or any(self.lang_accepts(p, n) for p in pats)) else k_and(k, child))
-                    for n, k in props
-                ]
-                o2 = ObjSet(tuple(props), o.required, tuple(rest), o.names, o.min, o.max)
-                out.extend(self.obj_norm(o2))
-            return Node(node.null, node.bools, node.nums, node.str, node.arrs, tuple(out))
-        # unevaluatedItems: ev is True or the number of evaluated prefix positions
-        if ev is True:
-            return node
-        npos = ev
-        arrs = []
-        for a in node.arrs:
-            pre = list(a.prefix)
-            while len(pre) < npos:
-                pre.append(a.items)
-            pre = [p if i < npos else k_and(p, child) for i, p in enumerate(pre)]
-            arrs.append(ArrSet(tuple(pre), k_and(a.items, child), a.min, a.max))
-        return Node(node.null, node.bools, node.nums, node.str, tuple(arrs), node.objs)
-
-    def _evaluated(self, s: Any, base: str, kw: str, seen: set) -> Any:
-        """Static evaluation: True (everything evaluated) or (names, patterns) / number of positions."""
-        if s is True or s is False or not isinstance(s, dict):
-            return (set(), []) if kw == "unevaluatedProperties" else 0
-        if id(s) in seen:
-            raise Refuse(kw, f"{kw} over a recursive reference")
-        seen = seen | {id(s)}
-        base = self.reg.base(s, base)
-        for dyn in ("anyOf", "oneOf", "if", "not", "dependentSchemas", "$dynamicRef"):
-            if dyn in s and not (dyn == "not"):
-                raise Refuse(
-                    kw, f"{kw} with {dyn} (which properties/items are evaluated depends on the instance)"
-                )
-        parts = []
-        if "$ref" in s:
-            t, tb = self.reg.resolve(s["$ref"], base)
-            parts.append((t, tb))
-        for x in s.get("allOf", []):
-            parts.append((x, base))
-        if kw == "unevaluatedProperties":
-            if "additionalProperties" in s or (
-                "unevaluatedProperties" in s and s is not None and seen and len(seen) > 1
-            ):
-                return True
-            names = set(s.get("properties", {}))
-            pats = []
-            for p in s.get("patternProperties", {}):
-                pats.append(R.parse_pattern(p))
-            for t, tb in parts:
-                sub = self._evaluated(t, tb, kw, seen)
-                if sub is True:
-                    return True
-                names |= sub[0]
-                pats.extend(sub[1])
-            return names, pats
-        if "items" in s or ("unevaluatedItems" in s and len(seen) > 1):
-            return True
-        if "contains" in s:
-            raise Refuse(kw, f"{kw} with contains")
-        n = len(s.get("prefixItems", []))
-        for t, tb in parts:
-            sub = self._evaluated(t, tb, kw, seen)
-            if sub is True:
-                return True
-            n = max(n, sub)
-        return n
 
     # ---------------------------------------------------------------- node algebra
     def n_and(self, a: Node, b: Node) -> Node:
@@ -848,18 +793,19 @@ class Compiler:
         mx = x.max if y.max is None else y.max if x.max is None else min(x.max, y.max)
         if mx is not None and mn > mx:
             return None
-        c, cmin, cmax = x.contains, x.cmin, x.cmax
-        if y.contains is not None:
-            if c is None:
-                c, cmin, cmax = y.contains, y.cmin, y.cmax
-            elif c == y.contains:
-                cmin = max(cmin, y.cmin)
-                cmax = cmax if y.cmax is None else y.cmax if cmax is None else min(cmax, y.cmax)
-                if cmax is not None and cmin > cmax:
+        counts = dict((c, (lo, hi)) for c, lo, hi in x.counts)
+        for c, lo, hi in y.counts:
+            if c in counts:
+                lo0, hi0 = counts[c]
+                lo, hi = max(lo, lo0), hi if hi0 is None else hi0 if hi is None else min(hi, hi0)
+                if hi is not None and lo > hi:
                     return None
-            else:
-                raise Refuse("contains", "two different contains constraints on the same array")
-        return ArrSet(prefix, k_and(x.items, y.items), mn, mx, c, cmin, cmax)
+            counts[c] = (lo, hi)
+        if len(counts) > MAX_CONTAINS:
+            # each item is split by the schemas it matches: 2^n item cases and n counters
+            raise Refuse("contains", f"more than {MAX_CONTAINS} different contains constraints on one array")
+        merged = tuple(sorted(((c, lo, hi) for c, (lo, hi) in counts.items()), key=repr))
+        return ArrSet(prefix, k_and(x.items, y.items), mn, mx, merged, x.unique or y.unique)
 
     def obj_full_child(self, o: ObjSet, name: str) -> Key:
         for n, k in o.props:
@@ -911,10 +857,14 @@ class Compiler:
         """a is syntactically included in b."""
         if b.min > a.min:
             return False
-        if b.contains is not None:
-            if a.contains != b.contains or a.cmin < b.cmin:
+        if b.unique and not a.unique and not (a.max is not None and a.max <= 1):
+            return False
+        a_counts = {c: (lo, hi) for c, lo, hi in a.counts}
+        for c, lo, hi in b.counts:
+            if c not in a_counts or a_counts[c][0] < lo:
                 return False
-            if b.cmax is not None and (a.cmax is None or a.cmax > b.cmax):
+            ahi = a_counts[c][1]
+            if hi is not None and (ahi is None or ahi > hi):
                 return False
         if b.max is not None and (a.max is None or a.max > b.max):
             return False
@@ -1050,9 +1000,18 @@ class Compiler:
     def arr_not(self, x: ArrSet, kw: str) -> list[ArrSet]:
         if x == ARR_ANY:
             return []
-        if x.contains is not None:
-            raise Refuse(kw, "the complement of contains cannot be expressed")
-        out: list[ArrSet] = []
+        if x.unique:
+            raise Refuse(kw, "the complement of uniqueItems (two equal items) cannot be expressed")
+        if x.counts:
+            # not (base and every count in range) = not base, or some count below / above its range
+            out = self.arr_not(replace(x, counts=()), kw)
+            for c, lo, hi in x.counts:
+                if lo > 0:
+                    out.append(ArrSet((), TRUE, 0, None, ((c, 0, lo - 1),)))
+                if hi is not None:
+                    out.append(ArrSet((), TRUE, 0, None, ((c, hi + 1, None),)))
+            return out
+        out = []
         if x.min > 0:
             out.append(ArrSet((), TRUE, 0, x.min - 1))
         if x.max is not None:
@@ -1087,12 +1046,15 @@ class Compiler:
         if x == OBJ_ANY:
             return []
         out: list[ObjSet] = []
-        if x.names is not None or x.min > 1 or x.max is not None:
-            raise Refuse(
-                kw, "the complement of propertyNames/minProperties/maxProperties cannot be expressed"
-            )
-        if x.min == 1:
-            out.append(ObjSet((), frozenset(), ((ANYSTR, FALSE),)))
+        if x.names is not None:
+            raise Refuse(kw, "the complement of propertyNames (some name outside it) cannot be expressed")
+        if x.max is not None and x.max > 0:
+            # more than max properties: a count of undeclared names that duplicates could fake
+            raise Refuse(kw, "the complement of maxProperties cannot be expressed")
+        if x.min > 0:
+            out.append(ObjSet((), frozenset(), ((ANYSTR, TRUE),), None, 0, x.min - 1))
+        if x.max == 0:
+            out.append(ObjSet((), frozenset(), ((ANYSTR, TRUE),), None, 1, None))
         if any(k != TRUE for _, k in x.rest):
             # "some undeclared property fails" would need an existential over the undeclared names
             raise Refuse(kw, "the complement of additionalProperties/patternProperties cannot be expressed")
@@ -1165,10 +1127,12 @@ class Compiler:
             return False
         if not all(self.accepts(a.elem(i), e, depth + 1) for i, e in enumerate(v)):
             return False
-        if a.contains is not None:
-            n = sum(1 for e in v if self.accepts(a.contains, e, depth + 1))
-            if n < a.cmin or (a.cmax is not None and n > a.cmax):
+        for c, lo, hi in a.counts:
+            n = sum(1 for e in v if self.accepts(c, e, depth + 1))
+            if n < lo or (hi is not None and n > hi):
                 return False
+        if a.unique and len({value_id(e) for e in v}) < len(v):
+            return False
         return True
 
     def obj_accepts(self, o: ObjSet, v: dict, depth: int) -> bool:

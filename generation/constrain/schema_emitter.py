@@ -10,6 +10,7 @@ from . import regex as R
 from .regex import ANYSTR, EMPTY, VRe, alt, lit
 from .schema_compiler import Compiler
 from .schema_numbers import num_atom_vre
+from .schema_unique import UniqueArray, Values, unique_array_rule
 from .schema_values import (
     FALSE,
     ArrSet,
@@ -20,8 +21,7 @@ from .schema_values import (
     Refuse,
     StrSet,
     UnsatisfiableSchema,
-    k_and,
-    k_not,
+    count_split,
     only,
 )
 
@@ -39,6 +39,18 @@ class Emitter:
         self.nodes: dict[Key, Node] = {}
         self._str_terms: dict[StrSet, str | None] = {}
         self._num_terms: dict[tuple[NumAtom, ...], str | None] = {}
+        self._values = Values(comp)
+        self._unique: dict[ArrSet, UniqueArray] = {}
+        self.unique_composite = False  # some uniqueItems array has array/object values (LALR check)
+
+    def unique(self, a: ArrSet) -> UniqueArray:
+        """The enumerated item domains of a uniqueItems array (refuses uniqueItems when infinite)."""
+        u = self._unique.get(a)
+        if u is None:
+            u = UniqueArray(self._values, a, self.array_limits(a)[0])
+            self._unique[a] = u
+            self.unique_composite = self.unique_composite or u.composite
+        return u
 
     # ---- terminals
     def term(self, kind: str, text: str, cls: str, lang: VRe) -> str:
@@ -108,10 +120,10 @@ class Emitter:
         for a in n.arrs:
             ks = list(a.prefix) + [a.items]
             out.extend(ks)
-            if a.contains is not None:
-                for k in ks:
-                    out.append(k_and(k, a.contains))
-                    out.append(k_and(k, k_not(a.contains)))
+            if a.unique:
+                out.extend(self.unique(a).keys())
+            if a.counts:
+                out.extend(kk for k in ks for kk, _hits in count_split(k, a.counts))
         for o in n.objs:
             out.extend(k for _, k in o.props)
             out.extend(k for _, k in o.rest)
@@ -145,13 +157,11 @@ class Emitter:
                             ck(a.items),
                             a.min,
                             a.max,
-                            None
-                            if a.contains is None
-                            else (
-                                tuple(ck(k_and(p, a.contains)) for p in (*a.prefix, a.items)),
-                                tuple(ck(k_and(p, k_not(a.contains))) for p in (*a.prefix, a.items)),
-                                a.cmin,
-                                a.cmax,
+                            a.unique,
+                            tuple((lo, hi) for _c, lo, hi in a.counts),
+                            tuple(
+                                tuple((ck(kk), h) for kk, h in count_split(p, a.counts))
+                                for p in ((*a.prefix, a.items) if a.counts else ())
                             ),
                         )
                         for a in n.arrs
@@ -220,18 +230,13 @@ class Emitter:
             self.rules[name] = build(name)
         return name
 
-    def elem_options(self, a: ArrSet, k: Key) -> tuple[tuple[str, int], ...]:
-        """(rule, count increment) choices for an item constrained by k (split by `contains`)."""
-        if a.contains is None:
-            v = self.vname(k)
-            return ((v, 0),) if v else ()
+    def elem_options(self, a: ArrSet, k: Key) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """(rule, count increments) choices for an item constrained by k (split by each `contains`)."""
         opts = []
-        m = self.vname(k_and(k, a.contains))
-        if m:
-            opts.append((m, 1))
-        nm = self.vname(k_and(k, k_not(a.contains)))
-        if nm:
-            opts.append((nm, 0))
+        for kk, hits in count_split(k, a.counts):
+            v = self.vname(kk)
+            if v:
+                opts.append((v, hits))
         return tuple(opts)
 
     def array_limits(self, a: ArrSet) -> tuple[int | None, int]:
@@ -248,6 +253,8 @@ class Emitter:
         return mx, limit
 
     def array_rule(self, a: ArrSet) -> str | None:
+        if a.unique:
+            return unique_array_rule(self, a, self.unique(a))
         mx, limit = self.array_limits(a)
         if mx is not None and a.min > mx:
             return None
@@ -255,24 +262,29 @@ class Emitter:
             raise Refuse("maxItems" if mx is not None else "minItems", "array length bounds above 2000")
         pos = [self.elem_options(a, a.elem(i)) for i in range(limit)]
         tail = self.elem_options(a, a.items) if mx is None else ()
-        counting = a.contains is not None
-        cmin = a.cmin if counting else 0
-        cmax = a.cmax if counting else None
-        cap = (cmax if cmax is not None else cmin) if counting else 0
+        bounds = tuple((lo, hi) for _c, lo, hi in a.counts)
+        zero = tuple(0 for _ in bounds)
 
-        def step(c: int, dc: int) -> int | None:
-            c2 = c + dc
-            if cmax is not None:
-                return c2 if c2 <= cmax else None
-            return min(c2, cap)
+        def step(c: tuple[int, ...], dc: tuple[int, ...]) -> tuple[int, ...] | None:
+            # counts above the maximum fail; without a maximum they are capped at the minimum
+            out = []
+            for x, d, (lo, hi) in zip(c, dc, bounds, strict=True):
+                x += d
+                if hi is not None and x > hi:
+                    return None
+                out.append(x if hi is not None else min(x, lo))
+            return tuple(out)
 
-        def rest(i: int, c: int) -> str:
-            # after i items, c of them matching `contains`
-            key = ("arr", tuple(pos[i:]), tail, max(a.min - i, 0), c, cmin, cmax)
+        def enough(c: tuple[int, ...]) -> bool:
+            return all(x >= lo for x, (lo, _hi) in zip(c, bounds, strict=True))
+
+        def rest(i: int, c: tuple[int, ...]) -> str:
+            # after i items, c[j] of them matching the j-th `contains`
+            key = ("arr", tuple(pos[i:]), tail, max(a.min - i, 0), c, bounds)
 
             def build(name: str) -> list[list[str]]:
                 alts: list[list[str]] = []
-                if i >= a.min and c >= cmin:
+                if i >= a.min and enough(c):
                     alts.append([])
                 opts = pos[i] if i < limit else tail
                 for v, dc in opts:
@@ -285,16 +297,16 @@ class Emitter:
 
         def build_arr(name: str) -> list[list[str]]:
             alts: list[list[str]] = []
-            if a.min == 0 and cmin == 0:
+            if a.min == 0 and enough(zero):
                 alts.append(['"["', '"]"'])
             opts = pos[0] if limit > 0 else tail
             for v, dc in opts:
-                c2 = step(0, dc)
+                c2 = step(zero, dc)
                 if c2 is not None:
                     alts.append(['"["', v, rest(min(1, limit), c2), '"]"'])
             return alts
 
-        return self.helper(("array", tuple(pos), tail, a.min, cmin, cmax), build_arr)
+        return self.helper(("array", tuple(pos), tail, a.min, bounds), build_arr)
 
     def object_rule(self, o: ObjSet) -> str | None:
         c = self.c
@@ -321,11 +333,13 @@ class Emitter:
             if t is not None and v is not None:
                 rest_alts.append((t, v))
         mn, mx = o.min, o.max
-        if rest_alts and mn > 1:
+        # the required names always count; if the undeclared ones must make up 2 or more, a repeated
+        # undeclared name (which a grammar cannot rule out) could fake the count
+        if rest_alts and mn - sum(1 for n, _ in declared if n in o.required) > 1:
             raise Refuse(
                 "minProperties",
-                "minProperties above 1 with undeclared properties allowed (a grammar "
-                "cannot rule out duplicate names)",
+                "minProperties more than 1 above the number of required properties, with undeclared "
+                "properties allowed (a grammar cannot rule out duplicate names)",
             )
         cap = max(mn, mx if mx is not None else 0, 1)
         if cap > 64:
@@ -422,8 +436,6 @@ class Emitter:
 
 def _is_rule(sym: str) -> bool:
     return sym[:1].islower()
-
-
 
 
 def lalr_states(text: str) -> list[set[str]]:

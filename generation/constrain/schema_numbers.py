@@ -304,19 +304,24 @@ def mult_dfa(m: Fraction, integer: bool) -> DFA:
 
 def num_atom_vre(a: NumAtom) -> VRe:
     base = number_range_vre(a.kind, a.lo, a.lo_ex, a.hi, a.hi_ex)
-    if a.mult is None or R.is_empty_lang(base):
+    if (a.mult is None and not a.nmult) or R.is_empty_lang(base):
         return base
     if a.lo is not None and a.lo == a.hi:
         return base if a.contains(a.lo) else EMPTY
     base = positional_range_vre(a.kind, a.lo, a.lo_ex, a.hi, a.hi_ex)
-    d = R.product(R.to_dfa(base), mult_dfa(a.mult, a.kind == "int"), "and")
+    d = R.to_dfa(base)
+    if a.mult is not None:
+        d = R.product(d, mult_dfa(a.mult, a.kind == "int"), "and")
+    for m in a.nmult:
+        # every positional text of a multiple of m (integer or not) is removed
+        d = R.minimize(R.product(d, mult_dfa(m, False), "minus"))
     try:
         return R.dfa_to_vre(d, max_size=6000)
     except R.TooComplex:
+        m = a.mult if a.mult is not None else a.nmult[0]
         raise Refuse(
-            "multipleOf",
-            f"multipleOf {float(a.mult)!r} combined with the other number constraints "
-            "gives too large an expression",
+            "multipleOf" if a.mult is not None else "not",
+            f"multipleOf {float(m)!r} combined with the other number constraints gives too large an expression",
         ) from None
 
 
@@ -350,6 +355,9 @@ def atom_and(a: NumAtom, b: NumAtom) -> NumAtom | None:
         kind = "int"
     if mult is not None and mult.denominator == 1 and kind == "nonint":
         return None
+    nmult = _nmult(kind, a.nmult + b.nmult, mult)
+    if nmult is None:
+        return None
     if kind == "int" and lo is not None and hi is not None:
         a_ = lo.numerator // lo.denominator + (1 if lo.denominator != 1 or lo_ex else 0)
         b_ = -((-hi.numerator) // hi.denominator) - (1 if hi.denominator != 1 or hi_ex else 0)
@@ -357,9 +365,24 @@ def atom_and(a: NumAtom, b: NumAtom) -> NumAtom | None:
             return None
     if lo is not None and lo == hi:
         at = NumAtom("num", lo, False, hi, False, None)
-        probe = NumAtom(kind, None, False, None, False, mult)
+        probe = NumAtom(kind, None, False, None, False, mult, nmult)
         return at if probe.contains(lo) else None
-    return NumAtom(kind, lo, lo_ex, hi, hi_ex, mult)
+    return NumAtom(kind, lo, lo_ex, hi, hi_ex, mult, nmult)
+
+
+def _nmult(kind: str, ms: tuple[Fraction, ...], mult: Fraction | None) -> tuple[Fraction, ...] | None:
+    """The excluded multiples, normalized (None: nothing is left)."""
+    out: list[Fraction] = []
+    for m in ms:
+        if kind == "int":
+            m = Fraction(m.numerator)  # an integer is a multiple of p/q iff it is one of p
+        if m == 1 and kind == "int":
+            return None  # every integer is a multiple of 1
+        if mult is not None and (mult / m).denominator == 1:
+            return None  # every multiple of `mult` is one of m
+        if m not in out:
+            out.append(m)
+    return tuple(sorted(out))
 
 
 def nums_and(xs: tuple[NumAtom, ...], ys: tuple[NumAtom, ...]) -> tuple[NumAtom, ...]:
@@ -379,9 +402,11 @@ def nums_simplify(xs: tuple[NumAtom, ...]) -> tuple[NumAtom, ...]:
 
 
 def _atom_not(a: NumAtom) -> tuple[NumAtom, ...]:
-    if a.mult is not None:
-        raise Refuse("multipleOf", "the complement of multipleOf cannot be expressed")
     out: list[NumAtom] = []
+    # not a multiple of `mult`, or a multiple of one of the excluded ones
+    if a.mult is not None:
+        out.append(NumAtom("num", nmult=(a.mult,)))
+    out.extend(NumAtom("num", mult=m) for m in a.nmult)
     if a.lo is not None:
         out.append(NumAtom("num", None, False, a.lo, not a.lo_ex))
     if a.hi is not None:

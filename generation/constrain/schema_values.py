@@ -30,7 +30,8 @@ class Refuse(Exception):
 # arrays and objects are Keys (conjunctions of schema references), resolved lazily, so recursion is free.
 # ==================================================================================================
 
-# A Key is a frozenset of atoms: ("s", sid) a schema, ("c", json) a constant, ("n", Key) a complement.
+# A Key is a frozenset of atoms: ("s", sid) a schema, ("c", json) a constant, ("n", Key) a complement,
+# ("v", i) a value set registered with the compiler (`Compiler.node_key`).
 Key = frozenset
 TRUE: Key = frozenset()
 FALSE: Key = frozenset({("f",)})
@@ -65,6 +66,7 @@ class NumAtom:
     hi: Fraction | None = None
     hi_ex: bool = False
     mult: Fraction | None = None
+    nmult: tuple[Fraction, ...] = ()  # not a multiple of any of these (the complement of multipleOf)
 
     def contains(self, x: Fraction) -> bool:
         if self.kind == "int" and x.denominator != 1:
@@ -76,6 +78,8 @@ class NumAtom:
         if self.hi is not None and (x > self.hi or (self.hi_ex and x == self.hi)):
             return False
         if self.mult is not None and (x / self.mult).denominator != 1:
+            return False
+        if any((x / m).denominator == 1 for m in self.nmult):
             return False
         return True
 
@@ -90,18 +94,29 @@ class StrSet:
 ALLSTR = StrSet()
 
 
+# (contains schema, min, max): the number of items matching the schema is in [min, max]
+Count = tuple[Key, int, int | None]
+
+
 @dataclass(frozen=True)
 class ArrSet:
     prefix: tuple[Key, ...] = ()
     items: Key = TRUE
     min: int = 0
     max: int | None = None
-    contains: Key | None = None  # the number of items matching it is in [cmin, cmax]
-    cmin: int = 1
-    cmax: int | None = None
+    counts: tuple[Count, ...] = ()  # contains/minContains/maxContains, one per distinct contains schema
+    unique: bool = False  # uniqueItems: no two items equal (emitted by enumerating finite item domains)
 
     def elem(self, i: int) -> Key:
         return self.prefix[i] if i < len(self.prefix) else self.items
+
+
+def count_split(k: Key, counts: tuple[Count, ...]) -> list[tuple[Key, tuple[int, ...]]]:
+    """An item key split by which contains schemas the item matches: (key, 1/0 per count)."""
+    out: list[tuple[Key, tuple[int, ...]]] = [(k, ())]
+    for c, _lo, _hi in counts:
+        out = [(k_and(kk, c), (*h, 1)) for kk, h in out] + [(k_and(kk, k_not(c)), (*h, 0)) for kk, h in out]
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ from fractions import Fraction
 
 import jsonschema
 import pytest
+from conftest import shared_data
 
 from ragloom.errors import CompileTimeout, GrammarError, UnsupportedKeyword
+from ragloom.generation.constrain import deadline, grammar
 from ragloom.generation.constrain import jsonschema as J
 from ragloom.generation.constrain import regex as R
 from ragloom.generation.constrain.grammar import Grammar
@@ -124,6 +126,61 @@ def test_known_but_inexpressible_format_is_refused():
     assert e.value.keyword == "format"
 
 
+_HOSTNAMES_VALID = ["db.internal", "www.example.com", "a--b.com", "1host", "h0stn4me", "x" * 63 + ".com",
+                    "x" * 63, "a.b.c.d.e.f.g.h", "Example.COM", ("y" * 63 + ".") * 3 + "z" * 61]
+_HOSTNAMES_INVALID = ["", ".", "-a.com", "a-.com", "a..b", "a.", ".a", "host_name", "x" * 64, "x" * 64 + ".com",
+                      "é.com", "exa mple", "a.com\n", "example\uff0ecom",
+                      ("y" * 63 + ".") * 4 + "z"]  # 257 characters: over the 253 total
+
+
+def test_hostname_formats_are_a_sound_subset():
+    for fmt in ("hostname", "idn-hostname"):
+        with pytest.raises(UnsupportedKeyword) as e:  # exactly: A-labels need Punycode and IDNA2008
+            schema_to_grammar({"type": "string", "format": fmt})
+        assert e.value.keyword == "format"
+        g = check({"type": "string", "format": fmt}, formats="subset", valid=_HOSTNAMES_VALID,
+                  invalid=_HOSTNAMES_INVALID)
+        # the subset leaves out every A-label (most invalid ones are exactly those the grammar cannot check)
+        assert not g.accepts_text('"xn--X.com"') and not g.accepts_text('"XN--aa---o47jg78q"')
+        assert g.accepts_text(json.dumps("ab-cd.com"))
+    check({"type": "object", "properties": {"host": {"type": "string", "format": "hostname"}}}, formats="subset",
+          valid=[{"host": "db.internal"}], invalid=[{"host": "db_internal"}])
+
+
+def test_iri_uri_template_and_idn_email_formats():
+    for fmt in ("iri", "iri-reference", "uri-template", "idn-email"):
+        with pytest.raises(UnsupportedKeyword):
+            schema_to_grammar({"type": "string", "format": fmt})  # assert: not exactly
+    check({"type": "string", "format": "iri"}, formats="subset",
+          valid=["http://ƒøø.ßår/?∂éœ=πîx#πîüx", "urn:example:resource", "http://[2001:db8::1]/p", "file:/etc/hosts"],
+          invalid=["/abc", "http://2001:0db8:85a3:0000:0000:8a2e:0370:7334", "âππ", "http://a/\n", "http://[::ffff:1.2.3.01]"])
+    check({"type": "string", "format": "iri-reference"}, formats="subset",
+          valid=["/âππ", "#ƒrägmênt", "", "//ƒøø.ßår/?∂éœ=πîx#πîüx"], invalid=["#ƒräg\\mênt", "\\\\WINDOWS\\fi"])
+    check({"type": "string", "format": "uri-template"}, formats="subset",
+          valid=["http://example.com/dictionary/{term:1}/{term}", "", "{+var}", "{#var}", "{x,y}", "{a.b}", "{%41}",
+                 "{v:1000}", "{var*}", "a'b", "a%41b"],
+          invalid=["{}", "{a,,b}", "{v:0}", "{v:10000}", "foo}bar", "{a..b}", "{v:01}", "a b", "{var=def}", "{a,}",
+                   "{,+var}", "a%4"])
+    check({"type": "string", "format": "idn-email"}, formats="subset",
+          valid=["δοκιμή@example.com", '"δοκιμή"@example.com', "joe.bloggs@example.com", "\x85@example.com"],
+          invalid=["2962", "user＠example.com", "@example.com", "joe@", "a..b@example.com"])
+
+
+@pytest.mark.parametrize("fmt", ["hostname", "idn-hostname", "idn-email", "iri", "iri-reference", "uri-template"])
+def test_subset_formats_accept_no_invalid_string_of_the_suite(fmt):
+    folder = shared_data("jsonschema-test-suite/tests/draft2020-12/optional/format")
+    schema = {"type": "string", "format": fmt}
+    g = engine(schema, formats="subset")
+    accepted = 0
+    for case in json.loads((folder / f"{fmt}.json").read_text(encoding="utf-8")):
+        for t in case["tests"]:
+            if isinstance(t["data"], str):
+                ok = g.accepts_text(canonical_dumps(t["data"], schema))
+                assert t["valid"] or not ok, f"accepted the invalid {t['data']!r} ({t['description']})"
+                accepted += ok
+    assert accepted >= 3
+
+
 def test_integer_bounds():
     check({"type": "integer", "minimum": -15, "exclusiveMaximum": 120},
           valid=[-15, -1, 0, 9, 10, 99, 119], invalid=[-16, 120, 1000, -100])
@@ -193,6 +250,20 @@ def test_contains_with_counts():
           valid=[[1, 2], ["a", 1, "b", 2, 3]], invalid=[[1], [1, 2, 3, 4], ["a"]])
 
 
+def test_several_contains_constraints_on_one_array():
+    arrs = [[], ["a"], ["b"], ["a", "b"], ["b", "a", "c"], ["a", "a", "b"], ["c"], ["a", "b", "b", "b"], [2, "a", 3, "b"]]
+    # "must include both a and b": every item is split by the schemas it matches, one counter each
+    agrees({"allOf": [{"contains": {"const": "a"}}, {"contains": {"const": "b"}}]}, arrs)
+    agrees({"allOf": [{"contains": {"const": "a"}, "maxContains": 1}, {"contains": {"type": "string"}, "minContains": 3}]},
+           arrs)
+    agrees({"allOf": [{"contains": {"multipleOf": 2}}, {"contains": {"multipleOf": 3}}], "unevaluatedItems": {"multipleOf": 5}},
+           [[2, 3], [6], [2, 3, 5], [2, 3, 7], [5], [10, 3, 4]])
+    agrees({"contains": {"const": "b"}, "not": {"contains": {"const": "a"}}}, arrs)  # b, and no a
+    with pytest.raises(UnsupportedKeyword) as e:
+        schema_to_grammar({"allOf": [{"contains": {"const": x}} for x in "abcd"]})
+    assert e.value.keyword == "contains"
+
+
 def test_unique_items_refused_and_dropped_when_not_strict():
     with pytest.raises(UnsupportedKeyword) as e:
         schema_to_grammar({"type": "array", "uniqueItems": True})
@@ -201,6 +272,68 @@ def test_unique_items_refused_and_dropped_when_not_strict():
     assert len(jg.warnings) == 1 and "uniqueItems" in jg.warnings[0]
     assert Grammar.from_lark(jg.grammar).accepts_text("[1,1]")
     schema_to_grammar({"type": "array", "uniqueItems": False})  # false constrains nothing
+
+
+def test_unique_items_over_small_item_domains():
+    # the grammar remembers which values are used: a repeated value is rejected however it is written
+    g = check({"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True},
+              valid=[[], ["a"], ["c", "a"], ["b", "c", "a"]], invalid=[["a", "a"], ["a", "b", "a"], ["a", "d"]])
+    assert not g.accepts_text('["a", "b", "c", "a"]')
+    check({"prefixItems": [{"type": "boolean"}, {"type": "boolean"}], "items": False, "uniqueItems": True},
+          valid=[[], [True], [False, True]], invalid=[[True, True], [False, False], [True, False, True]])
+    # JSON equality: 1 and 1.0 are one value; "1" and true are not 1
+    g = check({"type": "array", "items": {"enum": [1, 2, "1", True]}, "uniqueItems": True},
+              valid=[[1, "1", True], [2, 1]], invalid=[[2, 2], [True, True], ["1", "1"]])
+    assert g.accepts_text("[1.0, 2]")
+    assert not g.accepts_text("[1, 1.0]") and not g.accepts_text("[1.0, 1]")
+    # objects are equal whatever their key order
+    g = engine({"type": "array", "items": {"enum": [{"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": 2}]},
+                "uniqueItems": True})
+    assert g.accepts_text('[{"a":1,"b":2},{"a":2}]') and g.accepts_text('[{"b":2,"a":1}]')
+    assert not g.accepts_text('[{"a":1,"b":2},{"b":2,"a":1}]')
+    check({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 5}, "uniqueItems": True,
+           "minItems": 2, "maxItems": 3}, valid=[[0, 5], [5, 4, 3]], invalid=[[1], [1, 1], [0, 1, 2, 3], [0, 0, 1]])
+    check({"type": "array", "items": {"enum": ["x", "y", "z"]}, "uniqueItems": True, "contains": {"const": "y"}},
+          valid=[["y"], ["z", "x", "y"]], invalid=[[], ["x", "z"], ["y", "y"]])
+    check({"type": "array", "items": {"type": "array", "items": {"type": "boolean"}, "maxItems": 1},
+           "uniqueItems": True}, valid=[[[], [True], [False]]], invalid=[[[], []], [[True], [False], [True]]])
+    # a larger enum with a small maxItems stays within the bound on sets of used values
+    check({"type": "array", "items": {"enum": list("abcdefghij")}, "maxItems": 2, "uniqueItems": True},
+          valid=[["a", "j"], ["c"]], invalid=[["j", "j"], ["a", "b", "c"]])
+    g = check({"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 2, "multipleOf": 0.5},
+               "maxItems": 2, "uniqueItems": True}, valid=[[0, 1.5], [2, 0.5]], invalid=[[0.5, 0.5], [0.25], [3]])
+    assert not g.accepts_text("[0.5, 0.50]") and not g.accepts_text("[1, 1.0]")
+    # uniqueItems inside allOf applies to the merged array
+    check({"allOf": [{"items": {"enum": ["p", "q"]}}, {"uniqueItems": True}]},
+          valid=[["q", "p"]], invalid=[["p", "p"], ["p", "r"]])
+
+
+def test_unique_items_over_large_or_infinite_domains_is_refused():
+    for schema in [
+        {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        {"type": "array", "items": {"enum": list("abcdefgh")}, "uniqueItems": True},  # 256 sets of used values
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100}, "uniqueItems": True},
+        {"prefixItems": [{"enum": [1, 2]}], "uniqueItems": True},  # the later items are unconstrained
+        {"not": {"items": {"enum": [1, 2]}, "uniqueItems": True}},  # "two equal items" has no grammar
+    ]:
+        with pytest.raises(UnsupportedKeyword) as e:
+            schema_to_grammar(schema)
+        assert e.value.keyword in ("uniqueItems", "not"), schema
+        assert e.value.keyword in str(e.value)
+    jg = schema_to_grammar({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, strict=False)
+    assert any("uniqueItems" in w for w in jg.warnings)
+    assert Grammar.from_lark(jg.grammar).accepts_text('["a", "a"]')
+
+
+def test_unique_items_grammars_pass_the_lalr_and_collision_check(monkeypatch):
+    # scalar item values are distinct terminals at every step, so the check is skipped unless forced
+    monkeypatch.setattr(J, "ALWAYS_CHECK_LALR", True)
+    for schema in [
+        {"type": "array", "items": {"enum": ["a", "b", None, True, 1, 10, 2.5]}, "maxItems": 3, "uniqueItems": True},
+        {"type": "array", "items": {"type": "integer", "minimum": -2, "maximum": 2}, "uniqueItems": True},
+        {"type": "array", "items": {"enum": [[1], [1, 2], {"a": 1}, {"a": 2}]}, "uniqueItems": True},
+    ]:
+        schema_to_grammar(schema)
 
 
 def test_all_of_any_of_one_of():
@@ -221,6 +354,178 @@ def test_not_and_if_then_else():
     check({"not": {"type": ["string", "null"]}}, valid=[1, [], {}], invalid=["a", None])
     check({"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 0}},
           valid=[10, 15, 0, -3, "x"], invalid=[11, 5])
+
+
+def agrees(schema, values, **kw) -> Grammar:
+    """The grammar accepts exactly the values jsonschema calls valid (canonical text, compact)."""
+    g = engine(schema, **kw)
+    validator = jsonschema.Draft202012Validator(schema)
+    for v in values:
+        text = canonical_dumps(v, schema)
+        assert g.accepts_text(text) == validator.is_valid(v), (v, validator.is_valid(v))
+    return g
+
+
+_OBJS = [{}, {"kind": "a"}, {"kind": "b"}, {"kind": "a", "x": 1}, {"kind": "b", "y": "s"}, {"kind": "b", "x": 1},
+         {"x": 1}, {"y": "q"}, {"kind": "c"}, {"kind": "a", "y": "s"}, {"kind": "a", "x": 1, "y": "s"}, 3, "s"]
+
+
+def test_if_then_else_with_discriminators():
+    base = {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "x": {"type": "integer"},
+                                             "y": {"type": "string"}}}
+    cond = {"properties": {"kind": {"const": "a"}}, "required": ["kind"]}
+    # with and without else, with an open or a closed object: the cases are kept disjoint
+    agrees({**base, "if": cond, "then": {"required": ["x"]}, "else": {"required": ["y"]}}, _OBJS)
+    agrees({**base, "if": cond, "then": {"required": ["x"]}}, _OBJS)
+    agrees({**base, "if": cond, "else": {"required": ["y"]}}, _OBJS)
+    agrees({**base, "additionalProperties": False, "if": cond, "then": {"required": ["x"]},
+            "else": {"required": ["y"]}}, _OBJS)
+    agrees({**base, "allOf": [{"if": cond, "then": {"required": ["x"]}},
+                              {"if": {"properties": {"kind": {"const": "b"}}, "required": ["kind"]},
+                               "then": {"required": ["y"]}}]}, _OBJS)
+    # a property whose pattern depends on another one
+    agrees({"type": "object", "properties": {"country": {"enum": ["US", "CA"]}, "zip": {"type": "string"}},
+            "if": {"properties": {"country": {"const": "US"}}},
+            "then": {"properties": {"zip": {"pattern": "^[0-9]{5}$"}}},
+            "else": {"properties": {"zip": {"pattern": "^[A-Z][0-9][A-Z] [0-9][A-Z][0-9]$"}}}},
+           [{"country": "US", "zip": "12345"}, {"country": "CA", "zip": "K1A 0B1"}, {"country": "US", "zip": "K1A 0B1"},
+            {"country": "CA", "zip": "12345"}, {"zip": "12345"}, {"zip": "K1A 0B1"}, {}])
+    # a type discriminator; if over contains
+    agrees({"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}},
+           ["a", "ab", 1, 1.5, None, []])
+    agrees({"not": {"contains": {"const": "a"}, "minContains": 2}}, [[], ["a"], ["a", "a"], ["b", "a", "a"], 1])
+
+
+def test_not_of_multiple_of_and_property_counts():
+    numbers = [0, 1, 2, 3, 4, 6, 7.5, -3, -6, 0.5, 1.5, 2.25, 9, 12, 15, "x"]
+    agrees({"not": {"multipleOf": 2}}, numbers)
+    agrees({"type": "integer", "not": {"multipleOf": 3}}, numbers)
+    agrees({"multipleOf": 2, "not": {"multipleOf": 3}}, numbers)
+    agrees({"not": {"anyOf": [{"multipleOf": 3}, {"multipleOf": 0.5, "minimum": 5}]}}, numbers)
+    agrees({"items": {"multipleOf": 2}, "contains": {"multipleOf": 3}}, [[], [2], [6], [2, 6], [3], [2, 4, 12]])
+    objs = [{}, {"a": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3}, 1]
+    agrees({"not": {"minProperties": 2}}, objs)
+    agrees({"not": {"maxProperties": 0}}, objs)
+    for schema in ({"not": {"maxProperties": 1}}, {"type": "object", "not": {"propertyNames": {"maxLength": 1}}}):
+        with pytest.raises(UnsupportedKeyword) as e:
+            schema_to_grammar(schema)
+        assert e.value.keyword == "not"
+
+
+def test_min_properties_with_required_names_and_undeclared_properties():
+    objs = [{}, {"a": 1}, {"b": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3}, {"b": 1, "c": 2}]
+    # the required names count; one more (undeclared) property is one name, which a grammar can demand
+    g = agrees({"required": ["a"], "minProperties": 2}, objs)
+    assert not g.accepts_text('{"a": 1}')
+    agrees({"required": ["a", "b"], "minProperties": 3}, objs)
+    agrees({"properties": {"a": {"type": "integer"}}, "patternProperties": {"^b": {"type": "integer"}},
+            "propertyNames": {"pattern": "^[ab]"}, "minProperties": 1, "maxProperties": 2},
+           [*objs, {"bb": 1}, {"b": "x"}, {"ab": 1}])
+    with pytest.raises(UnsupportedKeyword) as e:  # two undeclared names needed: a repeat could fake one
+        schema_to_grammar({"required": ["a"], "minProperties": 3})
+    assert e.value.keyword == "minProperties"
+
+
+def test_dynamic_ref_resolves_along_the_dynamic_scope():
+    generic = {
+        "$id": "https://example.com/main",
+        "if": {"properties": {"kind": {"const": "numbers"}}, "required": ["kind"]},
+        "then": {"$ref": "numberList"}, "else": {"$ref": "stringList"},
+        "$defs": {
+            "genericList": {"$id": "genericList", "properties": {"list": {"items": {"$dynamicRef": "#itemType"}}},
+                            "$defs": {"default": {"$dynamicAnchor": "itemType"}}},
+            "numberList": {"$id": "numberList", "$ref": "genericList",
+                           "$defs": {"itemType": {"$dynamicAnchor": "itemType", "type": "number"}}},
+            "stringList": {"$id": "stringList", "$ref": "genericList",
+                           "$defs": {"itemType": {"$dynamicAnchor": "itemType", "type": "string"}}},
+        },
+    }
+    agrees(generic, [{"kind": "numbers", "list": [1, 2]}, {"kind": "numbers", "list": ["a"]},
+                     {"kind": "strings", "list": ["a"]}, {"kind": "strings", "list": [1]}, {"list": ["x"]}])
+    # the outermost dynamic anchor in scope wins (the root's, not the tree's own)
+    tree = {"$id": "https://example.com/strict", "$dynamicAnchor": "node", "$ref": "tree",
+            "$defs": {"tree": {"$id": "tree", "$dynamicAnchor": "node", "type": "object",
+                               "properties": {"data": True, "kids": {"type": "array", "items": {"$dynamicRef": "#node"}}}}},
+            "properties": {"data": {"type": "integer"}}}
+    agrees(tree, [{"data": 1, "kids": [{"data": 2}]}, {"data": 1, "kids": [{"data": "x"}]}, {"kids": [None]}])
+    with pytest.raises(UnsupportedKeyword) as e:
+        schema_to_grammar({"$dynamicRef": "#nowhere"})
+    assert e.value.keyword == "$dynamicRef"
+
+
+def test_unevaluated_properties_by_case_split():
+    objs = [{}, {"foo": "x"}, {"foo": "x", "bar": "bar"}, {"foo": "x", "baz": "baz"}, {"bar": "bar", "baz": "baz"},
+            {"bar": "bar", "baz": "baz", "quux": "quux"}, {"bar": "bar", "other": 1}, {"bar": "no"}, {"quux": "quux"}]
+    branch = lambda n: {"properties": {n: {"const": n}}, "required": [n]}  # noqa: E731
+    # anyOf: the properties of every branch that holds are evaluated
+    agrees({"properties": {"foo": {"type": "string"}}, "anyOf": [branch("bar"), branch("baz"), branch("quux")],
+            "unevaluatedProperties": False}, objs)
+    agrees({"properties": {"foo": {"type": "string"}}, "oneOf": [branch("bar"), branch("baz")],
+            "unevaluatedProperties": False}, objs)
+    # if/then/else; if alone still evaluates when it holds
+    agrees({"if": branch("bar"), "then": {"properties": {"baz": True}}, "else": {"properties": {"quux": True}},
+            "unevaluatedProperties": False}, objs)
+    agrees({"if": {"patternProperties": {"^ba": {"type": "string"}}}, "unevaluatedProperties": False}, objs)
+    agrees({"properties": {"foo": {"type": "string"}}, "dependentSchemas": {"foo": {"properties": {"bar": True}}},
+            "unevaluatedProperties": {"type": "string"}}, objs)
+    agrees({"allOf": [{"properties": {"foo": True}}, {"anyOf": [branch("bar"), branch("baz")]}],
+            "unevaluatedProperties": False}, objs)
+    agrees({"allOf": [{"properties": {"foo": True}}, {"oneOf": [branch("bar"), branch("baz")]}],
+            "unevaluatedProperties": {"type": "integer"}}, objs)
+    # overlapping cases ("bar" holds, or not) that the grammar cannot tell apart: refused, or dropped
+    overlapping = {"allOf": [{"properties": {"foo": True}}, {"anyOf": [branch("bar"), {"properties": {"x": True}}]}],
+                   "unevaluatedProperties": {"const": "baz"}}
+    with pytest.raises(UnsupportedKeyword) as e:
+        schema_to_grammar(overlapping)
+    assert e.value.keyword == "unevaluatedProperties"
+    assert any("unevaluatedProperties" in w for w in schema_to_grammar(overlapping, strict=False).warnings)
+
+
+def test_unevaluated_items_by_case_split():
+    arrs = [[], ["foo"], ["foo", "bar"], ["foo", "bar", "baz"], ["foo", "x"], ["foo", "bar", 1], [1, "a"], ["a", 1]]
+    agrees({"prefixItems": [{"const": "foo"}], "anyOf": [{"prefixItems": [True, {"const": "bar"}]},
+                                                         {"prefixItems": [True, True, {"const": "baz"}]}],
+            "unevaluatedItems": False}, arrs)
+    agrees({"prefixItems": [{"const": "foo"}], "if": {"prefixItems": [True, {"const": "bar"}]},
+            "then": {"prefixItems": [True, True, {"const": "baz"}]}, "else": {"prefixItems": [True, {"const": "x"}]},
+            "unevaluatedItems": False}, arrs)
+    # items that match `contains` are evaluated by it
+    agrees({"prefixItems": [True], "contains": {"type": "string"}, "unevaluatedItems": False}, arrs)
+    agrees({"contains": {"type": "string"}, "minContains": 0, "unevaluatedItems": {"type": "integer"}},
+           [*arrs, [None], [1, None]])
+
+
+def test_refs_to_other_documents_through_resources():
+    resources = {"https://example.com/defs.json": {"$defs": {"pos": {"type": "integer", "minimum": 0}},
+                                                   "$id": "https://example.com/defs.json"},
+                 "https://example.com/list.json": {"type": "array", "items": {"$ref": "defs.json#/$defs/pos"}}}
+    schema = {"properties": {"n": {"$ref": "https://example.com/defs.json#/$defs/pos"},
+                             "l": {"$ref": "https://example.com/list.json"}}}
+    g = engine(schema, resources=resources)
+    assert g.accepts_text('{"n": 1, "l": [0, 2]}')
+    assert not g.accepts_text('{"n": -1}') and not g.accepts_text('{"l": [0, -2]}')
+    with pytest.raises(UnsupportedKeyword) as e:
+        schema_to_grammar(schema)
+    assert e.value.keyword == "$ref"
+
+
+@pytest.mark.parametrize("name", ["refRemote.json", "dynamicRef.json", "unevaluatedProperties.json"])
+def test_suite_files_with_the_remote_documents(name):
+    """The suite's remote documents, registered as `resources` (as its README asks of a validator)."""
+    root = shared_data("jsonschema-test-suite")
+    resources = {"http://localhost:1234/" + p.relative_to(root / "remotes").as_posix(): json.loads(p.read_text())
+                 for p in (root / "remotes").rglob("*.json")}
+    compiled = 0
+    for case in json.loads((root / "tests" / "draft2020-12" / name).read_text(encoding="utf-8")):
+        try:
+            g = engine(case["schema"], resources=resources)
+        except (UnsupportedKeyword, UnsatisfiableSchema):
+            continue
+        compiled += 1
+        for t in case["tests"]:
+            text = canonical_dumps(t["data"], case["schema"], resources=resources)
+            assert g.accepts_text(text) == t["valid"], (case["description"], t["description"])
+    assert compiled >= 10
 
 
 def test_not_of_open_object_constraint_is_refused_with_its_keyword():
@@ -593,3 +898,70 @@ def test_deterministic_grammars_pass_the_lalr_and_collision_check(monkeypatch):
         {"anyOf": [{"type": "string", "pattern": "^a"}, {"type": "integer"}, {"type": "string", "maxLength": 2}]},
     ]:
         schema_to_grammar(schema)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compile-time bounds
+# ---------------------------------------------------------------------------------------------------
+
+# The shape of a real-world schema that once held a compile thread for over 20 minutes: a dozen strings
+# with maxLength 8..256, one with maxLength 8192, and custom fields through patternProperties ".*".
+TICKET_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "SupportTicket",
+    "description": "A customer support ticket as extracted from an inbound e-mail or chat transcript, "
+    "with the customer's own words kept verbatim in body and anything else the form had as custom fields.",
+    "type": "object",
+    "properties": {
+        "ticket_id": {"type": "string", "maxLength": 32, "description": "Identifier assigned by the helpdesk."},
+        "subject": {"type": "string", "maxLength": 256, "description": "One-line summary of the request."},
+        "status": {"enum": ["open", "pending", "resolved", "closed"], "description": "Workflow state."},
+        "priority": {"type": "string", "maxLength": 8, "description": "low, normal, high or urgent."},
+        "customer_name": {"type": "string", "maxLength": 128, "description": "Full name as signed."},
+        "customer_email": {"type": "string", "maxLength": 254, "description": "Reply-to address of the customer."},
+        "customer_phone": {"type": "string", "maxLength": 32, "description": "Phone number, in any format."},
+        "company": {"type": "string", "maxLength": 128, "description": "Organisation the customer works for."},
+        "country": {"type": "string", "maxLength": 8, "description": "ISO 3166 country code, if known."},
+        "product": {"type": "string", "maxLength": 64, "description": "Product the ticket is about."},
+        "version": {"type": "string", "maxLength": 16, "description": "Product version, if the customer gave one."},
+        "category": {"type": "string", "maxLength": 64, "description": "billing, bug, how-to, feature request."},
+        "assignee": {"type": "string", "maxLength": 128, "description": "Agent or queue the ticket is routed to."},
+        "language": {"type": "string", "maxLength": 16, "description": "Language of the message (BCP 47)."},
+        "channel": {"type": "string", "maxLength": 16, "description": "email, chat, phone or web form."},
+        "order_id": {"type": "string", "maxLength": 40, "description": "Order the ticket refers to, if any."},
+        "body": {"type": "string", "maxLength": 8192, "description": "The customer's message, verbatim, "
+                 "without signatures, quoted replies or legal footers."},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 32}, "maxItems": 10,
+                 "description": "Labels for routing and reporting."},
+        "escalated": {"type": "boolean", "description": "Whether a supervisor must look at it today."},
+        "sla_hours": {"type": "integer", "minimum": 0, "maximum": 720, "description": "Hours left on the SLA."},
+    },
+    "required": ["ticket_id", "subject", "status", "body"],
+    "patternProperties": {
+        ".*": {"type": ["string", "number", "boolean", "null"], "description": "Custom fields of the form."}
+    },
+}
+
+
+def test_long_max_length_strings_compile_exactly():
+    ticket = {"ticket_id": "T-1", "subject": "Refund", "status": "open", "body": "x" * 8192, "sla_hours": 24,
+              "crm_ref": "A7", "vip": True}
+    invalid = [{**ticket, "body": "x" * 8193}, {**ticket, "country": "x" * 9}, {**ticket, "crm_ref": [1]},
+               {**ticket, "tags": ["billing"]},  # ".*" covers declared names too: no value may be an array
+               {**ticket, "sla_hours": "24"}]
+    validator = jsonschema.Draft202012Validator(TICKET_SCHEMA)
+    assert validator.is_valid(ticket) and not any(validator.is_valid(v) for v in invalid)
+    # an escape (\u0001, \n) is one character of the 8192
+    check(TICKET_SCHEMA, valid=[ticket, {**ticket, "body": "é\n" * 4096}, {**ticket, "body": "\x01" * 8192}],
+          invalid=[*invalid, {**ticket, "body": "\x01" * 8193}])
+
+
+def test_long_max_length_strings_stop_at_a_short_limit():
+    grammar._regex_tables.cache_clear()  # a cold compile: no terminal or parser table cached
+    grammar._TABLES.clear()
+    started = time.monotonic()
+    with deadline.limit(0.01, "the json_schema constraint"), pytest.raises(CompileTimeout) as info:
+        engine(TICKET_SCHEMA)
+    assert time.monotonic() - started < 0.5
+    assert str(info.value).startswith("compiling the json_schema constraint"), str(info.value)
+    assert "0.01s limit" in str(info.value)
