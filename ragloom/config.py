@@ -64,6 +64,9 @@ class EngineSettings(BaseSettings):
         30.0, gt=0, description="longest a grammar / JSON Schema may take to compile before DEADLINE_EXCEEDED"
     )
     jump_forward: bool = Field(True, description="append the tokens a constraint forces without sampling them")
+    overlap_masks: bool = Field(
+        True, description="compute constrained sequences' token masks on a worker thread during the forward pass"
+    )
     prefix_caching: bool = Field(
         True, description="reuse the KV of earlier requests' full blocks for the same leading tokens"
     )

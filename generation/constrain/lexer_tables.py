@@ -10,8 +10,9 @@ lexer is per tokenizer. A new schema then starts with most of its lexer work don
 - Literal terminals are answered from the vocabulary's sorted texts (`TokenVocab.prefix_range`):
   the tokens sharing a prefix with the rest of the literal are a few nested ranges, found by
   binary search, so `"name"` costs microseconds instead of a pass over 50k-150k tokens.
-- Other terminals run vectorized over the tokens whose first character the DFA takes (numpy, one
-  step per character position, tokens dropping out as the DFA dies).
+- Other terminals run vectorized: over the vocabulary's trie one level at a time when most tokens
+  get past their first character (each distinct prefix stepped once), else over the few tokens
+  that do, one character position at a time.
 
 Runs are kept sparse: only the tokens that consumed at least one character. Every other token
 stopped at offset 0 in the start state.
@@ -32,8 +33,6 @@ from ragloom.generation.constrain.vocab import TokenVocab, pack
 # Bytes of cached runs and scans kept per process; a run is ~10 bytes per token it keeps (a JSON
 # string's content state keeps nearly every token: ~0.5 MB for 49k tokens, ~1.5 MB for 152k).
 CACHE_BYTES = 256 << 20
-# A column-at-a-time run stops stepping in place when fewer tokens than this are that long.
-_DENSE_MIN = 2048
 
 
 @dataclass(frozen=True)
@@ -224,44 +223,36 @@ def _absorbing(dfa: TerminalDFA) -> tuple[np.ndarray, int]:
 
 def _regex_run(vocab: TokenVocab, dfa: TerminalDFA, q: int) -> Run:
     cls = char_classes(vocab, dfa)
-    order, counts, columns = vocab.by_length
-    if not counts:
+    trie = vocab.trie
+    if not trie.parents:
         return Run(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
     table, dead = _absorbing(dfa)
     width = dfa.trans.shape[1]
-    cur = table[q * width + cls[columns[0]]]
-    alive = cur != dead
-    consumed = np.zeros(vocab.size, np.int64)
-    state = np.full(vocab.size, q, np.int32)
-    if np.count_nonzero(alive) * 4 < len(order):
+    takes = table[q * width + cls] != dead  # per alphabet character: does the DFA take it first?
+    if np.count_nonzero(takes[vocab.first_char[vocab.nonempty]]) * 4 < len(vocab.nonempty):
         # few tokens get past their first character (a number, a keyword): follow those alone
-        tok = order[alive]
-        consumed[tok], state[tok] = run_tokens(vocab, dfa, q, tok, np.zeros(len(tok), np.int64), vocab.lengths[tok])
-    else:
-        # most do (inside a string): step every token a column at a time, in place; dead is
-        # absorbing, and the tokens longer than j are the first counts[j], so no gathers
-        got = alive.astype(np.int64)
-        last = np.where(alive, cur, q).astype(np.int32)
-        for j in range(1, len(counts)):
-            n = counts[j]
-            if n < _DENSE_MIN:  # the few long tokens left: follow the live ones alone
-                live_rows = np.nonzero(cur[:n] != dead)[0]
-                ids = order[live_rows]
-                more, end = run_tokens(vocab, dfa, last[live_rows], ids, j, vocab.lengths[ids] - j)
-                got[live_rows] += more
-                last[live_rows] = end
-                break
-            nxt = table[cur[:n] * width + cls[columns[j]]]
-            live = nxt != dead
-            if not live.any():
-                break
-            got[:n] += live
-            np.copyto(last[:n], nxt, where=live)
-            cur[:n] = nxt
-        consumed[order] = got
-        state[order] = last
+        tok = vocab.nonempty[takes[vocab.first_char[vocab.nonempty]]]
+        consumed, state = run_tokens(vocab, dfa, q, tok, 0, vocab.lengths[tok])
+        keep = consumed > 0
+        return Run(tok[keep], consumed[keep], state[keep])
+    # most do (inside a string): step every prefix of the vocabulary once, a trie level at a time;
+    # dead is absorbing, so a level needs no filtering
+    got = np.empty(trie.offsets[-1], np.int32)
+    last = np.empty(trie.offsets[-1], np.int32)
+    cur = table[q * width + cls[trie.chars[0]]]
+    live = cur != dead
+    n = len(cur)
+    got[:n] = live
+    last[:n] = np.where(live, cur, q)
+    for j in range(1, len(trie.parents)):
+        up, a, b = trie.parents[j], trie.offsets[j], trie.offsets[j + 1]
+        cur = table[cur[up] * width + cls[trie.chars[j]]]
+        live = cur != dead
+        got[a:b] = got[trie.offsets[j - 1] + up] + live
+        last[a:b] = np.where(live, cur, last[trie.offsets[j - 1] + up])
+    consumed = np.where(vocab.valid, got[trie.token_node], 0)
     tok = np.nonzero(consumed)[0]
-    return Run(tok, consumed[tok], state[tok])
+    return Run(tok, consumed[tok].astype(np.int64), last[trie.token_node[tok]])
 
 
 def literal_text(dfa: TerminalDFA) -> str:

@@ -152,8 +152,8 @@ class TokenMasks:
         for run in runs:
             member[run.tok] = True
         union = np.nonzero(member)[0]  # (np.unique would hash: slower)
-        where = np.empty(vocab.size, np.int64)
-        where[union] = np.arange(len(union))
+        where = np.empty(vocab.size, np.int32)
+        where[union] = np.arange(len(union), dtype=np.int32)
         consumed = np.zeros((len(cands), len(union)), np.int64)
         state = np.empty((len(cands), len(union)), np.int32)
         for i, (run, (_, q)) in enumerate(zip(runs, cands, strict=True)):
@@ -290,7 +290,7 @@ class TokenMasks:
             bits = self._body(stack, cands or self.grammar.start_cands(stack, False))
             if self.grammar.can_end(state):
                 extra.extend(self.eos_ids)
-            extra.extend(self._partial_starts(state))
+            extra.extend(self._partial_starts(state).tolist())
         else:
             bits = np.zeros((self.vocab.size + 7) // 8, np.uint8)
             extra.extend(tid for tid, raw in self.vocab.partial.items()
@@ -301,17 +301,20 @@ class TokenMasks:
             self._masks.popitem(last=False)
         return packed
 
-    def _partial_starts(self, state: State) -> list[int]:
+    def _partial_starts(self, state: State) -> np.ndarray:
         """The partial-character tokens allowed at a character boundary (as advance_bytes decides
-        one by one), read by the complete characters they start with."""
-        out: list[int] = []
-        for text, items in self.vocab.partial_by_text.items():
+        one by one), read by the complete characters they start with, then by their last bytes."""
+        first = self.grammar.next_chars(state)  # None: any character may come next
+        out: list[np.ndarray] = []
+        for text, (ids, by_tail) in self.vocab.partial_by_text.items():
+            if text and first is not None and text[0] not in first:
+                continue  # advance() would refuse the first character
             nxt = self.grammar.advance(state, text) if text else state
             if nxt is None:
                 continue
             chars = self.grammar.next_chars(nxt)
             if chars is None:
-                out.extend(tid for tid, _ in items)
+                out.append(ids)
                 continue
             heads = self._heads.get(chars)
             if heads is None:
@@ -319,8 +322,8 @@ class TokenMasks:
                     e[:k] for c in chars if len(e := c.encode()) > 1 for k in range(1, len(e)))
                 if len(self._heads) > 4096:
                     self._heads.clear()
-            out.extend(tid for tid, tail in items if not tail or tail in heads)
-        return out
+            out.extend(tids for tail, tids in by_tail.items() if not tail or tail in heads)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _word_chars(vocab: TokenVocab) -> np.ndarray:

@@ -130,6 +130,12 @@ class GrammarProcessor:
             if not m.accept_token(tid):
                 raise InvalidArgument(f"token {tid} ({self.tokenizer.decode([tid])!r}) breaks the constraint")
 
+    def prepare(self, output_ids: list[int]) -> None:
+        """Compute (and cache) the next mask ahead of the logits: the engine calls this on a worker
+        thread during the forward pass, so that __call__ finds it ready."""
+        self._sync(output_ids)
+        self.matcher.mask()
+
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         self._sync(output_ids)
         mask = self.matcher.mask()

@@ -84,6 +84,19 @@ def token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes | None]:
 
 
 @dataclass
+class Trie:
+    """Token texts as a trie, one level per character position: node i of depth j spells
+    parent's text + alphabet[chars[j][i]]; parents[j][i] indexes depth j - 1 (0 at depth 0). A
+    DFA run over the trie steps each distinct prefix once: 2.8x fewer steps than over every token's
+    characters for Qwen2.5's vocabulary (279k nodes, 774k characters)."""
+
+    parents: list[np.ndarray]  # int32 per depth
+    chars: list[np.ndarray]  # int32 alphabet index per depth
+    offsets: list[int]  # depth j's nodes are offsets[j] ... offsets[j + 1] - 1 in a flat numbering
+    token_node: np.ndarray  # int64 [size]: the flat node of each token's whole text (0 for none)
+
+
+@dataclass
 class TokenVocab:
     """Token texts as one flat array of dense character ids.
 
@@ -156,16 +169,31 @@ class TokenVocab:
         return out
 
     @cached_property
-    def by_length(self) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
-        """The tokens with text, longest first, and their characters column by column:
-        (order, counts, columns) where columns[j][i] is character j of token order[i] for the
-        counts[j] tokens longer than j. Column j of the first n tokens is then a contiguous slice."""
-        order = self.nonempty[np.argsort(-self.lengths[self.nonempty], kind="stable")]
-        lengths = self.lengths[order]
-        width = int(lengths[0]) if len(lengths) else 0
-        counts = [int(np.count_nonzero(lengths > j)) for j in range(width)]
-        columns = [self.chars[self.starts[order[:n]] + j] for j, n in enumerate(counts)]
-        return order, counts, columns
+    def trie(self) -> Trie:
+        """The token texts as a trie, level by level (see Trie)."""
+        texts, ids = self._sorted
+        lengths = self.lengths[ids]
+        parents: list[np.ndarray] = []
+        chars: list[np.ndarray] = []
+        offsets = [0]
+        token_node = np.zeros(self.size, np.int64)
+        rows = np.arange(len(ids))  # positions (in sorted order) of the tokens longer than j
+        node = np.zeros(0, np.int64)  # each such token's node at depth j - 1
+        for j in range(int(lengths.max()) if len(lengths) else 0):
+            keep = lengths[rows] > j
+            rows, parent = rows[keep], node[keep] if j else np.zeros(int(keep.sum()), np.int64)
+            ch = self.chars[self.starts[ids[rows]] + j]
+            # sorted texts: the tokens sharing a prefix are neighbours, so a new node starts where
+            # the parent or the character changes
+            new = np.ones(len(rows), bool)
+            new[1:] = (parent[1:] != parent[:-1]) | (ch[1:] != ch[:-1])
+            node = np.cumsum(new) - 1
+            parents.append(parent[new].astype(np.int32))
+            chars.append(ch[new])
+            ends = lengths[rows] == j + 1
+            token_node[ids[rows[ends]]] = offsets[-1] + node[ends]
+            offsets.append(offsets[-1] + int(new.sum()))
+        return Trie(parents, chars, offsets, token_node)
 
     @cached_property
     def _sorted(self) -> tuple[list[str], np.ndarray]:
@@ -210,12 +238,17 @@ class TokenVocab:
         return out
 
     @cached_property
-    def partial_by_text(self) -> dict[str, list[tuple[int, bytes]]]:
-        """partial_split grouped by the complete characters: the grammar reads each group's once."""
-        out: dict[str, list[tuple[int, bytes]]] = {}
+    def partial_by_text(self) -> dict[str, tuple[np.ndarray, dict[bytes, np.ndarray]]]:
+        """partial_split grouped by the complete characters, then by the unfinished bytes:
+        text -> (all its ids, {tail: ids}). The grammar reads each text once per state."""
+        groups: dict[str, dict[bytes, list[int]]] = {}
         for tid, text, tail in self.partial_split:
-            out.setdefault(text, []).append((tid, tail))
-        return out
+            groups.setdefault(text, {}).setdefault(tail, []).append(tid)
+        return {
+            text: (np.asarray(sorted(i for ids in tails.values() for i in ids), np.int64),
+                   {tail: np.asarray(ids, np.int64) for tail, ids in tails.items()})
+            for text, tails in groups.items()
+        }
 
 
 # value holds the tokenizer too, so its id() cannot be reused by another object while cached
@@ -227,6 +260,6 @@ def vocab_for(tokenizer: Any, vocab_size: int) -> TokenVocab:
     key = (id(tokenizer), vocab_size)
     if key not in _VOCABS:
         vocab = TokenVocab.from_tokenizer(tokenizer, vocab_size)
-        vocab.by_length, vocab.prefix_range("")  # the masks' indexes, now rather than in a first mask
+        vocab.trie, vocab.prefix_range("")  # the masks' indexes, now rather than in a first mask
         _VOCABS[key] = (tokenizer, vocab)
     return _VOCABS[key][1]

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ class LLMEngine:
         self.speculation = [0, 0, 0]  # since start: verify steps, draft tokens, accepted tokens
         self.recycling: TokenRecycling | None = None  # made by the first request that drafts trees
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
+        self._mask_pool: ThreadPoolExecutor | None = None  # constraint masks beside the forward pass
         log.info(
             "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB, %s)",
             self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
@@ -340,7 +342,10 @@ class LLMEngine:
                 sliding_window=self.config.sliding_window,
                 verify=trees if drafts else None,
             )
+            prepared = self._prepare_masks([seq for seq, w in zip(normal, wants) if w])
             out = self.model(fwd, self.kv)
+            if prepared is not None:
+                prepared.result()
             row = 0
             for seq, w, d in zip(normal, wants, extra):
                 if d:
@@ -365,6 +370,17 @@ class LLMEngine:
         ]
         tokens = sample(logits, rows)
         return outputs + [self._append(seq, [token]) for seq, token in zip(seqs, tokens)]
+
+    def _prepare_masks(self, seqs: list[Sequence]) -> Future[None] | None:
+        """Compute the constrained sequences' next masks on a worker thread while the forward pass
+        runs (they depend only on tokens already chosen), as XGrammar does beside the GPU: the
+        sampler then finds them cached. The forward's kernels release the GIL."""
+        procs = [(p, s.output_ids) for s in seqs for p in s.processors if hasattr(p, "prepare")]
+        if not procs or not self.settings.overlap_masks:
+            return None
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="ragloom-masks")
+        return self._mask_pool.submit(_prepare_all, procs)
 
     # ---- speculative decoding ----------------------------------------------------------------
 
@@ -572,3 +588,11 @@ class LLMEngine:
             for rid in [r for r in order if r in self.failures]:
                 raise self.failures.pop(rid)
         return [results[r] for r in order]
+
+
+def _prepare_all(procs: list[tuple[Any, list[int]]]) -> None:
+    for proc, output_ids in procs:
+        try:
+            proc.prepare(output_ids)
+        except Exception:  # noqa: BLE001 - the sampler calls it again and raises there, per request
+            pass

@@ -205,3 +205,29 @@ def test_only_tokens_with_text_or_character_bytes_are_allowed(engine: LLMEngine)
     # special tokens and padding rows never; pieces of multi-byte characters may start one here
     assert not (allowed & no_text & ~partial).any(), "a special or padding token is allowed"
     assert (allowed & partial).any()
+
+
+def test_masks_prepared_beside_the_forward_pass_change_nothing(engine: LLMEngine, monkeypatch) -> None:
+    import threading
+
+    from ragloom.generation.constrain.processor import GrammarProcessor
+
+    threads: set[str] = set()
+    prepare = GrammarProcessor.prepare
+
+    def spy(self: GrammarProcessor, output_ids: list[int]) -> None:
+        threads.add(threading.current_thread().name)
+        prepare(self, output_ids)
+
+    monkeypatch.setattr(GrammarProcessor, "prepare", spy)
+    prompts = ["Alice is 31 years old. As JSON:", "The date of the moon landing is", "Count from one:"]
+    specs: list[tuple[str, Any]] = [("json_schema", PERSON_SCHEMA), ("regex", DATE_REGEX),
+                                    ("lark_grammar", NUMBERS_GRAMMAR)]
+    params = [_greedy(20), _greedy(12), _greedy(16)]
+    beside = engine.generate(prompts, params, [engine.compile_constraint(k, s) for k, s in specs])
+    assert any(name.startswith("ragloom-masks") for name in threads), threads
+    monkeypatch.setattr(engine.settings, "overlap_masks", False)
+    threads.clear()
+    inline = engine.generate(prompts, params, [engine.compile_constraint(k, s) for k, s in specs])
+    assert not threads
+    assert [o.token_ids for o in beside] == [o.token_ids for o in inline]
