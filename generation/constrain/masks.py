@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ragloom.generation.constrain import deadline, lexer_tables
-from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State, is_word_char
+from ragloom.generation.constrain.grammar import Cands, Grammar, Stack, State
 from ragloom.generation.constrain.vocab import TokenVocab, pack, unpack
 
 __all__ = ["TokenMasks", "advance_bytes", "apply_mask", "pack", "packed_to_bool", "unpack"]
@@ -104,7 +104,6 @@ class TokenMasks:
         self._continued: OrderedDict[tuple, tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = OrderedDict()
         # packed text tokens allowed from a lexer state (no EOS, no partial characters)
         self._bodies: OrderedDict[tuple[Stack, Cands], np.ndarray] = OrderedDict()
-        self._in_progress: set[tuple[Stack, Cands]] = set()
         self._masks: OrderedDict[tuple[State, bytes], np.ndarray] = OrderedDict()
         self._heads: dict[frozenset[str], frozenset[bytes]] = {}
         self.cache_size = cache_size
@@ -191,44 +190,42 @@ class TokenMasks:
             self._bodies.move_to_end(key)
             return got
         deadline.check()  # the first mask is part of compiling; outside a compile this does nothing
-        self._in_progress.add(key)
-        try:
-            scan = self._scan_all(cands)
-            found: list[np.ndarray] = []
-            for t, tok, off in scan.groups:
-                self._continue(stack, t, tok, off, found, (cands, t))
-            bits = with_tokens(scan.inside, np.concatenate(found)) if found else scan.inside
-            if scan.zero is not None:
-                bits = bits | self._after(stack, *scan.zero)
-        finally:
-            self._in_progress.discard(key)
+        scan = self._scan_all(cands)
+        found: list[np.ndarray] = []
+        for t, tok, off in scan.groups:
+            self._continue(stack, t, tok, off, found, (cands, t))
+        bits = with_tokens(scan.inside, np.concatenate(found)) if found else scan.inside
+        if scan.zero is not None:
+            bits = bits | self._after(stack, *scan.zero)
         self._bodies[key] = bits
         if len(self._bodies) > self.cache_size:
             self._bodies.popitem(last=False)
         return bits
 
-    def _after(self, stack: Stack, t: int, tokens: np.ndarray) -> np.ndarray:
-        """Packed: of `tokens` (packed), those allowed as the start of what follows a lexeme
-        completing as terminal t before their first character."""
+    def _next_lexeme(self, stack: Stack, t: int) -> tuple[Stack, Cands] | None:
+        """After a lexeme completing as terminal t: the parser stack and the next lexeme's
+        candidates, or None when the parser refuses t or nothing may follow."""
         g = self.grammar
         if t in g.ignored:
             stack2, after_ignored = stack, True
         else:
             nxt = g.feed(stack, g.terminals[t].name)
             if nxt is None:
-                return np.zeros_like(tokens)
+                return None
             stack2, after_ignored = nxt, False
         start = g.start_cands(stack2, after_ignored)
-        if not start:
+        return (stack2, start) if start else None
+
+    def _after(self, stack: Stack, t: int, tokens: np.ndarray) -> np.ndarray:
+        """Packed: of `tokens` (packed), those allowed as the start of what follows a lexeme
+        completing as terminal t before their first character. (No terminal matches "", so the
+        next lexer state is never the one asking: the recursion ends.)"""
+        nxt = self._next_lexeme(stack, t)
+        if nxt is None:
             return np.zeros_like(tokens)
-        if g.ends_word[t]:  # word boundaries: no word character right after this lexeme
+        if self.grammar.ends_word[t]:  # word boundaries: no word character right after this lexeme
             tokens = tokens & ~self.vocab.word_start
-        if (stack2, start) in self._in_progress:  # only a terminal matching "" could loop here
-            found: list[np.ndarray] = []
-            ids = np.nonzero(unpack(tokens, self.vocab.size))[0]
-            self._continue(stack, t, ids, np.zeros(len(ids), np.int64), found, ("zero", stack, t))
-            return with_tokens(np.zeros_like(tokens), np.concatenate(found)) if found else np.zeros_like(tokens)
-        return self._body(stack2, start) & tokens
+        return self._body(*nxt) & tokens
 
     def _continue(
         self, stack: Stack, t: int, tok: np.ndarray, off: np.ndarray, found: list[np.ndarray], path: tuple
@@ -241,23 +238,15 @@ class TokenMasks:
         parser stacks but the same lexemes in the way reuse it (the grammar's follow sets are large
         in SQL: every keyword and name that may come after a table name, say)."""
         g = self.grammar
-        if t in g.ignored:
-            stack2, after_ignored = stack, True
-        else:
-            nxt = g.feed(stack, g.terminals[t].name)
-            if nxt is None:
-                return
-            stack2, after_ignored = nxt, False
-        start = g.start_cands(stack2, after_ignored)
-        if not start:
+        nxt = self._next_lexeme(stack, t)
+        if nxt is None:
             return
+        stack2, start = nxt
         key = (path, start)
         scan = self._continued.get(key)
         if scan is None:
             if g.ends_word[t]:  # word boundaries: no word character right after this lexeme
-                word = self.vocab.chars[self.vocab.starts[tok] + off]
-                keep = ~np.array([is_word_char(self.vocab.alphabet[c]) for c in word], bool) if len(word) < 64 \
-                    else ~_word_chars(self.vocab)[word]
+                keep = ~self.vocab.word_char[self.vocab.chars[self.vocab.starts[tok] + off]]
                 tok, off = tok[keep], off[keep]
             scan = self._continued[key] = self._scan(start, tok, off)
             if len(self._continued) > 1024:
@@ -324,10 +313,6 @@ class TokenMasks:
                     self._heads.clear()
             out.extend(tids for tail, tids in by_tail.items() if not tail or tail in heads)
         return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
-def _word_chars(vocab: TokenVocab) -> np.ndarray:
-    return np.array([is_word_char(c) for c in vocab.alphabet], bool)
 
 
 def advance_bytes(grammar: Grammar, state: State, pending: bytes, raw: bytes) -> tuple[State, bytes] | None:

@@ -214,10 +214,14 @@ class TokenVocab:
         return a, bisect.bisect_left(texts, prefix + "\U0010ffff", a, hi)
 
     @cached_property
+    def word_char(self) -> np.ndarray:
+        """bool [alphabet]: word characters (letter, digit, _), as grammar.is_word_char."""
+        return np.array([c.isalnum() or c == "_" for c in self.alphabet], bool)
+
+    @cached_property
     def word_start(self) -> np.ndarray:
-        """Packed bits of the tokens whose text starts with a word character (letter, digit, _)."""
-        word = np.array([c.isalnum() or c == "_" for c in self.alphabet], bool)
-        return pack(self.valid & word[self.first_char])
+        """Packed bits of the tokens whose text starts with a word character."""
+        return pack(self.valid & self.word_char[self.first_char])
 
     @cached_property
     def valid_bits(self) -> np.ndarray:
