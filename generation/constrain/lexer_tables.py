@@ -33,6 +33,8 @@ from ragloom.generation.constrain.vocab import TokenVocab, pack
 # Bytes of cached runs and scans kept per process; a run is ~10 bytes per token it keeps (a JSON
 # string's content state keeps nearly every token: ~0.5 MB for 49k tokens, ~1.5 MB for 152k).
 CACHE_BYTES = 256 << 20
+# Entries of the per-DFA lookup tables (an alphabet-long class map is 70 KB for Qwen2.5's vocabulary).
+_SMALL_CACHE = 512
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,6 @@ class _Cache:
 
 
 _CACHE = _Cache(CACHE_BYTES)
-_KEYS: dict[int, tuple[TerminalDFA, bytes]] = {}  # id(dfa) -> (dfa, key); the dfa keeps its id unique
 _CLASSES: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
 _TABLES: OrderedDict[bytes, np.ndarray] = OrderedDict()
 _LOCK = threading.Lock()
@@ -107,25 +108,21 @@ def clear() -> None:
     """Forget every cached run (benchmarks measuring a cold process)."""
     _CACHE.clear()
     with _LOCK:
-        _KEYS.clear()
         _CLASSES.clear()
         _TABLES.clear()
 
 
 def dfa_key(dfa: TerminalDFA) -> bytes:
-    """A digest of what the DFA does (its name and priority do not matter to a run)."""
-    got = _KEYS.get(id(dfa))
-    if got is not None and got[0] is dfa:
-        return got[1]
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((dfa.trans.shape, dfa.other_class, sorted(dfa.class_of.items()))).encode())
-    h.update(np.ascontiguousarray(dfa.trans, np.int32).tobytes())
-    h.update(np.ascontiguousarray(dfa.accepting, bool).tobytes())
-    key = h.digest()
-    with _LOCK:
-        if len(_KEYS) > 100_000:
-            _KEYS.clear()
-        _KEYS[id(dfa)] = (dfa, key)
+    """A digest of what the DFA does (its name and priority do not matter to a run), kept on the
+    DFA itself so that nothing here keeps a grammar's automata alive."""
+    key: bytes | None = getattr(dfa, "_run_key", None)
+    if key is None:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((dfa.trans.shape, dfa.other_class, sorted(dfa.class_of.items()))).encode())
+        h.update(np.ascontiguousarray(dfa.trans, np.int32).tobytes())
+        h.update(np.ascontiguousarray(dfa.accepting, bool).tobytes())
+        key = h.digest()
+        setattr(dfa, "_run_key", key)  # noqa: B010 - not a dataclass field: a cache
     return key
 
 
@@ -143,7 +140,7 @@ def char_classes(vocab: TokenVocab, dfa: TerminalDFA) -> np.ndarray:
             out[i] = cls
     with _LOCK:
         _CLASSES[key] = out
-        while len(_CLASSES) > 4096:
+        while len(_CLASSES) > _SMALL_CACHE:
             _CLASSES.popitem(last=False)
     return out
 
@@ -216,7 +213,7 @@ def _absorbing(dfa: TerminalDFA) -> tuple[np.ndarray, int]:
     flat = table.ravel().astype(np.int32)
     with _LOCK:
         _TABLES[key] = flat
-        while len(_TABLES) > 4096:
+        while len(_TABLES) > _SMALL_CACHE:
             _TABLES.popitem(last=False)
     return flat, dead
 
