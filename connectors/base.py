@@ -21,7 +21,8 @@ class Column:
     nullable: bool = True
     primary_key: bool = False
     description: str = ""
-    samples: list[Any] = field(default_factory=list)  # a few distinct non-null values
+    # a few distinct non-null values as the driver returned them (values.sample_value: texts cut)
+    samples: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -64,9 +65,24 @@ class Schema:
 class ResultSet:
     sql: str  # the statement that ran: after the guard added or tightened its row limit
     columns: list[str]
+    # values as the driver returned them (int, float, Decimal, str, bytes, datetime, date, time,
+    # dict/list, ...): exact; values.cell_value says how each travels
     rows: list[tuple[Any, ...]]
     truncated: bool  # more rows existed than max_rows
     tables: list[str]  # tables the statement reads
+    # per column, the result type the driver reported ("int8", "DECIMAL(10,2)"); "" where it
+    # reports none (SQLite)
+    column_types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fetched:
+    """What one statement returned, before the guard's bookkeeping is added (see ResultSet)."""
+
+    columns: list[str]
+    column_types: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
 
 
 class Connector(Protocol):

@@ -15,13 +15,12 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
-from ragloom.connectors.base import Column, ResultSet, Schema, Table
+from ragloom.connectors.base import Column, Fetched, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import clip_error, column_samples, jsonable
+from ragloom.connectors.values import clip_error, column_samples
 from ragloom.errors import DeadlineExceeded, InvalidArgument, NotFound, SqlError
 
 log = logging.getLogger(__name__)
@@ -29,8 +28,7 @@ log = logging.getLogger(__name__)
 SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "excel"}
 SAMPLE_ROWS = 100
 SAMPLES = 3
-
-Rows = tuple[list[str], list[tuple[Any, ...]], bool]
+URL_INVALID = "CONNECTOR_URL_INVALID"  # the ErrorReason of a path that cannot be used as given
 
 
 def is_table_file(path: Path) -> bool:
@@ -45,7 +43,8 @@ class FileConnector:
         self.name = name
         self._path = Path(path).expanduser()
         if not self._path.exists():
-            raise NotFound(f"no such file or folder: {self._path}")
+            raise NotFound(f"no such file or folder: {self._path}", reason="FILE_NOT_FOUND",
+                           metadata={"path": str(self._path)})
         self.url = str(self._path)  # no credentials in a path
         self._lock = threading.Lock()
         self._con, self._schema = self._load()
@@ -64,8 +63,8 @@ class FileConnector:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
         checked = guard(sql, self.dialect, self._schema, max_rows, self.qualifiers)
-        columns, rows, truncated = self._run(checked.run_sql, max_rows, timeout_s)
-        return ResultSet(checked.sql, columns, rows, truncated, checked.tables)
+        got = self._run(checked.run_sql, max_rows, timeout_s)
+        return ResultSet(checked.sql, got.columns, got.rows, got.truncated, checked.tables, got.column_types)
 
     def close(self) -> None:
         with self._lock:
@@ -80,10 +79,12 @@ class FileConnector:
         if self._path.is_dir():
             files = sorted(p for p in self._path.iterdir() if p.is_file() and is_table_file(p) and not p.name.startswith("."))
             if not files:
-                raise InvalidArgument(f"{self._path} holds no {', '.join(SUFFIXES)} files")
+                raise InvalidArgument(f"{self._path} holds no {', '.join(SUFFIXES)} files", reason=URL_INVALID)
             return files
         if not is_table_file(self._path):
-            raise InvalidArgument(f"{self._path.name}: unsupported file type; supported: {', '.join(SUFFIXES)}")
+            raise InvalidArgument(
+                f"{self._path.name}: unsupported file type; supported: {', '.join(SUFFIXES)}", reason=URL_INVALID
+            )
         return [self._path]
 
     def _load(self) -> tuple[duckdb.DuckDBPyConnection, Schema]:
@@ -94,7 +95,7 @@ class FileConnector:
                 try:
                     self._load_file(con, path, names)
                 except duckdb.Error as e:
-                    raise InvalidArgument(f"cannot read {path.name} as a table: {e}") from None
+                    raise InvalidArgument(f"cannot read {path.name} as a table: {e}", reason=URL_INVALID) from None
             # From here on no statement can reach the file system or undo these settings.
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
@@ -118,7 +119,9 @@ class FileConnector:
         try:
             sheets = pd.read_excel(path, sheet_name=None, engine="openpyxl")
         except Exception as e:  # noqa: BLE001 - openpyxl raises many kinds for a bad workbook
-            raise InvalidArgument(f"cannot read {path.name} as an Excel workbook: {e}") from None
+            raise InvalidArgument(
+                f"cannot read {path.name} as an Excel workbook: {e}", reason=URL_INVALID
+            ) from None
         for sheet, frame in sheets.items():
             if frame.columns.empty:
                 continue  # an empty sheet is not a table
@@ -144,7 +147,7 @@ class FileConnector:
 
     # ---- running ----
 
-    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Rows:
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Fetched:
         """Run one statement without the guard, in a rolled-back transaction, interrupted at timeout_s."""
         with self._lock:
             cur = self._con.cursor()  # its own connection to the same database: safe across threads
@@ -154,9 +157,12 @@ class FileConnector:
             cur.begin()
             cur.execute(sql)
             columns = [d[0] for d in cur.description or []]
+            # DuckDB types every result column, expressions included ("DECIMAL(10,2)", "INTEGER[]");
+            # a bare NULL literal has the type "NULL", which says nothing
+            types = [t if (t := str(d[1])) != '"NULL"' and t != "NULL" else "" for d in cur.description or []]
             fetched = cur.fetchmany(max_rows + 1) if cur.description else []
         except duckdb.InterruptException:
-            raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit") from None
+            raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit", reason="SQL_TIMEOUT") from None
         except duckdb.Error as e:
             raise SqlError(clip_error(f"DuckDB error: {e}")) from None
         finally:
@@ -166,8 +172,8 @@ class FileConnector:
             except duckdb.Error:
                 pass  # no transaction left to roll back (the statement failed)
             cur.close()
-        rows = [tuple(jsonable(v) for v in r) for r in fetched[:max_rows]]
-        return columns, rows, len(fetched) > max_rows
+        rows = [tuple(r) for r in fetched[:max_rows]]
+        return Fetched(columns, types, rows, len(fetched) > max_rows)
 
 
 def _table_name(stem: str, taken: list[str]) -> str:

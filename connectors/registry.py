@@ -47,11 +47,13 @@ def open_connector(name: str, url_or_path: str) -> Connector:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
         raise InvalidArgument(
             f"unsupported URL scheme {scheme!r} in {redact_url(target)}; supported: {supported}, "
-            f"or a path to a {', '.join(SUFFIXES)} file, a SQLite file or a folder"
+            f"or a path to a {', '.join(SUFFIXES)} file, a SQLite file or a folder",
+            reason="CONNECTOR_URL_INVALID",
         )
     path = Path(target).expanduser()
     if not path.exists():
-        raise NotFound(f"no such file or folder: {path}{_relative_note(path)}")
+        raise NotFound(f"no such file or folder: {path}{_relative_note(path)}", reason="FILE_NOT_FOUND",
+                       metadata={"path": str(path)})
     if path.is_file() and path.suffix.lower() in SQLITE_SUFFIXES:
         return SqlConnector(name, f"sqlite:///{path.resolve()}")
     return FileConnector(name, path)
@@ -75,7 +77,8 @@ def _check_sqlite_file(url: str) -> None:
         return
     path = Path(database)
     if not path.is_absolute() and not path.is_file():
-        raise NotFound(f"SQLite database file not found: {path}{_relative_note(path)}")
+        raise NotFound(f"SQLite database file not found: {path}{_relative_note(path)}", reason="FILE_NOT_FOUND",
+                       metadata={"path": str(path)})
 
 
 def dialect_of(url_or_path: str) -> str:
@@ -103,12 +106,18 @@ class ConnectorRegistry:
         self._open: dict[str, Connector] = {}
 
     def register(self, name: str, url: str, replace: bool = False) -> Connector:
-        """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it."""
+        """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it.
+        With replace, an existing registration's examples are kept."""
         _check_name(name)
         with self._lock:
             if name in self._entries and not replace:
-                raise AlreadyExists(f"connector {name!r} is already registered; pass replace to change it")
-        connector = open_connector(name, url)  # outside the lock: connecting can take seconds
+                raise _exists(name)
+        try:
+            connector = open_connector(name, url)  # outside the lock: connecting can take seconds
+        except InvalidArgument as exc:
+            if exc.reason == "CONNECTOR_URL_INVALID" and exc.field is None:
+                exc.field = "url"  # here the URL is the caller's request field (RegisterConnector)
+            raise
         try:
             connector.schema()
         except Exception:
@@ -117,7 +126,7 @@ class ConnectorRegistry:
         with self._lock:
             if name in self._entries and not replace:
                 connector.close()
-                raise AlreadyExists(f"connector {name!r} is already registered; pass replace to change it")
+                raise _exists(name)
             old = self._open.pop(name, None)
             examples = self._entries.get(name, {}).get("examples", []) if replace else []
             self._entries[name] = {"url": url, "examples": examples}
@@ -134,7 +143,7 @@ class ConnectorRegistry:
             entry = self._entries.get(name)
             if entry is None:
                 known = ", ".join(sorted(self._entries)) or "none"
-                raise NotFound(f"no connector named {name!r}; registered: {known}")
+                raise _missing(name, f"; registered: {known}")
             connector = open_connector(name, entry["url"])
             self._open[name] = connector
             return connector
@@ -149,7 +158,7 @@ class ConnectorRegistry:
     def remove(self, name: str) -> None:
         with self._lock:
             if name not in self._entries:
-                raise NotFound(f"no connector named {name!r}")
+                raise _missing(name)
             del self._entries[name]
             connector = self._open.pop(name, None)
             self._write()
@@ -158,20 +167,21 @@ class ConnectorRegistry:
 
     def add_example(self, name: str, question: str, sql: str) -> None:
         """A solved example for few-shot prompts; its SQL must pass the guard on this connector."""
-        if not question.strip() or not sql.strip():
-            raise InvalidArgument("an example needs both a question and its SQL")
+        for field, text in (("question", question), ("sql", sql)):
+            if not text.strip():
+                raise InvalidArgument(f"an example needs both a question and its SQL: {field} is empty", field=field)
         connector = self.get(name)
         guard(sql, connector.dialect, connector.schema(), 1, getattr(connector, "qualifiers", None))
         with self._lock:
             if name not in self._entries:
-                raise NotFound(f"no connector named {name!r}")
+                raise _missing(name)
             self._entries[name].setdefault("examples", []).append({"question": question.strip(), "sql": sql.strip()})
             self._write()
 
     def examples(self, name: str) -> builtins.list[dict[str, str]]:
         with self._lock:
             if name not in self._entries:
-                raise NotFound(f"no connector named {name!r}")
+                raise _missing(name)
             return [dict(e) for e in self._entries[name].get("examples", [])]
 
     def close(self) -> None:
@@ -215,4 +225,13 @@ class ConnectorRegistry:
 
 def _check_name(name: str) -> None:
     if not NAME.fullmatch(name or ""):
-        raise InvalidArgument(f"connector name {name!r}: use 1-64 letters, digits, '_', '.' or '-'")
+        raise InvalidArgument(f"connector name {name!r}: use 1-64 letters, digits, '_', '.' or '-'", field="name")
+
+
+def _missing(name: str, more: str = "") -> NotFound:
+    return NotFound(f"no connector named {name!r}{more}", reason="CONNECTOR_NOT_FOUND", metadata={"connector": name})
+
+
+def _exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"connector {name!r} is already registered; pass replace to change it",
+                         reason="CONNECTOR_EXISTS", metadata={"connector": name})

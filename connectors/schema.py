@@ -11,6 +11,7 @@ kept link table joins, and so are the keys that join them: a query over linked t
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ragloom.connectors.base import Column, Schema, Table
+from ragloom.connectors.values import display
 
 _WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
 
@@ -40,7 +42,7 @@ def column_text(table: Table, col: Column) -> str:
     if col.description:
         parts.append(col.description)
     if col.samples:
-        parts.append("values: " + ", ".join(str(s)[:40] for s in col.samples[:3]))
+        parts.append("values: " + ", ".join(display(s)[:40] for s in col.samples[:3]))
     return "; ".join(parts)
 
 
@@ -195,9 +197,10 @@ class SchemaLinker:
 
 
 def _sample_text(value: Any) -> str:
-    if isinstance(value, str):
-        return "'" + value[:30].replace("'", "''") + "'"
-    return str(value)
+    # texts, dates and times are written as the SQL literals that compare with them
+    if isinstance(value, str | dt.date | dt.time):
+        return "'" + display(value)[:30].replace("'", "''") + "'"
+    return display(value)
 
 
 def schema_ddl(schema: Schema, samples: int = 2) -> str:
@@ -231,7 +234,7 @@ def serialize_rows(columns: list[str], rows: list[tuple[Any, ...]], max_rows: in
     """A compact markdown table: capped rows, truncated cells, and a note of what was cut."""
 
     def cell(v: Any) -> str:
-        s = "NULL" if v is None else str(v)
+        s = display(v)
         s = s.replace("|", "/").replace("\n", " ")
         return s if len(s) <= max_cell else s[: max_cell - 1] + "…"
 

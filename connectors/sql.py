@@ -11,10 +11,15 @@ Every transaction is rolled back, never committed. Use a least-privilege databas
 
 Introspection uses SQLAlchemy's inspector; statements run on the raw DB-API connection from
 SQLAlchemy's pool, so the text the guard produced is sent as is (no parameter interpolation).
+Rows keep the driver's values (exact ints and decimals, bytes, datetimes, ...) and the result
+types the driver reports (PostgreSQL type names, MySQL field types; SQLite reports none).
 """
 
 from __future__ import annotations
 
+import decimal
+import functools
+import json
 import logging
 import re
 import sqlite3
@@ -29,9 +34,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
-from ragloom.connectors.base import Column, ForeignKey, ResultSet, Schema, Table
+from ragloom.connectors.base import Column, Fetched, ForeignKey, ResultSet, Schema, Table
 from ragloom.connectors.guard import guard
-from ragloom.connectors.values import clip_error, column_samples, jsonable, redact_url, scrub
+from ragloom.connectors.values import clip_error, column_samples, redact_url, scrub
 from ragloom.errors import (
     DeadlineExceeded,
     ForbiddenQuery,
@@ -51,8 +56,21 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 SAMPLE_ROWS = 100  # rows read per table to find up to SAMPLES distinct values per column
 SAMPLES = 3
 INTROSPECT_TIMEOUT_S = 5.0
+URL_INVALID = "CONNECTOR_URL_INVALID"  # the ErrorReason of a URL that cannot be used as given
+UNAVAILABLE = "DATABASE_UNAVAILABLE"
 
-Rows = tuple[list[str], list[tuple[Any, ...]], bool]
+# pymysql's field type codes (pymysql.constants.FIELD_TYPE) as the SQL type names they stand for;
+# the text and binary forms share codes and differ by character set (63 is "binary")
+_MYSQL_TYPES = {
+    0: "DECIMAL", 1: "TINYINT", 2: "SMALLINT", 3: "INT", 4: "FLOAT", 5: "DOUBLE", 7: "TIMESTAMP",
+    8: "BIGINT", 9: "MEDIUMINT", 10: "DATE", 11: "TIME", 12: "DATETIME", 13: "YEAR", 14: "DATE",
+    15: "VARCHAR", 16: "BIT", 245: "JSON", 246: "DECIMAL", 247: "ENUM", 248: "SET", 249: "TINYTEXT",
+    250: "MEDIUMTEXT", 251: "LONGTEXT", 252: "TEXT", 253: "VARCHAR", 254: "CHAR", 255: "GEOMETRY",
+}
+_MYSQL_BINARY = {"TINYTEXT": "TINYBLOB", "MEDIUMTEXT": "MEDIUMBLOB", "LONGTEXT": "LONGBLOB", "TEXT": "BLOB",
+                 "VARCHAR": "VARBINARY", "CHAR": "BINARY"}
+_MYSQL_INTS = {"TINYINT", "SMALLINT", "MEDIUMINT", "INT", "BIGINT"}
+_MYSQL_UNSIGNED, _MYSQL_ENUM, _MYSQL_SET, _MYSQL_BINARY_CHARSET = 32, 256, 2048, 63
 
 
 class SqlConnector:
@@ -90,8 +108,8 @@ class SqlConnector:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
         checked = guard(sql, self.dialect, self.schema(), max_rows, self.qualifiers)
-        columns, rows, truncated = self._run(checked.run_sql, max_rows, timeout_s)
-        return ResultSet(checked.sql, columns, rows, truncated, checked.tables)
+        got = self._run(checked.run_sql, max_rows, timeout_s)
+        return ResultSet(checked.sql, got.columns, got.rows, got.truncated, checked.tables, got.column_types)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -105,25 +123,32 @@ class SqlConnector:
         try:
             sa_url = make_url(url)
         except ArgumentError:
-            raise InvalidArgument(f"not a database URL: {self.url!r}") from None
+            raise InvalidArgument(f"not a database URL: {self.url!r}", reason=URL_INVALID) from None
         scheme = sa_url.get_backend_name()
         dialect = SCHEMES.get(scheme)
         if dialect is None:
-            raise InvalidArgument(f"unsupported database URL scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
+            raise InvalidArgument(
+                f"unsupported database URL scheme {scheme!r}; supported: {', '.join(SCHEMES)}", reason=URL_INVALID
+            )
         sa_url = sa_url.set(drivername=DRIVERS[dialect])
         pg_schema = schema or sa_url.query.get("schema")
         if isinstance(pg_schema, tuple):
             pg_schema = pg_schema[-1]
         sa_url = sa_url.difference_update_query(["schema"])
         if pg_schema is not None and (dialect != "postgres" or not _IDENT.fullmatch(pg_schema)):
-            raise InvalidArgument(f"schema={pg_schema!r}: a schema option is for PostgreSQL, a plain identifier")
+            raise InvalidArgument(
+                f"schema={pg_schema!r}: a schema option is for PostgreSQL, a plain identifier", reason=URL_INVALID
+            )
         if dialect == "sqlite":
             if not sa_url.database or sa_url.database == ":memory:":
-                raise InvalidArgument("a SQLite URL must name a database file: sqlite:///path/to/file.db")
+                raise InvalidArgument(
+                    "a SQLite URL must name a database file: sqlite:////abs/path/file.db", reason=URL_INVALID
+                )
             if not Path(sa_url.database).is_file():
-                raise NotFound(f"SQLite database file not found: {sa_url.database}")
+                raise NotFound(f"SQLite database file not found: {sa_url.database}", reason="FILE_NOT_FOUND",
+                               metadata={"path": sa_url.database})
         elif not sa_url.database:
-            raise InvalidArgument(f"the URL must name a database: {self.url}")
+            raise InvalidArgument(f"the URL must name a database: {self.url}", reason=URL_INVALID)
         return sa_url, dialect, pg_schema
 
     def _create_engine(self, url: URL, pg_schema: str | None, connect_timeout_s: float) -> sa.Engine:
@@ -147,7 +172,10 @@ class SqlConnector:
                 "connect_timeout": max(1, int(connect_timeout_s)),
                 "init_command": "SET SESSION TRANSACTION READ ONLY",
             }
-        return sa.create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        engine = sa.create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        if self.dialect == "postgres":
+            sa.event.listen(engine, "connect", _exact_json)
+        return engine
 
     def _connect(self) -> str:
         """Open one connection now (so a bad URL fails at registration) and return the default schema."""
@@ -159,7 +187,7 @@ class SqlConnector:
         try:
             raw = self._engine.raw_connection()
         except Exception as e:  # noqa: BLE001 - every driver has its own connection errors
-            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}") from None
+            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}", reason=UNAVAILABLE) from None
         try:
             cur = raw.cursor()
             cur.execute(query)
@@ -167,16 +195,18 @@ class SqlConnector:
             raw.rollback()
         except Exception as e:  # noqa: BLE001
             raw.invalidate()
-            raise Unavailable(f"cannot use {self.url}: {self._message(e)}") from None
+            raise Unavailable(f"cannot use {self.url}: {self._message(e)}", reason=UNAVAILABLE) from None
         finally:
             raw.close()
         if row is None or row[0] is None:
-            raise InvalidArgument(f"{self.url}: no default schema (does the schema or database exist?)")
+            raise InvalidArgument(
+                f"{self.url}: no default schema (does the schema or database exist?)", reason=URL_INVALID
+            )
         if self.dialect == "mysql":
             self._flavor = "mariadb" if "mariadb" in str(row[1]).lower() else "mysql"
         return str(row[0])
 
-    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Rows:
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Fetched:
         """Run one statement read-only under a time limit, always rolled back; no guard here.
 
         Callers: execute() after the guard, introspection with statements built here, and tests
@@ -186,18 +216,19 @@ class SqlConnector:
         try:
             raw = self._engine.raw_connection()
         except Exception as e:  # noqa: BLE001
-            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}") from None
+            raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}", reason=UNAVAILABLE) from None
         try:
             cur = raw.cursor()
             cleanup = self._begin(raw.driver_connection, cur, timeout_s, deadline)
             try:
                 cur.execute(sql)
                 columns = [d[0] for d in cur.description or []]
+                types = self._result_types(cur)
                 fetched = cur.fetchmany(max_rows + 1) if cur.description else []
             finally:
                 cleanup()
-            rows = [tuple(jsonable(v) for v in r) for r in fetched[:max_rows]]
-            return columns, rows, len(fetched) > max_rows
+            rows = [tuple(r) for r in fetched[:max_rows]]
+            return Fetched(columns, types, rows, len(fetched) > max_rows)
         except RagloomError:
             raise
         except Exception as e:  # noqa: BLE001 - translated into our hierarchy just below
@@ -231,6 +262,20 @@ class SqlConnector:
             cur.execute("START TRANSACTION READ ONLY")
         return lambda: None
 
+    def _result_types(self, cur: Any) -> list[str]:
+        """The result's column types as the driver reports them; "" where it reports none."""
+        description = cur.description or []
+        if self.dialect == "postgres":
+            # psycopg: the type name with modifiers ("numeric(10,2)", "int4[]"); a type it does not
+            # know (a user-defined enum) shows as its bare oid, which tells a client nothing
+            names = [str(getattr(d, "type_display", "") or "") for d in description]
+            return ["" if n.isdigit() else n for n in names]
+        if self.dialect == "mysql":
+            # the character set (binary or text) and the flags are only on pymysql's field objects
+            fields = getattr(getattr(cur, "_result", None), "fields", None) or [None] * len(description)
+            return [_mysql_type(d[1], f) for d, f in zip(description, fields)]
+        return [""] * len(description)  # SQLite's cursor reports no types (the values have them)
+
     # ---- errors ----
 
     def _message(self, e: BaseException) -> str:
@@ -252,12 +297,12 @@ class SqlConnector:
             or code in (1969, 3024, 1317)
             or (isinstance(e, sqlite3.OperationalError) and "interrupted" in message and time.monotonic() >= deadline)
         ):
-            return DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit ({message})")
+            return DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit ({message})", reason="SQL_TIMEOUT")
         if sqlstate == "25006" or code in (1792, 1290) or "readonly database" in message:
             return ForbiddenQuery(f"the connection is read-only: {message}")
         lost_pg = self.dialect == "postgres" and kind == "OperationalError" and (sqlstate or "08")[:2] in ("08", "57")
         if lost_pg or code in (2003, 2006, 2013):
-            return Unavailable(f"lost the connection to {self.url}: {message}")
+            return Unavailable(f"lost the connection to {self.url}: {message}", reason=UNAVAILABLE)
         label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(self.dialect, "MariaDB" if self._flavor == "mariadb" else "MySQL")
         return SqlError(f"{label} error: {message}")
 
@@ -273,11 +318,13 @@ class SqlConnector:
                 if self.dialect == "postgres":
                     views |= set(insp.get_materialized_view_names(schema=schema))
                 for name in sorted(set(insp.get_table_names(schema=schema)) | views):
-                    tables.append(self._describe_table(insp, name, schema, name in views))
+                    table = self._describe_table(insp, name, schema, name in views)
+                    self._primary_keys_not_null(conn, table)
+                    tables.append(table)
         except RagloomError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise Unavailable(f"cannot read the schema of {self.url}: {self._message(e)}") from None
+            raise Unavailable(f"cannot read the schema of {self.url}: {self._message(e)}", reason=UNAVAILABLE) from None
         for table in tables:
             self._add_samples(table)
         return tables
@@ -307,6 +354,30 @@ class SqlConnector:
             description = f"(view) {description}".strip()
         return Table(name, columns, list(pk), fks, None, description)
 
+    def _primary_keys_not_null(self, conn: sa.Connection, table: Table) -> None:
+        """Mark the primary key columns the database keeps non-null as such.
+
+        PostgreSQL and MySQL add NOT NULL to every primary key column. SQLite does not (a legacy
+        bug it keeps: `id TEXT PRIMARY KEY` takes NULLs) except for the rowid alias, a lone
+        `INTEGER PRIMARY KEY` column, which can never be NULL; the inspector shows the type
+        normalized (INT reads as INTEGER, but only the exact word INTEGER makes the alias), so the
+        declared type comes from PRAGMA table_info. WITHOUT ROWID tables already say NOT NULL."""
+        if not table.primary_key:
+            return
+        if self.dialect != "sqlite":
+            for name in table.primary_key:
+                if (column := table.column(name)) is not None:
+                    column.nullable = False
+            return
+        if len(table.primary_key) != 1:
+            return
+        quoted = self._engine.dialect.identifier_preparer.quote(table.name)
+        declared = {row[1]: str(row[2] or "") for row in conn.exec_driver_sql(f"PRAGMA table_info({quoted})")}
+        (name,) = table.primary_key
+        column = table.column(name)
+        if column is not None and declared.get(column.name, "").strip().upper() == "INTEGER":
+            column.nullable = False
+
     def _type_name(self, type_: Any) -> str:
         try:
             return str(type_.compile(dialect=self._engine.dialect))
@@ -320,13 +391,36 @@ class SqlConnector:
         if self._pg_schema:
             quoted = f"{prep.quote_schema(self._pg_schema)}.{quoted}"
         try:
-            _, rows, _ = self._run(f"SELECT count(*) FROM {quoted}", 1, INTROSPECT_TIMEOUT_S)
-            table.row_count = int(rows[0][0])
-            names, rows, _ = self._run(f"SELECT * FROM {quoted} LIMIT {SAMPLE_ROWS}", SAMPLE_ROWS, INTROSPECT_TIMEOUT_S)
+            counted = self._run(f"SELECT count(*) FROM {quoted}", 1, INTROSPECT_TIMEOUT_S)
+            table.row_count = int(counted.rows[0][0])
+            sampled = self._run(f"SELECT * FROM {quoted} LIMIT {SAMPLE_ROWS}", SAMPLE_ROWS, INTROSPECT_TIMEOUT_S)
         except RagloomError as e:  # a huge or odd table still gets its columns described
             log.warning("%s: no samples for %s: %s", self.name, table.name, e)
             return
-        for i, name in enumerate(names):
+        for i, name in enumerate(sampled.columns):
             column = table.column(name)
             if column is not None:
-                column.samples = column_samples(rows, i, SAMPLES)
+                column.samples = column_samples(sampled.rows, i, SAMPLES)
+
+
+def _exact_json(dbapi_connection: Any, _record: Any) -> None:
+    """json/jsonb numbers as Decimal, not float: "2.50" stays 2.50 and 12345678901234567.89 keeps
+    its digits in the JSON text a Cell carries (values.json_text writes Decimals exactly)."""
+    from psycopg.types.json import set_json_loads
+
+    set_json_loads(functools.partial(json.loads, parse_float=decimal.Decimal), dbapi_connection)
+
+
+def _mysql_type(code: Any, field: Any) -> str:
+    """A pymysql result column's SQL type name ("BIGINT UNSIGNED", "BLOB", "VARCHAR"); "" if unknown."""
+    name = _MYSQL_TYPES.get(code, "") if isinstance(code, int) else ""
+    if not name or field is None:
+        return name
+    flags = int(getattr(field, "flags", 0) or 0)
+    if name in _MYSQL_INTS and flags & _MYSQL_UNSIGNED:
+        return f"{name} UNSIGNED"
+    if name == "CHAR" and flags & (_MYSQL_ENUM | _MYSQL_SET):
+        return "SET" if flags & _MYSQL_SET else "ENUM"
+    if name in _MYSQL_BINARY and getattr(field, "charsetnr", None) == _MYSQL_BINARY_CHARSET:
+        return _MYSQL_BINARY[name]
+    return name

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,20 +67,28 @@ class Text2SqlOptions:
     # connector also reads every short text column's distinct values (cached afterwards).
     ground_values: bool = False
     ground_limit: int = 8  # matched values shown in the prompt, at most
+    # the other sampling settings of every generation (top_p, seed, stop, ...); max_tokens and
+    # temperature above replace its own. None: SamplingParams' defaults
+    sampling: SamplingParams | None = None
 
     def validate(self) -> None:
+        # field paths as in QueryRequest, which carries these settings
         if self.mode not in MODES:
-            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}", field="mode")
         if not 1 <= self.max_tokens <= 4096:
-            raise InvalidArgument(f"max_tokens must be in [1, 4096], got {self.max_tokens}")
+            raise InvalidArgument(f"max_tokens must be in [1, 4096], got {self.max_tokens}", field="sampling.max_tokens")
         if self.max_rows < 1:
-            raise InvalidArgument(f"max_rows must be >= 1, got {self.max_rows}")
+            raise InvalidArgument(f"max_rows must be >= 1, got {self.max_rows}", field="max_rows")
         if not self.timeout_s > 0:
-            raise InvalidArgument(f"timeout_s must be > 0, got {self.timeout_s}")
+            raise InvalidArgument(f"timeout_s must be > 0, got {self.timeout_s}", field="timeout_s")
         if not self.temperature >= 0:
-            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
+            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}", field="sampling.temperature")
         if self.ground_limit < 1:
             raise InvalidArgument(f"ground_limit must be >= 1, got {self.ground_limit}")
+
+    def params(self) -> SamplingParams:
+        """The sampling parameters of one generation."""
+        return replace(self.sampling or SamplingParams(), max_tokens=self.max_tokens, temperature=self.temperature)
 
 
 @dataclass
@@ -88,7 +96,8 @@ class SqlAnswer:
     question: str
     sql: str = ""
     columns: list[str] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  # the driver's values (ResultSet.rows)
+    column_types: list[str] = field(default_factory=list)  # as the database reported them; "" where it did not
     truncated: bool = False
     tables: list[str] = field(default_factory=list)  # tables the query read
     error: str | None = None  # why the final attempt failed; None when it ran
@@ -196,7 +205,7 @@ class Text2Sql:
         opts = options or Text2SqlOptions()
         opts.validate()
         if not question.strip():
-            raise InvalidArgument("the question is empty")
+            raise InvalidArgument("the question is empty", field="question")
         started = time.monotonic()
         schema = connector.schema()
         if not schema.tables:
@@ -210,8 +219,7 @@ class Text2Sql:
                     {"role": "system", "content": TABLE_SYSTEM_PROMPT},
                     {"role": "user", "content": f"{table_text}\n\nQuestion: {question}"},
                 ]
-                params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
-                task.job = GenerationJob(self.engine.encode(messages=task.messages), params, None)
+                task.job = GenerationJob(self.engine.encode(messages=task.messages), opts.params(), None)
                 return task
             if opts.mode == "table":
                 raise InvalidArgument(
@@ -271,6 +279,7 @@ class Text2Sql:
             ans.sql, ans.valid = checked.sql, True  # as it runs (LIMIT, one line), also if the database refuses it
             result = task.connector.execute(sql, max_rows=opts.max_rows, timeout_s=opts.timeout_s)
             ans.columns, ans.rows, ans.truncated, ans.tables = result.columns, result.rows, result.truncated, result.tables
+            ans.column_types = result.column_types
             ans.sql = result.sql
         except (SqlError, ForbiddenQuery, RagloomError) as exc:
             ans.error = str(exc)
@@ -324,8 +333,7 @@ class Text2Sql:
             shown = task.schema.subset(task.scope).tables if task.scope else task.linked.tables
             tables = {t.name: [c.name for c in t.columns] for t in shown}
             constraint = self.engine.compile_constraint("sql", {"tables": tables, "dialect": task.schema.dialect})
-        params = SamplingParams(max_tokens=opts.max_tokens, temperature=opts.temperature)
-        return GenerationJob(self.engine.encode(messages=task.messages), params, constraint)
+        return GenerationJob(self.engine.encode(messages=task.messages), opts.params(), constraint)
 
     def _ground(self, connector: Connector, question: str, linked: Schema, opts: Text2SqlOptions) -> list[ValueMatch]:
         """The stored values the question names, in the columns the prompt shows."""

@@ -175,7 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--collection", "-c", required=True, help="the collection to add to")
     ingest.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     ingest.add_argument("--create", action="store_true", help="create the collection first if it does not exist")
-    ingest.add_argument("--index", help="(--create) index kind (server default: auto)")
+    ingest.add_argument(
+        "--index", choices=("auto", "flat", "ivf"), help="(--create) index kind (server default: auto)"
+    )
     ingest.add_argument("--chunk-tokens", type=int, help="(--create) tokens per chunk (server default 256)")
     ingest.add_argument("--chunk-overlap", type=int, help="(--create) tokens shared by neighbouring chunks (default 32)")
     ingest.add_argument("--batch-size", type=int, default=64, help="documents per upload message (default 64)")
@@ -202,6 +204,11 @@ def _parser() -> argparse.ArgumentParser:
         "(operators $eq, $ne, $in, $nin)",
     )
     search.add_argument("--oversample", type=int, help="binary candidates per hit before rescoring (server default)")
+    search.add_argument(
+        "--group-by-document",
+        action="store_true",
+        help="each document at most once (its best chunk); -k then counts documents",
+    )
     search.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     search.add_argument("--json", action="store_true", help="print one JSON object per hit instead of text")
     search.add_argument("--timeout", type=float, help="give up after this many seconds")
@@ -726,7 +733,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     with Client(args.address, timeout=args.timeout) as client:
         hits = client.search(
-            args.collection, args.query, k=args.k, filter=_parse_filter(args.filter), oversample=args.oversample
+            args.collection, args.query, k=args.k, filter=_parse_filter(args.filter), oversample=args.oversample,
+            group_by_document=args.group_by_document,
         )
     if args.json:
         for hit in hits:
@@ -784,7 +792,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if answer.passages:
         print("\npassages:")
     for rank, p in enumerate(answer.passages, 1):
-        print(f"  [{rank}] {p.score:.3f}  {p.id}  (chunk {p.chunk_id}, KV: {p.cache})")
+        print(f"  [{rank}] {p.score:.3f}  {p.id}  (chunk {p.chunk_id}, KV: {p.kv_source})")
         print(f"      {_snippet(p.text, 160)}")
     print(_usage_line(answer.usage, answer.finish_reason, answer.mode))
     return 0
@@ -808,6 +816,19 @@ def _cmd_collections(args: argparse.Namespace) -> int:
 def _sql_string(value: str) -> str:
     """A SQL string literal: 'O''Brien'."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _json_cell(value: Any) -> Any:
+    """--json for the row values JSON has no type for: decimals as their exact text ("12.50"),
+    bytes as base64 (as proto3 JSON writes bytes), dates and times as ISO 8601 text."""
+    import base64
+    import datetime as dt
+
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)  # Decimal, and anything else
 
 
 def _print_rows(columns: list[str], rows: list[list[Any]], limit: int = 50) -> None:
@@ -840,13 +861,16 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
             print(f"{args.name}: {n} solved examples")
             return 0
         if args.name:
+            from ragloom.connectors.values import display
+
             schema = client.describe_schema(args.name)
             for t in schema.tables:
                 rows = "?" if t.row_count is None else t.row_count
                 print(f"{t.name} ({rows} rows)")
                 for c in t.columns:
                     key = " PK" if c.primary_key else ""
-                    print(f"  {c.name} {c.type}{key}" + (f"  e.g. {', '.join(map(str, c.samples[:3]))}" if c.samples else ""))
+                    samples = ", ".join(display(v) for v in c.samples[:3])
+                    print(f"  {c.name} {c.type}{key}" + (f"  e.g. {samples}" if samples else ""))
                 for fk in t.foreign_keys:
                     print(f"  FK ({', '.join(fk.columns)}) -> {fk.ref_table}({', '.join(fk.ref_columns)})")
             return 0
@@ -872,7 +896,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
                 max_rows=args.max_rows, max_tokens=args.max_tokens,
             )
     if args.json:
-        print(json.dumps(r.model_dump(), ensure_ascii=False, default=str))
+        print(json.dumps(r.model_dump(), ensure_ascii=False, default=_json_cell))
         return 0 if r.error is None else 1
     if r.mode == "table":
         print(r.answer)

@@ -156,7 +156,7 @@ def _ask(demo: Demo) -> None:
         print(f"ask: {ASK_QUESTION!r} (k=3, mode=blend)")
         first = c.ask(ASK_QUESTION, collection=DEMO_COLLECTION, k=3, max_tokens=40, temperature=0)
         for rank, p in enumerate(first.passages, 1):
-            print(f"  [{rank}] {p.score:.3f} {p.id} (chunk KV: {p.cache})")
+            print(f"  [{rank}] {p.score:.3f} {p.id} (chunk KV: {p.kv_source})")
         _print_answer("answer", first)
         # the same question again: every passage's KV now comes from the server's memory tier
         second = c.ask(ASK_QUESTION, collection=DEMO_COLLECTION, k=3, max_tokens=40, temperature=0)

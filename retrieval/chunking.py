@@ -2,7 +2,7 @@
 
 Windows of `chunk_tokens` tokens advance by `chunk_tokens - overlap`; each chunk's text is the
 exact character span of its tokens in the original (offset mapping), so no detokenization
-artefacts. Chunk ids are stable: `<doc id>#<index>`, plus a content hash to detect changes.
+artefacts, and its offsets are stored with it (search hits report them). Chunk ids are stable: `<doc id>#<index>`, plus a content hash to detect changes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ class Chunk:
     chunk_id: str
     index: int
     text: str
-    start: int  # character offsets into the document text
+    # where `text` lies in the document's text, in characters (code points, as Python indexes
+    # str): text == document[start:end]
+    start: int
     end: int
     content_hash: str
 
@@ -40,8 +42,12 @@ def chunk_text(doc_id: str, text: str, tokenizer, chunk_tokens: int, overlap: in
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = enc["offset_mapping"]
     if len(offsets) <= chunk_tokens:
-        stripped = text.strip()
-        return [Chunk(chunk_id(doc_id, 0), 0, stripped, 0, len(text), content_hash(stripped))]
+        # one chunk: the text without its surrounding whitespace, and the offsets of exactly that
+        # span, so that text == document[start:end] holds for every chunk (Hit.start_char/end_char)
+        start = len(text) - len(text.lstrip())
+        end = max(start, len(text.rstrip()))
+        piece = text[start:end]
+        return [Chunk(chunk_id(doc_id, 0), 0, piece, start, end, content_hash(piece))]
     chunks: list[Chunk] = []
     step = chunk_tokens - overlap
     start_tok = 0

@@ -22,7 +22,7 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from ragloom.retrieval.chunking import Chunk, content_hash
 from ragloom.retrieval.embed import Embedder
 from ragloom.retrieval.index import KINDS, VectorIndex, resolve_kind, saved_kind
-from ragloom.retrieval.search import search, validate_filter
+from ragloom.retrieval.search import matches, search, validate_filter
 from ragloom.retrieval.store import (
     ChunkRow,
     CollectionRow,
@@ -67,10 +67,16 @@ class Document:
 @dataclass(frozen=True)
 class Hit:
     id: str  # document id
-    chunk_id: str
-    score: float
+    chunk_id: str  # "<document id>#<chunk_index>"
+    score: float  # cosine similarity of the embeddings, higher is more similar
     text: str
     metadata: dict[str, Any]
+    chunk_index: int = 0  # the chunk's position in its document, from 0
+    # Where `text` lies in the document's text, in characters: text == document[start_char:end_char].
+    # None for chunks stored before the store kept offsets (their document text is not stored,
+    # so they cannot be recovered); re-upserting the document fills them in.
+    start_char: int | None = None
+    end_char: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class CollectionManager:
             q = q.with_for_update()
         row = session.scalars(q).one_or_none()
         if row is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise collection_not_found(name)
         return row
 
     def _folder(self, row: CollectionRow) -> Path:
@@ -216,19 +222,27 @@ class CollectionManager:
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidArgument(
                 f"collection name {name!r} is invalid: 1-128 characters of letters, digits, '_', '-', '.', "
-                "starting with a letter or digit"
+                "starting with a letter or digit",
+                field="name",
             )
         if index not in KINDS:
-            raise InvalidArgument(f"index must be one of {', '.join(KINDS)}, got {index!r}")
+            raise InvalidArgument(f"index must be one of {', '.join(KINDS)}, got {index!r}", field="index")
         if not isinstance(chunk_tokens, int) or not 8 <= chunk_tokens <= 8192:
-            raise InvalidArgument(f"chunk_tokens must be an integer in [8, 8192], got {chunk_tokens!r}")
+            raise InvalidArgument(
+                f"chunk_tokens must be an integer in [8, 8192], got {chunk_tokens!r}", field="chunk_tokens"
+            )
         if not isinstance(chunk_overlap, int) or not 0 <= chunk_overlap < chunk_tokens:
-            raise InvalidArgument(f"chunk_overlap must be in [0, chunk_tokens={chunk_tokens}), got {chunk_overlap!r}")
-        _check_json(metadata or {}, f"metadata of collection {name!r}")
+            raise InvalidArgument(
+                f"chunk_overlap must be in [0, chunk_tokens={chunk_tokens}), got {chunk_overlap!r}",
+                field="chunk_overlap",
+            )
+        _check_json(metadata or {}, f"metadata of collection {name!r}", "metadata")
         emb = self.embedder
         with self._lock(name), self.store.session() as s, s.begin():
             if s.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none() is not None:
-                raise AlreadyExists(f"collection {name!r} already exists")
+                raise AlreadyExists(
+                    f"collection {name!r} already exists", reason="COLLECTION_EXISTS", metadata={"collection": name}
+                )
             row = CollectionRow(
                 name=name, dim=emb.dim, model=emb.model_id, index_kind=index, chunk_tokens=chunk_tokens,
                 chunk_overlap=chunk_overlap, meta=dict(metadata or {}), created_at=datetime.now(UTC),
@@ -327,6 +341,7 @@ class CollectionManager:
                             ChunkRow(
                                 collection_id=row.id, chunk_id=c.chunk_id, idx=c.index, text=c.text,
                                 content_hash=c.content_hash, slot=slot, vector=vector_blob(vectors[vi]),
+                                start_char=c.start, end_char=c.end,
                             )
                         )
                         new_slots.append(slot)
@@ -399,8 +414,11 @@ class CollectionManager:
                         row.name, row.version, exc_info=True)
 
     def delete(self, name: str, ids: list[str]) -> int:
-        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
-            raise InvalidArgument("ids must be a list of non-empty document id strings")
+        if isinstance(ids, str):
+            raise InvalidArgument("ids must be a list of document ids, not one string", field="ids")
+        for n, i in enumerate(ids):
+            if not isinstance(i, str) or not i:
+                raise InvalidArgument(f"ids[{n}] must be a non-empty document id string, got {i!r}", field=f"ids[{n}]")
         with self._lock(name):
             with self.store.session() as s, s.begin():
                 row = self._row(s, name, for_update=True)
@@ -414,58 +432,91 @@ class CollectionManager:
     # ------------------------------------------------------------------ search
 
     def search(
-        self, name: str, query: str, *, k: int = 10, filter: dict | None = None, oversample: int | None = None
+        self,
+        name: str,
+        query: str,
+        *,
+        k: int = 10,
+        filter: dict | None = None,
+        oversample: int | None = None,
+        group_by_document: bool = False,
     ) -> list[Hit]:
+        """The k chunks most similar to query, best first; with group_by_document, the k documents
+        with the most similar chunks, each once as its best chunk, ranked by that chunk's score
+        (the search goes as deep as it takes to find k documents, or the collection runs out)."""
         if not isinstance(query, str) or not query.strip():
-            raise InvalidArgument("query must be a non-empty string")
+            raise InvalidArgument("query must be a non-empty string", field="query")
         _check_search_args(k, oversample, filter)
         with self.store.session() as s:
             row = self._row(s, name)
         emb = self.embedder
         if row.model != emb.model_id:
             raise FailedPrecondition(f"collection {name!r} was embedded with {row.model}, this server has {emb.model_id}")
-        return self._search(name, emb.encode([query])[0], k, filter, oversample)
+        return self._search(name, emb.encode([query])[0], k, filter, oversample, group_by_document)
 
     def search_vector(
-        self, name: str, vector: np.ndarray, *, k: int = 10, filter: dict | None = None, oversample: int | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        filter: dict | None = None,
+        oversample: int | None = None,
+        group_by_document: bool = False,
     ) -> list[Hit]:
         _check_search_args(k, oversample, filter)
         with self.store.session() as s:
             row = self._row(s, name)
-        return self._search(name, _as_vectors(vector, row.dim, "vector")[0], k, filter, oversample)
+        q = _as_vectors(vector, row.dim, "vector", lambda _: "vector")[0]
+        return self._search(name, q, k, filter, oversample, group_by_document)
 
-    def _search(self, name: str, q: np.ndarray, k: int, flt: dict | None, oversample: int | None) -> list[Hit]:
+    def _search(
+        self, name: str, q: np.ndarray, k: int, flt: dict | None, oversample: int | None, group_by_document: bool
+    ) -> list[Hit]:
         with self._lock(name), self.store.session() as s:
             row = self._row(s, name)
             idx = self._index(row)
-            cache: dict[int, tuple] = {}
+            cache: dict[int, _ChunkView] = {}
 
             def fetch(slots: np.ndarray) -> None:
                 need = [int(x) for x in slots if int(x) not in cache]
                 for start in range(0, len(need), 900):
                     for r in s.execute(
-                        select(ChunkRow.slot, ChunkRow.chunk_id, ChunkRow.text, DocumentRow.doc_id, DocumentRow.meta)
+                        select(
+                            ChunkRow.slot, ChunkRow.chunk_id, ChunkRow.text, DocumentRow.doc_id, DocumentRow.meta,
+                            ChunkRow.idx, ChunkRow.start_char, ChunkRow.end_char,
+                        )
                         .join(DocumentRow, ChunkRow.document_id == DocumentRow.id)
                         .where(ChunkRow.collection_id == row.id, ChunkRow.slot.in_(need[start : start + 900]))
                     ):
-                        cache[r[0]] = tuple(r[1:])
+                        cache[r[0]] = _ChunkView(*r[1:])
 
             keep = None
             if flt:
-                from ragloom.retrieval.search import matches
 
                 def keep(slots: np.ndarray) -> np.ndarray:
                     fetch(slots)
-                    return np.array([int(x) in cache and matches(cache[int(x)][3] or {}, flt) for x in slots])
+                    return np.array([int(x) in cache and matches(cache[int(x)].meta or {}, flt) for x in slots])
 
-            scored = search(idx, q, k, oversample, keep)  # None: default_oversample(size)
+            group = None
+            if group_by_document:
+
+                def group(slots: np.ndarray) -> list[Hashable]:
+                    fetch(slots)
+                    # a slot missing from the store (cannot happen while store and index agree) is
+                    # its own group, and is dropped below like any other such slot
+                    return [cache[int(x)].doc_id if int(x) in cache else ("missing", int(x)) for x in slots]
+
+            scored = search(idx, q, k, oversample, keep, group)  # None: default_oversample(size)
             fetch(np.array([h.slot for h in scored], np.int64))
             hits = []
             for h in scored:
                 if h.slot not in cache:  # cannot happen while store and index agree; never invent a hit
                     continue
-                chunk_id, text, doc_id, meta = cache[h.slot]
-                hits.append(Hit(doc_id, chunk_id, h.score, text, dict(meta or {})))
+                c = cache[h.slot]
+                hits.append(
+                    Hit(c.doc_id, c.chunk_id, h.score, c.text, dict(c.meta or {}), c.idx, c.start_char, c.end_char)
+                )
             return hits
 
     def close(self) -> None:
@@ -484,51 +535,85 @@ class CollectionManager:
 # ---------------------------------------------------------------------- validation
 
 
-def _check_json(value: Any, what: str) -> None:
+def collection_not_found(name: str) -> NotFound:
+    """The error for a collection that does not exist (RagService's Ask answers it too)."""
+    return NotFound(f"collection {name!r} does not exist", reason="COLLECTION_NOT_FOUND", metadata={"collection": name})
+
+
+@dataclass(frozen=True)
+class _ChunkView:
+    """What search reads of a chunk and its document."""
+
+    chunk_id: str
+    text: str
+    doc_id: str
+    meta: dict[str, Any] | None
+    idx: int
+    start_char: int | None
+    end_char: int | None
+
+
+def _check_json(value: Any, what: str, field: str) -> None:
     if not isinstance(value, Mapping):
-        raise InvalidArgument(f"{what} must be an object, got {type(value).__name__}")
+        raise InvalidArgument(f"{what} must be an object, got {type(value).__name__}", field=field)
     try:
         json.dumps(value)
     except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"{what} is not JSON-serializable: {e}") from None
+        raise InvalidArgument(f"{what} is not JSON-serializable: {e}", field=field) from None
 
 
 def _validate_docs(docs: Iterable[Document]) -> list[Document]:
-    out: dict[str, Document] = {}
+    """The documents to store, checked (InvalidArgument naming "documents[i]..."); a repeated id's
+    last version wins, as sequential upserts would have it."""
+    return [d for _, d in _validated_docs(docs)]
+
+
+def _validated_docs(docs: Iterable[Document]) -> list[tuple[int, Document]]:
+    """_validate_docs with each document's position in `docs` (where its vector is)."""
+    out: dict[str, tuple[int, Document]] = {}
     for n, d in enumerate(docs):
         if n >= MAX_UPSERT_BATCH:
-            raise InvalidArgument(f"at most {MAX_UPSERT_BATCH} documents per upsert; split the batch")
+            raise ResourceExhausted(
+                f"at most {MAX_UPSERT_BATCH} documents per upsert batch (message); split the batch",
+                reason="REQUEST_TOO_LARGE", field="documents", metadata={"limit": str(MAX_UPSERT_BATCH)},
+            )
         if not isinstance(d, Document):
-            raise InvalidArgument(f"document #{n} is a {type(d).__name__}, not a Document")
+            raise InvalidArgument(f"document #{n} is a {type(d).__name__}, not a Document", field=f"documents[{n}]")
         if not isinstance(d.id, str) or not d.id:
-            raise InvalidArgument(f"document #{n} has an empty id")
+            raise InvalidArgument(f"document #{n} has an empty id", field=f"documents[{n}].id")
         if len(d.id) > 512:
-            raise InvalidArgument(f"document {d.id[:40]!r}...: id longer than 512 characters")
+            raise InvalidArgument(
+                f"document {d.id[:40]!r}...: id longer than 512 characters", field=f"documents[{n}].id"
+            )
         if not isinstance(d.text, str) or not d.text.strip():
-            raise InvalidArgument(f"document {d.id!r} has empty text")
-        _check_json(d.metadata, f"metadata of document {d.id!r}")
-        out[d.id] = d  # a repeated id within one batch: the last one wins, as sequential upserts would
+            raise InvalidArgument(f"document {d.id!r} has empty text", field=f"documents[{n}].text")
+        _check_json(d.metadata, f"metadata of document {d.id!r}", f"documents[{n}].metadata")
+        out[d.id] = (n, d)  # a repeated id within one batch: the last one wins, as sequential upserts would
     return list(out.values())
 
 
-def _as_vectors(v: np.ndarray, dim: int, what: str) -> np.ndarray:
+def _as_vectors(v: np.ndarray, dim: int, what: str, field: Callable[[int], str]) -> np.ndarray:
+    """Vectors as normalized float32 rows; InvalidArgument naming field(row) for a bad row."""
     a = np.asarray(v, dtype=np.float32)
     if a.ndim == 1:
         a = a[None, :]
     if a.ndim != 2 or a.shape[1] != dim:
-        raise InvalidArgument(f"{what}: expected dimension {dim}, got shape {tuple(np.shape(v))}")
-    if not np.isfinite(a).all():
-        raise InvalidArgument(f"{what} contains NaN or infinity")
+        raise InvalidArgument(f"{what}: expected dimension {dim}, got shape {tuple(np.shape(v))}", field=field(0))
+    finite = np.isfinite(a).all(axis=1)
+    if not finite.all():
+        raise InvalidArgument(f"{what} contains NaN or infinity", field=field(int(np.argmin(finite))))
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise InvalidArgument(f"{what} contains a zero vector")
+        raise InvalidArgument(f"{what} contains a zero vector", field=field(int(np.argmax(norms[:, 0] == 0))))
     # Normalized like the embedder's output, so scores are cosines on both paths.
     return (a / norms).astype(np.float32)
 
 
 def _check_search_args(k: int, oversample: int | None, flt: dict | None) -> None:
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be in [1, {MAX_K}], got {k!r}")
-    if oversample is not None and (not isinstance(oversample, int) or not 1 <= oversample <= MAX_OVERSAMPLE):
-        raise InvalidArgument(f"oversample must be in [1, {MAX_OVERSAMPLE}], got {oversample!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k must be in [1, {MAX_K}], got {k!r}", field="k")
+    if oversample is not None and (
+        not isinstance(oversample, int) or isinstance(oversample, bool) or not 1 <= oversample <= MAX_OVERSAMPLE
+    ):
+        raise InvalidArgument(f"oversample must be in [1, {MAX_OVERSAMPLE}], got {oversample!r}", field="oversample")
     validate_filter(flt)

@@ -7,10 +7,14 @@ records the version it reflects, and a mismatch on open means "rebuild from the 
 
 PostgreSQL isolation per test run or tenant: pass `schema=`; tables are created inside it via
 SQLAlchemy's schema_translate_map, without changing the models.
+
+Stores created by earlier versions are upgraded on open: columns added since are created
+(nullable, see _ADDED_COLUMNS), so an existing database keeps working without a manual migration.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +32,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -98,6 +107,12 @@ class ChunkRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     slot: Mapped[int] = mapped_column(Integer, nullable=False)  # row in the index's int8 file
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # float32 little-endian
+    # Where `text` lies in its document's text, in characters: text == document[start:end].
+    # Nullable because stores made before these columns existed get them added on open (see
+    # _add_missing_columns) with NULL in their old rows: the document text is not stored, so old
+    # chunks' offsets cannot be recovered (search reports them as 0/0 until re-upserted).
+    start_char: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    end_char: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     document: Mapped[DocumentRow] = relationship(back_populates="chunks")
 
@@ -131,6 +146,7 @@ class Store:
         self.engine: Engine = engine
         self.schema = schema
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine, schema)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
@@ -138,6 +154,41 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# Columns added after the first release, as (table, column, SQL type): a store created by an
+# earlier version has the tables (create_all leaves existing tables alone) but not these columns.
+# Each is nullable, so adding it is a metadata-only change on both backends (no table rewrite) and
+# rows written before read as NULL.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    (ChunkRow.__tablename__, "start_char", "INTEGER"),
+    (ChunkRow.__tablename__, "end_char", "INTEGER"),
+)
+
+
+def _add_missing_columns(engine: Engine, schema: str | None) -> None:
+    """Bring a store created by an earlier version up to the current models, in place.
+
+    Several processes may open one store at once (replicas on one PostgreSQL): PostgreSQL's
+    ADD COLUMN IF NOT EXISTS makes a concurrent add a no-op; on SQLite (no IF NOT EXISTS there) a
+    column another process added in between shows up as "duplicate column", which is re-checked
+    rather than failed on."""
+    prep = engine.dialect.identifier_preparer
+    postgres = engine.dialect.name == "postgresql"
+    for table, column, sql_type in _ADDED_COLUMNS:
+        present = {c["name"] for c in inspect(engine).get_columns(table, schema=schema)}
+        if column in present:
+            continue
+        qualified = f"{prep.quote_schema(schema)}.{prep.quote(table)}" if schema else prep.quote(table)
+        guard = "IF NOT EXISTS " if postgres else ""
+        try:
+            with engine.begin() as conn:
+                conn.execute(sql_text(f"ALTER TABLE {qualified} ADD COLUMN {guard}{prep.quote(column)} {sql_type}"))
+        except DBAPIError:  # another process added it first (SQLite: "duplicate column name")
+            if column not in {c["name"] for c in inspect(engine).get_columns(table, schema=schema)}:
+                raise
+        log.info("store %s: added column %s.%s (rows written before have no value there)",
+                 engine.url.render_as_string(hide_password=True), table, column)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001

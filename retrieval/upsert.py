@@ -34,13 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ragloom.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
-from ragloom.retrieval.chunking import Chunk, chunk_text, content_hash
+from ragloom.retrieval.chunking import Chunk, chunk_id, chunk_text, content_hash
 from ragloom.retrieval.collections import (
     CollectionManager,
     Document,
     UpsertResult,
     _as_vectors,
     _validate_docs,
+    _validated_docs,
+    collection_not_found,
 )
 from ragloom.retrieval.store import CollectionRow
 
@@ -105,13 +107,17 @@ class UpsertTransaction:
         return self._stage(batch, per_doc, vectors)
 
     def add_vectors(self, docs: Iterable[Document], vectors: np.ndarray) -> UpsertResult:
-        """Precomputed embeddings, one per document (each document becomes one chunk)."""
-        batch = _validate_docs(docs)
-        vectors = _as_vectors(vectors, self._dim, "vectors")
-        if len(vectors) != len(batch):
-            raise InvalidArgument(f"got {len(vectors)} vectors for {len(batch)} documents")
-        per_doc = [[Chunk(f"{d.id}#0", 0, d.text, 0, len(d.text), content_hash(d.text))] for d in batch]
-        return self._stage(batch, per_doc, vectors)
+        """Precomputed embeddings, one per document (each document becomes one chunk: its whole text)."""
+        docs = list(docs)
+        positioned = _validated_docs(docs)
+        vectors = _as_vectors(vectors, self._dim, "vectors", lambda row: f"documents[{row}].vector")
+        if len(vectors) != len(docs):
+            raise InvalidArgument(f"got {len(vectors)} vectors for {len(docs)} documents", field="documents")
+        batch = [d for _, d in positioned]
+        # a repeated id keeps its last version, and that version's vector
+        kept = vectors[[n for n, _ in positioned]] if positioned else vectors[:0]
+        per_doc = [[Chunk(chunk_id(d.id, 0), 0, d.text, 0, len(d.text), content_hash(d.text))] for d in batch]
+        return self._stage(batch, per_doc, kept)
 
     def _stage(self, docs: list[Document], per_doc: list[list[Chunk]], vectors: np.ndarray) -> UpsertResult:
         with self._guard:
@@ -154,7 +160,11 @@ class UpsertTransaction:
         if self._cancel.is_set():
             raise Cancelled(f"upsert into {self.name!r} cancelled before its commit: nothing stored")
         if row is not None and (row.id, row.created_at) != self._identity:
-            raise NotFound(f"collection {self.name!r} was deleted (and re-created) during the upsert: nothing stored")
+            gone = collection_not_found(self.name)
+            raise NotFound(
+                f"collection {self.name!r} was deleted (and re-created) during the upsert: nothing stored",
+                reason=gone.reason, metadata=gone.metadata,
+            )
 
     def rollback(self) -> None:
         """Drop everything staged; safe from any thread. An add() in progress stops at its next

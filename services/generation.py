@@ -1,14 +1,19 @@
-"""The `ragloom.v1.Generation` servicer: protobuf in, engine Request out, engine Outputs back as a stream.
+"""The `ragloom.v1.GenerationService` servicer: protobuf in, engine Request out, engine Outputs back
+as a stream.
 
-All validation errors come from the libraries as RagloomError and are turned into status codes
-by services/status.py (`abort_on_failure`), in one place. Cancellation needs no code of its own:
-when the client cancels, disconnects or its deadline passes, grpc.aio cancels this handler, which
-cancels the `async for` over the engine stream, and the engine aborts the request and frees its
-KV blocks.
+All validation errors come from the libraries (or the translation here) as RagloomError, with the
+request field at fault as a path ("sampling.top_p", "messages[2].role"), and are turned into
+status codes with google.rpc details by services/status.py (`abort_on_failure`), in one place.
+Cancellation needs no code of its own: when the client cancels, disconnects or its deadline
+passes, grpc.aio cancels this handler, which cancels the `async for` over the engine stream, and
+the engine aborts the request and frees its KV blocks.
 
-A `constraint` (JSON Schema, lark grammar, regex, choices) is compiled by the engine's cached
+A constraint (JSON Schema, lark grammar, regex, choices) is compiled by the engine's cached
 compiler in a worker thread (`asyncio.to_thread`): compiling can take seconds, and neither the
 event loop nor the engine thread waits for it. Its strict=False warnings go into Complete.warnings.
+
+The engine speaks strings (roles, finish reasons, speculative methods); the API speaks enums. The
+maps between them are here, and Ask (services/rag.py) uses the same ones.
 """
 
 from __future__ import annotations
@@ -17,26 +22,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ragloom.errors import InvalidArgument, NotFound
+from ragloom.errors import GrammarError, InvalidArgument, NotFound
 from ragloom.generation.constrain.processor import Constraint
 from ragloom.generation.runner.engine import Output, Request
 from ragloom.generation.runner.params import SamplingParams
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
-from ragloom.services.status import abort_on_failure
+from ragloom.services.status import abort_on_failure, unary
 
 if TYPE_CHECKING:
     from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.generation.runner.engine import LLMEngine
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name  # "ragloom.v1.Generation"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name  # "ragloom.v1.GenerationService"
 
 # proto `optional` scalars copied only when set, so unset ones keep SamplingParams' defaults
 _OPTIONAL_SAMPLING = (
@@ -50,29 +55,98 @@ _OPTIONAL_SAMPLING = (
     "ignore_eos",
 )
 
+# Role -> the chat template's role name; ROLE_UNSPECIFIED (and numbers this server does not know)
+# are absent, hence refused
+ROLES: dict[int, str] = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+# SpeculativeMethod -> the engine's method name; None: the server's --speculative setting
+SPECULATIVE: dict[int, str | None] = {
+    pb.SPECULATIVE_METHOD_UNSPECIFIED: None,
+    pb.SPECULATIVE_METHOD_OFF: "off",
+    pb.SPECULATIVE_METHOD_LOOKUP: "lookup",
+    pb.SPECULATIVE_METHOD_RECYCLING: "recycling",
+    pb.SPECULATIVE_METHOD_AUTO: "auto",
+}
+# the engine's finish reasons -> FinishReason ("error" never reaches a stream: a failed request
+# raises instead)
+FINISH_REASONS: dict[str, pb.FinishReason] = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+def finish_reason_to_proto(reason: str | None) -> pb.FinishReason:
+    """The FinishReason of an engine's finished Output; an unknown reason is a runner bug
+    (KeyError, answered INTERNAL), not something to pass off as STOP."""
+    return FINISH_REASONS[reason or "stop"]
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    """An enum value's name for a message, or the number when this server does not know it."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
+
 
 def sampling_from_proto(msg: pb.SamplingParams) -> SamplingParams:
     kwargs: dict[str, object] = {name: getattr(msg, name) for name in _OPTIONAL_SAMPLING if msg.HasField(name)}
     return SamplingParams(**kwargs, stop=list(msg.stop), stop_token_ids=list(msg.stop_token_ids))  # type: ignore[arg-type]
 
 
-def parse_json_schema(text: str) -> dict[str, Any] | bool:
-    """A request's json_schema field (Generate's and Ask's), parsed: InvalidArgument unless it is a
-    JSON object or true/false."""
+def messages_from_proto(messages: Sequence[pb.ChatMessage]) -> list[dict[str, str]]:
+    """Chat messages as the chat template takes them; InvalidArgument on messages[i].role when a
+    role is unset or unknown, or a system message is not the first (the proto allows one, first)."""
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        role = ROLES.get(m.role)
+        if role is None:
+            raise InvalidArgument(
+                f"messages[{i}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT, got {_enum_name(pb.Role, m.role)}",
+                field=f"messages[{i}].role",
+            )
+        if role == "system" and i > 0:
+            raise InvalidArgument(
+                f"messages[{i}] is a system message: only the first message may be one", field=f"messages[{i}].role"
+            )
+        out.append({"role": role, "content": m.content})
+    return out
+
+
+def speculative_from_proto(value: int) -> str | None:
+    if value not in SPECULATIVE:  # a newer client's method
+        raise InvalidArgument(f"unknown speculative method {value}", field="speculative")
+    return SPECULATIVE[value]
+
+
+def parse_json_schema(text: str, field: str = "json_schema") -> dict[str, Any] | bool:
+    """A request's json_schema field (Generate's and Ask's), parsed: InvalidArgument
+    (SCHEMA_INVALID) unless it is a JSON object or true/false."""
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from exc
+        raise InvalidArgument(f"json_schema is not valid JSON: {exc}", reason="SCHEMA_INVALID", field=field) from exc
     if not isinstance(spec, dict | bool):
-        raise InvalidArgument(f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}")
+        raise InvalidArgument(
+            f"json_schema must be a JSON object (or true/false), got {type(spec).__name__}",
+            reason="SCHEMA_INVALID",
+            field=field,
+        )
     return spec
 
 
 def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | None:
-    """(kind, spec, strict) for LLMEngine.compile_constraint, or None when unconstrained.
+    """(kind, spec, strict) for LLMEngine.compile_constraint, or None when unconstrained. The kind
+    is also the request field it came from.
 
-    Checks what is cheap to check here (JSON syntax, empty specs); the compiler checks the rest."""
+    Checks what is cheap to check here (at most one constraint, JSON syntax, empty specs); the
+    compiler checks the rest."""
     kind = msg.WhichOneof("constraint")
+    if msg.choices:
+        # choices is a plain repeated field beside the oneof, so both can arrive set
+        if kind is not None:
+            raise InvalidArgument(f"choices cannot be combined with {kind}: give at most one constraint", field="choices")
+        kind = "choices"
     if kind is None:
         return None
     strict = msg.strict if msg.HasField("strict") else True
@@ -81,19 +155,32 @@ def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | No
         spec = parse_json_schema(msg.json_schema)
     elif kind == "lark_grammar":
         if not msg.lark_grammar.strip():
-            raise InvalidArgument("lark_grammar is empty")
+            raise GrammarError("lark_grammar is empty", field="lark_grammar")
         spec = msg.lark_grammar
     elif kind == "regex":
         if not msg.regex:
-            raise InvalidArgument("regex is empty")
+            raise GrammarError("regex is empty", field="regex")
         spec = msg.regex
     elif kind == "choices":
-        spec = list(msg.choices.choices)
-        if not spec:
-            raise InvalidArgument("choices is empty: give at least one choice")
+        spec = list(msg.choices)
+        for i, choice in enumerate(spec):
+            if not choice:
+                raise GrammarError(f"choices[{i}] is empty: every choice must be a non-empty string", field=f"choices[{i}]")
     else:  # a newer client's oneof member this server does not know
-        raise InvalidArgument(f"unknown constraint {kind!r}")
+        raise InvalidArgument(f"unknown constraint {kind!r}", field=kind)
     return kind, spec, strict
+
+
+async def compile_constraint(llm: LLMEngine, kind: str, spec: Any, *, strict: bool, field: str) -> Constraint:
+    """Compile in a worker thread: it can take seconds, and neither the event loop nor the engine
+    thread waits for it. A spec the compiler refuses names `field`, the request field it came
+    from (the compiler knows what is wrong, not where it was in the request)."""
+    try:
+        return await asyncio.to_thread(llm.compile_constraint, kind, spec, strict=strict)
+    except InvalidArgument as exc:
+        if exc.field is None:
+            exc.field = field
+        raise
 
 
 def usage_from_output(out: Output) -> pb.Usage:
@@ -111,43 +198,49 @@ def chunk_from_output(out: Output) -> pb.Chunk:
     return pb.Chunk(text=out.text, token_ids=out.token_ids, usage=usage_from_output(out))
 
 
-class GenerationServicer(pb_grpc.GenerationServicer):
+class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._model_id: str = engine.engine.model_id
 
     # -- request translation -------------------------------------------------------------
 
+    def _token_ids(self, msg: pb.GenerateRequest) -> list[int]:
+        # proto3 cannot tell an empty prompt from an unset one, nor an empty list from none
+        has_prompt, has_messages = bool(msg.prompt), len(msg.messages) > 0
+        if has_prompt and has_messages:
+            raise InvalidArgument("set either prompt or messages, not both", field="prompt")
+        if not has_prompt and not has_messages:
+            raise InvalidArgument("no input: set prompt (plain text) or messages (a chat)", field="prompt")
+        llm = self._engine.engine
+        if has_prompt:
+            return llm.encode(prompt=msg.prompt)
+        return llm.encode(messages=messages_from_proto(msg.messages))
+
     async def _to_request(self, msg: pb.GenerateRequest, request_id: str) -> Request:
         if msg.model and msg.model != self._model_id:
-            raise NotFound(f"model {msg.model!r} is not served here (this server serves {self._model_id!r})")
+            raise NotFound(
+                f"model {msg.model!r} is not served here (this server serves {self._model_id!r})",
+                reason="MODEL_NOT_FOUND",
+                metadata={"model": msg.model},
+            )
+        # cheap checks first: a bad field is answered before a constraint is compiled
         constraint_spec = constraint_from_proto(msg)
+        speculative = speculative_from_proto(msg.speculative)
+        token_ids = self._token_ids(msg)
         llm = self._engine.engine
-        which = msg.WhichOneof("input")
-        if which == "prompt":
-            if not msg.prompt:
-                raise InvalidArgument("prompt is empty")
-            token_ids = llm.encode(prompt=msg.prompt)
-        elif which == "messages":
-            if not msg.messages.messages:
-                raise InvalidArgument("messages is empty")
-            messages = [{"role": m.role, "content": m.content} for m in msg.messages.messages]
-            token_ids = llm.encode(messages=messages)
-        else:
-            raise InvalidArgument("no input: set either prompt or messages")
         params = sampling_from_proto(msg.sampling)
         params.validate(llm.vocab_size)
         constraint: Constraint | None = None
         if constraint_spec is not None:
             kind, spec, strict = constraint_spec
-            # compiling can take seconds: neither the event loop nor the engine thread waits for it
-            constraint = await asyncio.to_thread(llm.compile_constraint, kind, spec, strict=strict)
+            constraint = await compile_constraint(llm, kind, spec, strict=strict, field=kind)
         return Request(
             request_id=request_id,
             prompt_token_ids=token_ids,
             params=params,
             constraint=constraint,
-            speculative=msg.speculative or None,
+            speculative=speculative,
         )
 
     # -- RPCs ----------------------------------------------------------------------------
@@ -155,8 +248,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        request_id = request.request_id or uuid.uuid4().hex
-        async with abort_on_failure(f"Generate {request_id}", context):
+        async with abort_on_failure("Generate", context, request.request_id) as request_id:
             req = await self._to_request(request, request_id)
             warnings = list(req.constraint.warnings) if req.constraint is not None else []
             # aclosing: if gRPC cancels us while we are parked at a `yield`, closing this
@@ -168,7 +260,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                     if out.finished:
                         yield pb.GenerateResponse(
                             complete=pb.Complete(
-                                finish_reason=out.finish_reason or "stop",
+                                finish_reason=finish_reason_to_proto(out.finish_reason),
                                 usage=usage_from_output(out),
                                 request_id=request_id,
                                 warnings=warnings,
@@ -179,25 +271,33 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             raise RuntimeError(f"engine stream for {request_id} ended without finishing")
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
-        if not request.request_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
-        found = self._engine.abort(request.request_id)
-        log.info("Abort %s: %s", request.request_id, "aborted" if found else "not running")
-        return pb.AbortResponse(found=found)
+        async def work() -> pb.AbortResponse:
+            if not request.request_id:
+                raise InvalidArgument("request_id is empty: name the running request to abort", field="request_id")
+            found = self._engine.abort(request.request_id)
+            log.info("Abort %s: %s", request.request_id, "aborted" if found else "not running")
+            return pb.AbortResponse(found=found)
+
+        # the id Abort names is also the one its log lines and errors carry: a malformed one
+        # (which no running request can have) is refused on request_id like any other
+        return await unary("Abort", context, work, request.request_id)
 
     async def GetLoads(self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadsResponse:
-        loads = self._engine.loads()
-        return pb.GetLoadsResponse(
-            running=loads.running,
-            waiting=loads.waiting,
-            kv_blocks_used=loads.kv_blocks_used,
-            kv_blocks_total=loads.kv_blocks_total,
-            kv_usage=loads.kv_usage,
-            model=self._model_id,
-            prefix_cache_queried_tokens=loads.prefix_cache_queried_tokens,
-            prefix_cache_hit_tokens=loads.prefix_cache_hit_tokens,
-            speculative_steps=loads.speculative_steps,
-            speculative_draft_tokens=loads.speculative_draft_tokens,
-            speculative_accepted_tokens=loads.speculative_accepted_tokens,
-            mean_accepted_tokens=loads.speculative_accepted_tokens / max(loads.speculative_steps, 1),
-        )
+        async def work() -> pb.GetLoadsResponse:
+            loads = self._engine.loads()
+            return pb.GetLoadsResponse(
+                running=loads.running,
+                waiting=loads.waiting,
+                kv_blocks_used=loads.kv_blocks_used,
+                kv_blocks_total=loads.kv_blocks_total,
+                kv_usage=loads.kv_usage,
+                model=self._model_id,
+                prefix_cache_queried_tokens=loads.prefix_cache_queried_tokens,
+                prefix_cache_hit_tokens=loads.prefix_cache_hit_tokens,
+                speculative_steps=loads.speculative_steps,
+                speculative_draft_tokens=loads.speculative_draft_tokens,
+                speculative_accepted_tokens=loads.speculative_accepted_tokens,
+                mean_accepted_tokens=loads.speculative_accepted_tokens / max(loads.speculative_steps, 1),
+            )
+
+        return await unary("GetLoads", context, work, request.request_id)

@@ -1,4 +1,4 @@
-"""The `ragloom.v1.Rag` servicer: Ask = search -> chunk KV (stored or computed) -> blend -> decode.
+"""The `ragloom.v1.RagService` servicer: Ask = search -> chunk KV (stored or computed) -> blend -> decode.
 
 One Ask runs in four stages, none of which blocks the event loop or the engine thread longer
 than it must:
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +43,14 @@ from ragloom.errors import InvalidArgument
 from ragloom.generation.constrain.processor import Constraint, GrammarProcessor
 from ragloom.services._proto import rag_pb2 as pb
 from ragloom.services._proto import rag_pb2_grpc as pb_grpc
-from ragloom.services.generation import chunk_from_output, parse_json_schema, sampling_from_proto
-from ragloom.services.status import abort_on_failure
+from ragloom.services.generation import (
+    chunk_from_output,
+    compile_constraint,
+    finish_reason_to_proto,
+    parse_json_schema,
+    sampling_from_proto,
+)
+from ragloom.services.status import abort_on_failure, unary
 from ragloom.structs import dict_to_struct, struct_to_dict
 
 if TYPE_CHECKING:
@@ -54,20 +59,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rag"].full_name  # "ragloom.v1.Rag"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RagService"].full_name  # "ragloom.v1.RagService"
 
 DEFAULT_K = 5
+MAX_K = 50
 DEFAULT_EPIC_TOKENS = 16
 # passages per engine call while precomputing: decode steps of running requests go in between
 PRECOMPUTE_BATCH = 4
-COMPUTED = "computed"  # Passage.cache for a chunk whose KV this request prefills
+
+# AskMode <-> cache.blend's mode names; UNSPECIFIED means the server's default mode
+ASK_MODES: dict[int, str] = {
+    pb.ASK_MODE_FULL: "full",
+    pb.ASK_MODE_PREFIX: "prefix",
+    pb.ASK_MODE_BLEND: "blend",
+    pb.ASK_MODE_EPIC: "epic",
+}
+_ASK_MODE_OF: dict[str, pb.AskMode] = {name: value for value, name in ASK_MODES.items()}
+# a chunk-KV tier's kind (MemoryTier.kind, ...) -> where a passage's KV came from, and what the tier is
+KV_SOURCES: dict[str, pb.KvSource] = {
+    "memory": pb.KV_SOURCE_MEMORY,
+    "disk": pb.KV_SOURCE_DISK,
+    "redis": pb.KV_SOURCE_REDIS,
+}
+TIER_KINDS: dict[str, pb.TierKind] = {
+    "memory": pb.TIER_KIND_MEMORY,
+    "disk": pb.TIER_KIND_DISK,
+    "redis": pb.TIER_KIND_REDIS,
+}
 
 
 def _tier_stats(name: str, st: dict[str, Any]) -> pb.TierStats:
     ints = {k: int(v) for k, v in st.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return pb.TierStats(
         name=name,
-        kind=str(st.get("kind", "")),
+        kind=TIER_KINDS.get(str(st.get("kind", "")), pb.TIER_KIND_UNSPECIFIED),
         available=bool(st.get("available", True)),
         entries=ints.get("entries", 0),
         bytes=ints.get("bytes", 0),
@@ -82,9 +107,9 @@ def _tier_stats(name: str, st: dict[str, Any]) -> pb.TierStats:
     )
 
 
-def stats_to_proto(stats: dict[str, Any]) -> pb.CacheStats:
+def stats_to_proto(stats: dict[str, Any]) -> pb.GetCacheStatsResponse:
     codec = stats.get("codec", {})
-    return pb.CacheStats(
+    return pb.GetCacheStatsResponse(
         hits=int(stats.get("hits", 0)),
         misses=int(stats.get("misses", 0)),
         redis_errors=int(stats.get("redis_errors", 0)),
@@ -95,7 +120,7 @@ def stats_to_proto(stats: dict[str, Any]) -> pb.CacheStats:
     )
 
 
-class RagServicer(pb_grpc.RagServicer):
+class RagServicer(pb_grpc.RagServiceServicer):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -122,30 +147,32 @@ class RagServicer(pb_grpc.RagServicer):
     def _check(self, msg: pb.AskRequest) -> tuple[str, float, int, int]:
         """(mode, ratio, k, epic_tokens), or InvalidArgument naming the first bad field."""
         if not msg.question.strip():
-            raise InvalidArgument("the question is empty")
+            raise InvalidArgument("the question is empty", field="question")
         if not msg.collection:
-            raise InvalidArgument("collection is empty: name the collection to answer from")
-        mode = msg.mode or self.default_mode
-        if mode not in MODES:
-            raise InvalidArgument(f"mode must be one of {', '.join(MODES)} (or empty for the default); got {mode!r}")
+            raise InvalidArgument("collection is empty: name the collection to answer from", field="collection")
+        if msg.mode == pb.ASK_MODE_UNSPECIFIED:
+            mode = self.default_mode
+        elif msg.mode in ASK_MODES:
+            mode = ASK_MODES[msg.mode]
+        else:  # a newer client's mode
+            raise InvalidArgument(f"unknown mode {msg.mode}: one of {', '.join(pb.AskMode.keys())}", field="mode")
         ratio = msg.recompute_ratio if msg.HasField("recompute_ratio") else self.default_ratio
         if not 0.0 <= ratio <= 1.0:  # also NaN
-            raise InvalidArgument(f"recompute_ratio must be in [0, 1], got {ratio}")
-        if msg.k < 0:
-            raise InvalidArgument(f"k must be >= 0 (0 = {DEFAULT_K}), got {msg.k}")
+            raise InvalidArgument(f"recompute_ratio must be in [0, 1], got {ratio}", field="recompute_ratio")
+        k = msg.k if msg.HasField("k") else DEFAULT_K
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be in [1, {MAX_K}] (unset = {DEFAULT_K}), got {k}", field="k")
         epic = msg.epic_tokens if msg.HasField("epic_tokens") else DEFAULT_EPIC_TOKENS
         if epic < 0:
-            raise InvalidArgument(f"epic_tokens must be >= 0, got {epic}")
-        return mode, ratio, msg.k or DEFAULT_K, epic
+            raise InvalidArgument(f"epic_tokens must be >= 0, got {epic}", field="epic_tokens")
+        return mode, ratio, k, epic
 
     async def _constraint(self, msg: pb.AskRequest) -> Constraint | None:
         if not msg.HasField("json_schema"):
             return None
         spec = parse_json_schema(msg.json_schema)
         strict = msg.strict if msg.HasField("strict") else True
-        llm = self._engine.engine
-        # compiling can take seconds: neither the event loop nor the engine thread waits for it
-        return await asyncio.to_thread(llm.compile_constraint, "json_schema", spec, strict=strict)
+        return await compile_constraint(self._engine.engine, "json_schema", spec, strict=strict, field="json_schema")
 
     async def _plan(self, msg: pb.AskRequest, request_id: str) -> tuple[AskPlan, str, Constraint | None, list[Hit], list[int]]:
         """The plan, the mode in use, the constraint, the hits (in prompt order) and each passage's tokens."""
@@ -176,20 +203,22 @@ class RagServicer(pb_grpc.RagServicer):
     # -- RPCs ----------------------------------------------------------------------------
 
     async def Ask(self, request: pb.AskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AskResponse]:
-        request_id = request.request_id or uuid.uuid4().hex
-        what = f"Ask {request_id}"
-        async with abort_on_failure(what, context):
+        async with abort_on_failure("Ask", context, request.request_id) as request_id:
+            what = f"Ask {request_id}"
             plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
             warnings = list(constraint.warnings) if constraint is not None else []
             if not plan.passages:
                 warnings.append(f"no passages of collection {request.collection!r} matched; answered without context")
             cited = []
             passages_msg = pb.Passages()
+            # plan.tiers names each passage's tier (None: computed); the API reports the tier's kind
+            kinds = {tier.name: tier.kind for tier in self.store.tiers}
             for rank, (hit, tier, size) in enumerate(zip(hits, plan.tiers, sizes), 1):
+                source = pb.KV_SOURCE_COMPUTED if tier is None else KV_SOURCES[kinds[tier]]
                 passages_msg.passages.append(
                     pb.Passage(
                         id=hit.id, chunk_id=hit.chunk_id, score=hit.score, text=hit.text,
-                        metadata=dict_to_struct(hit.metadata), cache=tier or COMPUTED, tokens=size,
+                        metadata=dict_to_struct(hit.metadata), kv_source=source, tokens=size,
                     )
                 )
                 cited.append(pb.Citation(id=hit.id, chunk_id=hit.chunk_id, score=hit.score, rank=rank))
@@ -225,18 +254,23 @@ class RagServicer(pb_grpc.RagServicer):
                             complete=pb.AskComplete(
                                 answer="".join(texts),
                                 citations=cited,
-                                finish_reason=out.finish_reason or "stop",
+                                finish_reason=finish_reason_to_proto(out.finish_reason),
                                 usage=ask_usage,
                                 request_id=request_id,
                                 warnings=warnings,
-                                mode=mode,
+                                mode=_ASK_MODE_OF[mode],
                             )
                         )
                         return
             raise RuntimeError(f"engine stream for {request_id} ended without finishing")
 
-    async def GetCacheStats(self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext) -> pb.CacheStats:
-        return stats_to_proto(await asyncio.to_thread(self.store.stats))
+    async def GetCacheStats(
+        self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCacheStatsResponse:
+        async def work() -> pb.GetCacheStatsResponse:
+            return stats_to_proto(await asyncio.to_thread(self.store.stats))
+
+        return await unary("GetCacheStats", context, work, request.request_id)
 
     # -- ingest-time precompute ----------------------------------------------------------
 

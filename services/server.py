@@ -32,6 +32,7 @@ from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
 from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
 from ragloom.services.rag import RagServicer
+from ragloom.services.reflection_docs import enable_documented_reflection
 from ragloom.services.retrieval import SERVICE_NAME as RETRIEVAL_SERVICE
 from ragloom.services.retrieval import RetrievalServicer
 from ragloom.services.tables import SERVICE_NAME as TABLES_SERVICE
@@ -189,7 +190,7 @@ def build_server(
     )
     services: list[str] = []
     if engine is not None:
-        generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(engine), server)
         services.append(GENERATION_SERVICE)
     rag: RagServicer | None = None
     owned: ChunkKVStore | None = None
@@ -205,11 +206,11 @@ def build_server(
             default_mode=settings.ask_mode,
             default_ratio=settings.ask_recompute_ratio,
         )
-        rag_pb2_grpc.add_RagServicer_to_server(rag, server)
+        rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
         services.append(RAG_SERVICE)
     if collections is not None:
         precompute = rag.precompute if rag is not None else None
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(collections, precompute), server)
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(collections, precompute), server)
         services.append(RETRIEVAL_SERVICE)
 
     registry: ConnectorRegistry | None = None
@@ -220,7 +221,7 @@ def build_server(
         registry = ConnectorRegistry(Path(settings.data_dir) / "connectors.json")
         mgr = collections
         t2s = Text2Sql(engine.engine, embedder=lambda: mgr.embedder) if engine is not None else None
-        tables_pb2_grpc.add_TablesServicer_to_server(TablesServicer(registry, engine, t2s), server)
+        tables_pb2_grpc.add_TablesServiceServicer_to_server(TablesServicer(registry, engine, t2s), server)
         services.append(TABLES_SERVICE)
 
     # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
@@ -228,7 +229,8 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # reflection with the proto comments (services/reflection_docs.py): grpcurl describe shows the docs
+    enable_documented_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")

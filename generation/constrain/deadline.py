@@ -33,8 +33,12 @@ class Deadline:
     part: str | None = None  # the piece being built now: "terminal S4 /\"...\"/"
     cancelled: str | None = None  # why it was cancelled (cancel_all), if it was
 
+    def where(self) -> str:
+        """What was being built when the limit passed: the thing, and the piece of it if known."""
+        return f"{self.what}: {self.part}" if self.part else self.what
+
     def message(self) -> str:
-        where = f"{self.what}: {self.part}" if self.part else self.what
+        where = self.where()
         return (
             f"compiling {where} exceeded the {self.seconds:g}s limit (setting constraint_timeout_s); "
             "simplify it (shorter maxLength, fewer alternatives, shallower nesting) or raise the limit"
@@ -55,7 +59,7 @@ def check() -> None:
     if d.cancelled is not None:
         raise Unavailable(f"compiling {d.what} stopped: {d.cancelled}")
     if time.monotonic() > d.at:
-        raise CompileTimeout(d.message())
+        raise CompileTimeout(d.message(), metadata={"part": d.where()})
 
 
 def cancel_all(reason: str) -> int:

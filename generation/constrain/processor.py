@@ -15,13 +15,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ragloom.errors import GrammarError, InvalidArgument
+from ragloom.errors import GrammarError, InvalidArgument, UnsupportedKeyword
 from ragloom.generation.constrain import deadline
 from ragloom.generation.constrain.grammar import Grammar, State, compile_grammar
 from ragloom.generation.constrain.masks import TokenMasks, advance_bytes, apply_mask
@@ -207,6 +209,20 @@ def _grammar_text(kind: str, spec: Any, strict: bool, deadline: float) -> tuple[
     raise InvalidArgument(f"unknown constraint kind {kind!r}")
 
 
+@contextmanager
+def _schema_reason(kind: str) -> Iterator[None]:
+    """A json_schema that fails to compile is a bad schema (SCHEMA_INVALID: not a schema, malformed
+    keywords, no value satisfies it, too complex), whichever stage refused it; the default
+    GRAMMAR_INVALID is for lark grammars, regexes and choices that the caller wrote. A keyword the
+    compiler cannot enforce keeps its own reason (SCHEMA_KEYWORD_UNSUPPORTED)."""
+    try:
+        yield
+    except GrammarError as exc:
+        if kind == "json_schema" and not isinstance(exc, UnsupportedKeyword):
+            exc.reason = "SCHEMA_INVALID"
+        raise
+
+
 def compile_constraint(
     kind: str,
     spec: Any,
@@ -232,7 +248,7 @@ def compile_constraint(
             _COMPILED.move_to_end(key)
             return _COMPILED[key]
     started = time.monotonic()
-    with deadline.limit(timeout_s, f"the {kind} constraint") as limit:
+    with _schema_reason(kind), deadline.limit(timeout_s, f"the {kind} constraint") as limit:
         with deadline.part("its translation to a lark grammar"):
             text, warnings = _grammar_text(kind, spec, strict, limit.at)
         with deadline.part("its lark grammar"):  # terminals and parser tables name themselves

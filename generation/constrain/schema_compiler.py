@@ -93,7 +93,8 @@ class Compiler:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise CompileTimeout(
                 "compiling the JSON schema exceeded its time limit; simplify the schema "
-                "(fewer anyOf/oneOf branches, smaller enums or patterns) or raise the limit"
+                "(fewer anyOf/oneOf branches, smaller enums or patterns) or raise the limit",
+                metadata={"part": "the JSON schema"},
             )
 
     def warn(self, msg: str) -> None:

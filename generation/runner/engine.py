@@ -209,18 +209,20 @@ class LLMEngine:
 
     def encode(self, prompt: str | None = None, messages: list[dict[str, str]] | None = None) -> list[int]:
         """Token ids for a plain prompt, or for chat messages through the model's chat template."""
+        # field paths as in GenerateRequest, whose prompt and messages these are
         if messages:
-            for m in messages:
+            for i, m in enumerate(messages):
                 if m.get("role") not in ("system", "user", "assistant", "tool"):
-                    raise InvalidArgument(f"unknown chat role {m.get('role')!r}")
+                    raise InvalidArgument(f"unknown chat role {m.get('role')!r}", field=f"messages[{i}].role")
             if not any(m.get("content") for m in messages):
-                raise InvalidArgument("chat messages are all empty")
+                raise InvalidArgument("chat messages are all empty", field="messages")
             if self.tokenizer.chat_template is None:
-                raise InvalidArgument(f"model {self.model_id} has no chat template; send a plain prompt")
+                raise InvalidArgument(f"model {self.model_id} has no chat template; send a plain prompt",
+                                      field="messages")
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         if not prompt:
-            raise InvalidArgument("the prompt is empty: send a prompt or chat messages")
+            raise InvalidArgument("the prompt is empty: send a prompt or chat messages", field="prompt")
         ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         if self.config.bos_token_id is not None and self.tokenizer.bos_token_id is not None and not ids:
             ids = [self.tokenizer.bos_token_id]
@@ -240,16 +242,31 @@ class LLMEngine:
         request.params.validate(self.vocab_size)
         if request.speculative and request.speculative not in SPECULATIVE_METHODS:
             raise InvalidArgument(f"unknown speculative method {request.speculative!r}; "
-                                  f"choose from {', '.join(SPECULATIVE_METHODS)}")
+                                  f"choose from {', '.join(SPECULATIVE_METHODS)}", field="speculative")
+        # A prompt that leaves no room for one token can never be served (REQUEST_TOO_LARGE); one
+        # that fits but not with max_tokens more is fixed by asking for fewer (a bad max_tokens).
+        if len(ids) >= self.max_model_len:
+            raise ResourceExhausted(
+                f"the prompt ({len(ids)} tokens) does not fit the context of {self.model_id} "
+                f"({self.max_model_len} tokens, one of them for the output)",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"prompt_tokens": str(len(ids)), "max_model_len": str(self.max_model_len)},
+            )
         total = len(ids) + request.params.max_tokens
         if total > self.max_model_len:
             raise InvalidArgument(
                 f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_tokens}) = {total} "
-                f"exceeds the context of {self.model_id} ({self.max_model_len} tokens)"
+                f"exceeds the context of {self.model_id} ({self.max_model_len} tokens): "
+                f"ask for at most {self.max_model_len - len(ids)} tokens",
+                field="sampling.max_tokens",
             )
         capacity = self.kv.num_blocks * self.kv.block_size
         if len(ids) + 1 > capacity:
-            raise ResourceExhausted(f"prompt of {len(ids)} tokens does not fit the KV cache ({capacity} tokens)")
+            raise ResourceExhausted(
+                f"prompt of {len(ids)} tokens does not fit the KV cache ({capacity} tokens)",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"prompt_tokens": str(len(ids)), "kv_cache_tokens": str(capacity)},
+            )
 
     def add_request(self, request: Request) -> None:
         self.validate(request)

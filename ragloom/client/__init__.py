@@ -16,6 +16,9 @@
         c.upsert("notes", [{"id": "a", "text": "Paris is in France.", "metadata": {"lang": "en"}}])
         for hit in c.search("notes", "French capital", k=3, filter={"lang": "en"}):
             print(hit.score, hit.id, hit.text, hit.metadata)
+        # each document once (its best chunk), k counting documents; where each chunk lies in it
+        for hit in c.search("notes", "French capital", k=3, group_by_document=True):
+            print(hit.id, hit.chunk_index, hit.start_char, hit.end_char)
 
         # RAG over the collection, prefilled from cached chunk KV
         answer = c.ask("What is the capital of France?", collection="notes", k=3, max_tokens=32)
@@ -24,7 +27,8 @@
         # databases and tables: text-to-SQL, read-only and guarded
         c.register_connector("shop", "sqlite:///shop.db")
         r = c.sql("shop", "How many orders per country?")
-        print(r.sql, r.columns, r.rows)
+        print(r.sql, r.columns, r.rows)   # rows: exact Python values (int, Decimal, bytes, datetime, ...)
+        print(r.column_types)             # per column: name, database type, value kind
         c.execute_sql("shop", "SELECT count(*) FROM orders")   # DROP/INSERT/...: ForbiddenQuery
 
 Arguments left as None are left out of the request, so the server's defaults apply. gRPC
@@ -68,6 +72,7 @@ from ragloom.client.results import (
     Hit,
     Loads,
     Passage,
+    ResultColumn,
     SchemaInfo,
     SqlResult,
     StreamChunk,
@@ -112,6 +117,7 @@ __all__ = [
     "JsonSchema",
     "Loads",
     "Passage",
+    "ResultColumn",
     "SchemaInfo",
     "SqlResult",
     "Stream",

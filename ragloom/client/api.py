@@ -82,6 +82,10 @@ _GENERATE_DOC = """\
         is the parsed value (the pydantic instance for a model class) once finish_reason is
         "stop"; if it does not parse, parsed stays None and warnings says why.
 
+        messages: roles "system" (at most one, first), "user" and "assistant"; another role raises
+        InvalidArgument (field "messages[i].role") before any call. finish_reason is "stop",
+        "length" or "abort".
+
         speculative: "off" or a method ("lookup", "recycling", "auto"); None: the server's setting. Only plain greedy
         requests speculate, and their output is the same; usage.draft_tokens / accepted_tokens
         say how much was drafted and accepted."""
@@ -101,12 +105,14 @@ _UPSERT_DOC = """        docs: an iterable (or, for AsyncClient, also an async i
         A document that cannot be sent (no id, text not a string, metadata not JSON-like)
         raises InvalidArgument, and nothing is stored."""
 
-_ASK_DOC = """        Search `collection` for the k passages (default 5) most similar to `question` (filter:
-        metadata, as in search()), put them into the prompt from their cached chunk KV (the
-        server computes and stores what it lacks) and answer. mode: "full" (recompute
-        everything), "prefix" (reuse the exact prefix only), "blend" (the server's default:
-        reuse every passage, recompute the recompute_ratio share of most deviating tokens,
-        default 0.15) or "epic" (recompute the first epic_tokens of each passage).
+_ASK_DOC = """        Search `collection` for the k passages (1 to 50; None: the server's default, 5) most
+        similar to `question` (filter: metadata, as in search()), put them into the prompt from
+        their cached chunk KV (the server computes and stores what it lacks) and answer; each
+        Passage's kv_source says where its KV came from ("computed", "memory", "disk",
+        "redis"). mode: "full" (recompute everything), "prefix" (reuse the exact prefix only),
+        "blend" (the server's default: reuse every passage, recompute the recompute_ratio share
+        of most deviating tokens, default 0.15) or "epic" (recompute the first epic_tokens of
+        each passage); another string raises InvalidArgument (field "mode") before any call.
         json_schema (a dict, JSON text or a pydantic model class) constrains the answer to JSON
         valid for it; Answer.parsed then holds the parsed value. system_prompt replaces the
         server's RAG instruction (chunk KV is cached per system prompt). Sampling arguments
@@ -162,24 +168,29 @@ class Api(ClientBase):
             seed=seed, stop=stop, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
         )
         state = _StreamState(req.request_id, output_parser(json_schema))
-        yield ServerStream(pb_grpc.GenerationStub, "Generate", timeout, request=req, state=state)
+        yield ServerStream(pb_grpc.GenerationServiceStub, "Generate", timeout, request=req, state=state)
         return state.final()
 
     stream = streamed(generate, Stream, AsyncStream, "Start a streamed generation (see Stream).\n" + _GENERATE_DOC)
 
     @rpc
     def abort(self, request_id: str, *, timeout: float | None = None) -> Op[bool]:
-        """Abort a running request; False if it is unknown or already finished (idempotent)."""
-        resp = yield Unary(pb_grpc.GenerationStub, "Abort", timeout, request=pb.AbortRequest(request_id=request_id))
+        """Abort a running generate/stream or ask by its request id; False if it is unknown or
+        already finished (idempotent). An empty id raises InvalidArgument (field "request_id")."""
+        req = pb.AbortRequest(request_id=request_id)
+        resp = yield Unary(pb_grpc.GenerationServiceStub, "Abort", timeout, request=req)
         return bool(resp.found)
 
     @rpc
-    def loads(self, *, timeout: float | None = None) -> Op[Loads]:
+    def loads(self, *, request_id: str | None = None, timeout: float | None = None) -> Op[Loads]:
         """The server's load: running and waiting requests, KV cache use, the model served."""
-        resp = yield Unary(pb_grpc.GenerationStub, "GetLoads", timeout, request=pb.GetLoadsRequest())
+        req = pb.GetLoadsRequest(request_id=request_id or "")
+        resp = yield Unary(pb_grpc.GenerationServiceStub, "GetLoads", timeout, request=req)
         return loads_from(resp)
 
     # -- retrieval -------------------------------------------------------------------------
+    # request_id (every call): an id for the server's log lines and the error's RequestInfo;
+    # None: the server makes one up.
 
     @rpc
     def create_collection(
@@ -190,26 +201,38 @@ class Api(ClientBase):
         chunk_tokens: int | None = None,
         chunk_overlap: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> Op[CollectionInfo]:
         """Create an empty collection; options left as None take the server's defaults.
 
-        Raises AlreadyExists if the name is taken."""
+        index: "auto" (default: flat below 200,000 chunks, IVF from there), "flat" or "ivf";
+        anything else raises InvalidArgument (field "index") before any call. metadata: a plain
+        dict stored with the collection. Raises AlreadyExists (reason COLLECTION_EXISTS) if the
+        name is taken."""
         req = build_create_collection_request(
-            name, index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, metadata=metadata
+            name, index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, metadata=metadata,
+            request_id=request_id,
         )
-        resp = yield Unary(rpb_grpc.RetrievalStub, "CreateCollection", timeout, request=req)
+        resp = yield Unary(rpb_grpc.RetrievalServiceStub, "CreateCollection", timeout, request=req)
         return collection_from(resp.collection)
 
     @rpc
-    def delete_collection(self, name: str, *, timeout: float | None = None) -> Op[None]:
-        """Delete a collection with all its documents; NotFound if there is none."""
-        yield Unary(rpb_grpc.RetrievalStub, "DeleteCollection", timeout, request=rpb.DeleteCollectionRequest(name=name))
+    def delete_collection(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[None]:
+        """Delete a collection with all its documents; NotFound (reason COLLECTION_NOT_FOUND) if
+        there is none."""
+        req = rpb.DeleteCollectionRequest(name=name, request_id=request_id or "")
+        yield Unary(rpb_grpc.RetrievalServiceStub, "DeleteCollection", timeout, request=req)
 
     @rpc
-    def list_collections(self, *, timeout: float | None = None) -> Op[list[CollectionInfo]]:
-        """Every collection on the server, with its options and counts."""
-        resp = yield Unary(rpb_grpc.RetrievalStub, "ListCollections", timeout, request=rpb.ListCollectionsRequest())
+    def list_collections(
+        self, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[list[CollectionInfo]]:
+        """Every collection on the server, with its options and counts, by name."""
+        req = rpb.ListCollectionsRequest(request_id=request_id or "")
+        resp = yield Unary(rpb_grpc.RetrievalServiceStub, "ListCollections", timeout, request=req)
         return [collection_from(c) for c in resp.collections]
 
     @rpc
@@ -223,12 +246,15 @@ class Api(ClientBase):
         create_if_missing: bool = False,
         precompute_kv: bool = False,
         progress: Callable[[int], None] | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> Op[UpsertResult]:
         # a client stream: a header naming the collection, then batches of documents (see _UpsertFeed)
-        feed = _UpsertFeed(name, batch_size, create_if_missing, progress, self._batch_bytes, precompute_kv)
+        feed = _UpsertFeed(
+            name, batch_size, create_if_missing, progress, self._batch_bytes, precompute_kv, request_id=request_id
+        )
         try:
-            resp = yield ClientStream(rpb_grpc.RetrievalStub, "Upsert", timeout, source=feed, items=docs)
+            resp = yield ClientStream(rpb_grpc.RetrievalServiceStub, "Upsert", timeout, source=feed, items=docs)
         except RagloomError as exc:
             if feed.error is not None:  # the documents' own error ended the stream: that is the cause
                 raise feed.error from exc.__cause__
@@ -240,10 +266,12 @@ class Api(ClientBase):
         return upsert_result_from(resp)
 
     @rpc
-    def delete(self, name: str, ids: Sequence[str], *, timeout: float | None = None) -> Op[int]:
+    def delete(
+        self, name: str, ids: Sequence[str], *, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[int]:
         """Delete documents by id; returns how many existed (unknown ids are skipped)."""
-        req = rpb.DeleteRequest(collection=name, ids=list(ids))
-        resp = yield Unary(rpb_grpc.RetrievalStub, "Delete", timeout, request=req)
+        req = rpb.DeleteRequest(collection=name, ids=list(ids), request_id=request_id or "")
+        resp = yield Unary(rpb_grpc.RetrievalServiceStub, "Delete", timeout, request=req)
         return int(resp.deleted)
 
     @rpc
@@ -255,12 +283,21 @@ class Api(ClientBase):
         filter: Mapping[str, Any] | None = None,
         *,
         oversample: int | None = None,
+        group_by_document: bool = False,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> Op[list[Hit]]:
-        """The k chunks most similar to query, best first. filter: metadata equality, e.g.
-        {"lang": "en"}; oversample: binary candidates per hit before rescoring (server default)."""
-        req = build_search_request(name, query, k=k, filter=filter, oversample=oversample)
-        resp = yield Unary(rpb_grpc.RetrievalStub, "Search", timeout, request=req)
+        """The k chunks most similar to query, best first. filter: metadata, e.g. {"lang": "en"}
+        or {"year": {"$in": [2023, 2024]}} ($eq, $ne, $in, $nin); oversample: binary candidates
+        per hit before rescoring (server default). group_by_document=True: each document at most
+        once, as its best chunk, ranked by that chunk's score, and k counts documents (a long
+        document cannot fill every hit). Each Hit has its chunk's chunk_index and character
+        offsets in the document (start_char, end_char)."""
+        req = build_search_request(
+            name, query, k=k, filter=filter, oversample=oversample, group_by_document=group_by_document,
+            request_id=request_id,
+        )
+        resp = yield Unary(rpb_grpc.RetrievalServiceStub, "Search", timeout, request=req)
         return [hit_from(h) for h in resp.hits]
 
     # -- rag -------------------------------------------------------------------------------
@@ -272,7 +309,7 @@ class Api(ClientBase):
         question: str,
         *,
         collection: str,
-        k: int = 5,
+        k: int | None = None,
         filter: Mapping[str, Any] | None = None,
         mode: str | None = None,
         recompute_ratio: float | None = None,
@@ -295,55 +332,66 @@ class Api(ClientBase):
             stop=stop,
         )
         state = _AskState(req.request_id, output_parser(json_schema))
-        yield ServerStream(apb_grpc.RagStub, "Ask", timeout, request=req, state=state)
+        yield ServerStream(apb_grpc.RagServiceStub, "Ask", timeout, request=req, state=state)
         return state.final()
 
     stream_ask = streamed(ask, AskStream, AsyncAskStream, "Start a streamed ask (see AskStream).\n" + _ASK_DOC)
 
     @rpc
-    def cache_stats(self, *, timeout: float | None = None) -> Op[CacheStats]:
+    def cache_stats(self, *, request_id: str | None = None, timeout: float | None = None) -> Op[CacheStats]:
         """The server's chunk-KV store counters: hits/misses/bytes per tier, Redis errors."""
-        resp = yield Unary(apb_grpc.RagStub, "GetCacheStats", timeout, request=apb.GetCacheStatsRequest())
+        req = apb.GetCacheStatsRequest(request_id=request_id or "")
+        resp = yield Unary(apb_grpc.RagServiceStub, "GetCacheStats", timeout, request=req)
         return cache_stats_from(resp)
 
     # -- tables ------------------------------------------------------------------------------
 
     @rpc
     def register_connector(
-        self, name: str, url: str, *, replace: bool = False, timeout: float | None = None
+        self, name: str, url: str, *, replace: bool = False, request_id: str | None = None,
+        timeout: float | None = None,
     ) -> Op[ConnectorInfo]:
         """Register a database (sqlite:///f.db, postgresql://user@host/db, mysql://root@host/db)
         or a CSV/Parquet/Excel file or folder under `name`; introspects it and keeps it.
+        replace=True re-registers an existing name (its examples are kept).
 
         A relative path (./f.csv, sqlite:///data/f.db) is resolved in this process's working
         directory and sent absolute: the server opens it, and its own directory is another."""
-        req = tpb.RegisterConnectorRequest(name=name, url=absolute_connector_url(url), replace=replace)
-        resp = yield Unary(tpb_grpc.TablesStub, "RegisterConnector", timeout, request=req)
-        return connector_from(resp)
+        req = tpb.RegisterConnectorRequest(name=name, url=absolute_connector_url(url), replace=replace,
+                                           request_id=request_id or "")
+        resp = yield Unary(tpb_grpc.TablesServiceStub, "RegisterConnector", timeout, request=req)
+        return connector_from(resp.connector)
 
     @rpc
-    def list_connectors(self, *, timeout: float | None = None) -> Op[list[ConnectorInfo]]:
+    def list_connectors(self, *, request_id: str | None = None, timeout: float | None = None) -> Op[list[ConnectorInfo]]:
         """The registered connectors (passwords in their URLs replaced by ***)."""
-        resp = yield Unary(tpb_grpc.TablesStub, "ListConnectors", timeout, request=tpb.ListConnectorsRequest())
+        req = tpb.ListConnectorsRequest(request_id=request_id or "")
+        resp = yield Unary(tpb_grpc.TablesServiceStub, "ListConnectors", timeout, request=req)
         return [connector_from(c) for c in resp.connectors]
 
     @rpc
-    def remove_connector(self, name: str, *, timeout: float | None = None) -> Op[None]:
+    def remove_connector(self, name: str, *, request_id: str | None = None, timeout: float | None = None) -> Op[None]:
         """Forget connector `name` (the database itself is untouched); NotFound if there is none."""
-        yield Unary(tpb_grpc.TablesStub, "RemoveConnector", timeout, request=tpb.RemoveConnectorRequest(name=name))
+        req = tpb.RemoveConnectorRequest(name=name, request_id=request_id or "")
+        yield Unary(tpb_grpc.TablesServiceStub, "RemoveConnector", timeout, request=req)
 
     @rpc
-    def describe_schema(self, name: str, *, refresh: bool = False, timeout: float | None = None) -> Op[SchemaInfo]:
-        """Connector `name`'s tables, columns and keys; refresh=True introspects the database again."""
-        req = tpb.DescribeSchemaRequest(connector=name, refresh=refresh)
-        resp = yield Unary(tpb_grpc.TablesStub, "DescribeSchema", timeout, request=req)
+    def describe_schema(
+        self, name: str, *, refresh: bool = False, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[SchemaInfo]:
+        """Connector `name`'s tables, columns and keys; refresh=True introspects the database again.
+        Column samples are Python values as in SqlResult.rows."""
+        req = tpb.DescribeSchemaRequest(connector=name, refresh=refresh, request_id=request_id or "")
+        resp = yield Unary(tpb_grpc.TablesServiceStub, "DescribeSchema", timeout, request=req)
         return schema_from(resp)
 
     @rpc
-    def add_sql_example(self, name: str, question: str, sql: str, *, timeout: float | None = None) -> Op[int]:
+    def add_sql_example(
+        self, name: str, question: str, sql: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Op[int]:
         """Add a solved example for few-shot prompting (the SQL must pass the guard); returns the count."""
-        req = tpb.AddExampleRequest(connector=name, question=question, sql=sql)
-        resp = yield Unary(tpb_grpc.TablesStub, "AddExample", timeout, request=req)
+        req = tpb.AddExampleRequest(connector=name, question=question, sql=sql, request_id=request_id or "")
+        resp = yield Unary(tpb_grpc.TablesServiceStub, "AddExample", timeout, request=req)
         return int(resp.examples)
 
     @rpc
@@ -367,7 +415,9 @@ class Api(ClientBase):
     ) -> Op[SqlResult]:
         """Answer a question over connector `name` with SQL written by the model (schema linking,
         a SQL grammar of the linked schema, guard, read-only execution, one correction round).
-        `.sql .columns .rows`; when the model's query failed, `.error` says why.
+        `.sql .columns .rows` (exact Python values: see SqlResult); when the model's query
+        failed, `.error` says why. mode: "sql" (default), "table" (a text answer from small
+        tables' rows, in `.answer`) or "auto".
 
         ground_values=True (server default off) matches the question's words to the values the
         database stores ('arizona' -> 'Arizona', 'US' -> 'United States') and shows the model
@@ -378,17 +428,24 @@ class Api(ClientBase):
                                   max_tokens=max_tokens, temperature=temperature, request_id=request_id,
                                   ground_values=ground_values)
         state = _QueryState()
-        yield ServerStream(tpb_grpc.TablesStub, "Query", timeout, request=req, state=state)
+        yield ServerStream(tpb_grpc.TablesServiceStub, "Query", timeout, request=req, state=state)
         return state.final()
 
     @rpc
     def execute_sql(self, name: str, sql: str, *, max_rows: int | None = None, timeout_s: float | None = None,
-                    timeout: float | None = None) -> Op[SqlResult]:
+                    request_id: str | None = None, timeout: float | None = None) -> Op[SqlResult]:
         """Run caller-written SQL through the same guard (one read-only SELECT, allow-listed tables,
-        row limit, time limit). Writes and other statements raise ForbiddenQuery."""
-        req = tpb.ExecuteSqlRequest(connector=name, sql=sql, max_rows=max_rows or 0, timeout_s=timeout_s or 0.0)
+        row limit, time limit). Writes and other statements raise ForbiddenQuery (reason
+        SQL_NOT_READ_ONLY), SQL that fails SqlError (SQL_INVALID), a slow one DeadlineExceeded
+        (SQL_TIMEOUT). max_rows in [1, 100000] (server default 1000), timeout_s in (0, 300]
+        (default 30)."""
+        req = tpb.ExecuteSqlRequest(connector=name, sql=sql, request_id=request_id or "")
+        if max_rows is not None:
+            req.max_rows = max_rows
+        if timeout_s is not None:
+            req.timeout_s = timeout_s
         state = _QueryState()
-        yield ServerStream(tpb_grpc.TablesStub, "ExecuteSql", timeout, request=req, state=state)
+        yield ServerStream(tpb_grpc.TablesServiceStub, "ExecuteSql", timeout, request=req, state=state)
         return state.final()
 
     # -- health ------------------------------------------------------------------------------

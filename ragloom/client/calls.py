@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 
 from ragloom.client.results import StreamChunk
 from ragloom.errors import RagloomError
-from ragloom.services.status import error_from_status
+from ragloom.services.status import DETAILS_KEY, error_from_status
 
 R = TypeVar("R")
 
@@ -43,7 +45,7 @@ class RequestSource(Protocol):
 
 @dataclass(frozen=True)
 class Call:
-    stub: type  # the generated stub class, e.g. GenerationStub
+    stub: type  # the generated stub class, e.g. GenerationServiceStub
     method: str  # its method, e.g. "Generate"
     timeout: float | None  # None: the client's
 
@@ -79,10 +81,23 @@ AnyCall = Unary | ServerStream | ClientStream
 Op = Generator[AnyCall, Any, R]
 
 
+def _status_details(exc: grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a ragloom server puts in the trailers of a failed call, if any."""
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None  # type: ignore[attr-defined]
+    for key, value in trailing or ():
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+    return None
+
+
 def _error(exc: grpc.RpcError) -> RagloomError:
-    """The ragloom error for a failed call, with the RpcError as __cause__."""
+    """The ragloom error for a failed call (with .code, .reason, .field, .metadata and
+    .retry_after_s from the server's error details), with the RpcError as __cause__."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)  # type: ignore[attr-defined]
-    err = error_from_status(code, details or code.name)
+    err = error_from_status(code, details or code.name, _status_details(exc))
     err.__cause__ = exc
     return err

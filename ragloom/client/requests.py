@@ -25,6 +25,28 @@ UPSERT_BATCH_BYTES = 4 * 1024 * 1024
 
 
 
+def enum_value(enum: Any, text: object, prefix: str, field: str) -> int:
+    """An API enum's value for the string users write ("lookup" -> SPECULATIVE_METHOD_LOOKUP);
+    InvalidArgument naming `field` for anything else, before any call."""
+    names = [n.removeprefix(prefix).lower() for n in enum.keys() if n != prefix + "UNSPECIFIED"]
+    if not isinstance(text, str) or text.lower() not in names:
+        raise InvalidArgument(f"{field} must be one of {', '.join(map(repr, names))}, got {text!r}", field=field)
+    return int(enum.Value(prefix + text.upper()))
+
+
+def _chat_message(m: Any, i: int) -> pb.ChatMessage:
+    """{"role": "user", "content": "..."} as a ChatMessage (roles "system", "user", "assistant")."""
+    if not isinstance(m, Mapping):
+        raise InvalidArgument(f"messages[{i}] must be a dict with role and content, got {type(m).__name__}",
+                              field=f"messages[{i}]")
+    content = m.get("content")
+    if not isinstance(content, str):
+        raise InvalidArgument(f"messages[{i}].content must be a string, got {type(content).__name__}",
+                              field=f"messages[{i}].content")
+    role = enum_value(pb.Role, m.get("role"), "ROLE_", f"messages[{i}].role")
+    return pb.ChatMessage(role=role, content=content)
+
+
 def _set_constraint(
     req: pb.GenerateRequest,
     json_schema: JsonSchema | None,
@@ -36,25 +58,25 @@ def _set_constraint(
     given = [n for n, v in (("json_schema", json_schema), ("grammar", grammar), ("regex", regex),
                             ("choices", choices)) if v is not None]
     if len(given) > 1:
-        raise InvalidArgument(f"give at most one constraint, got {' and '.join(given)}")
+        raise InvalidArgument(f"give at most one constraint, got {' and '.join(given)}", field=given[1])
     if json_schema is not None:
         req.json_schema = schema_text(json_schema)
         if strict is not None:
             req.strict = strict
     elif grammar is not None:
         if not isinstance(grammar, str):
-            raise InvalidArgument(f"grammar must be lark grammar text, got {type(grammar).__name__}")
+            raise InvalidArgument(f"grammar must be lark grammar text, got {type(grammar).__name__}", field="grammar")
         req.lark_grammar = grammar
     elif regex is not None:
         if not isinstance(regex, str):
-            raise InvalidArgument(f"regex must be a string, got {type(regex).__name__}")
+            raise InvalidArgument(f"regex must be a string, got {type(regex).__name__}", field="regex")
         req.regex = regex
     elif choices is not None:
         if isinstance(choices, str) or not all(isinstance(c, str) for c in choices):
-            raise InvalidArgument("choices must be a list of strings")
-        if not choices:
-            raise InvalidArgument("choices is empty: give at least one choice")
-        req.choices.choices.extend(choices)
+            raise InvalidArgument("choices must be a list of strings", field="choices")
+        if not choices:  # on the wire an empty list is no constraint at all: refuse it here
+            raise InvalidArgument("choices is empty: give at least one choice", field="choices")
+        req.choices.extend(choices)
 
 
 def _set_sampling(msg: pb.SamplingParams, sampling: Mapping[str, Any]) -> None:
@@ -83,7 +105,9 @@ def build_generate_request(
 ) -> pb.GenerateRequest:
     """Only arguments that were given go into the request (None = the server's default).
 
-    At most one of json_schema / grammar / regex / choices; strict applies to json_schema."""
+    messages: dicts {"role": "system" | "user" | "assistant", "content": str}. At most one of
+    json_schema / grammar / regex / choices; strict applies to json_schema. speculative: "off",
+    "lookup", "recycling" or "auto"."""
     if (prompt is None) == (messages is None):
         raise TypeError("pass exactly one of prompt or messages")
     req = pb.GenerateRequest(request_id=request_id or uuid.uuid4().hex, model=model or "")
@@ -91,12 +115,29 @@ def build_generate_request(
         req.prompt = prompt
     else:
         assert messages is not None
-        req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+        req.messages.extend(_chat_message(m, i) for i, m in enumerate(messages))
     _set_constraint(req, json_schema, grammar, regex, choices, strict)
     _set_sampling(req.sampling, sampling)
     if speculative is not None:
-        req.speculative = speculative
+        req.speculative = enum_value(pb.SpeculativeMethod, speculative, "SPECULATIVE_METHOD_", "speculative")
     return req
+
+
+# CreateCollection's index kinds as users write them, and their IndexKind values
+INDEX_KINDS: dict[str, rpb.IndexKind] = {
+    "auto": rpb.INDEX_KIND_AUTO,
+    "flat": rpb.INDEX_KIND_FLAT,
+    "ivf": rpb.INDEX_KIND_IVF,
+}
+
+
+def _struct_field(value: Mapping[str, Any], field: str, what: str) -> Any:
+    """dict_to_struct, its InvalidArgument naming the request field."""
+    try:
+        return dict_to_struct(value, what)
+    except InvalidArgument as exc:
+        exc.field = field
+        raise
 
 
 def build_create_collection_request(
@@ -106,23 +147,39 @@ def build_create_collection_request(
     chunk_tokens: int | None = None,
     chunk_overlap: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> rpb.CreateCollectionRequest:
-    req = rpb.CreateCollectionRequest(name=name, index=index or "")
+    """index: "auto", "flat" or "ivf" (None: the server's default, auto)."""
+    req = rpb.CreateCollectionRequest(name=name, request_id=request_id or "")
+    if index is not None:
+        kind = INDEX_KINDS.get(index) if isinstance(index, str) else None
+        if kind is None:
+            raise InvalidArgument(f"index must be one of {', '.join(map(repr, INDEX_KINDS))}, got {index!r}", field="index")
+        req.index = kind
     if chunk_tokens is not None:
         req.chunk_tokens = chunk_tokens
     if chunk_overlap is not None:
         req.chunk_overlap = chunk_overlap
     if metadata is not None:
-        req.metadata.CopyFrom(dict_to_struct(metadata, "collection metadata"))
+        req.metadata.CopyFrom(_struct_field(metadata, "metadata", "collection metadata"))
     return req
 
 
 def build_search_request(
-    name: str, query: str, *, k: int, filter: Mapping[str, Any] | None, oversample: int | None
+    name: str,
+    query: str,
+    *,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    oversample: int | None,
+    group_by_document: bool = False,
+    request_id: str | None = None,
 ) -> rpb.SearchRequest:
-    req = rpb.SearchRequest(collection=name, query=query, k=k)
+    req = rpb.SearchRequest(
+        collection=name, query=query, k=k, group_by_document=group_by_document, request_id=request_id or ""
+    )
     if filter:
-        req.filter.CopyFrom(dict_to_struct(filter, "filter"))
+        req.filter.CopyFrom(_struct_field(filter, "filter", "filter"))
     if oversample is not None:
         req.oversample = oversample
     return req
@@ -143,19 +200,24 @@ def build_ask_request(
     request_id: str | None = None,
     **sampling: Any,
 ) -> apb.AskRequest:
-    """Only arguments that were given go into the request (None = the server's default)."""
+    """Only arguments that were given go into the request (None = the server's default).
+
+    mode: "full", "prefix", "blend" or "epic"."""
     if not isinstance(question, str):
-        raise InvalidArgument(f"question must be a string, got {type(question).__name__}")
+        raise InvalidArgument(f"question must be a string, got {type(question).__name__}", field="question")
     if not isinstance(collection, str) or not collection:
-        raise InvalidArgument("collection must be a non-empty string: the collection to answer from")
+        raise InvalidArgument("collection must be a non-empty string: the collection to answer from",
+                              field="collection")
     req = apb.AskRequest(
         request_id=request_id or uuid.uuid4().hex,
         question=question,
         collection=collection,
-        k=k or 0,
-        mode=mode or "",
         system_prompt=system_prompt or "",
     )
+    if k is not None:
+        req.k = k
+    if mode is not None:
+        req.mode = enum_value(apb.AskMode, mode, "ASK_MODE_", "mode")
     if filter:
         req.filter.CopyFrom(dict_to_struct(filter, "filter"))
     if recompute_ratio is not None:
@@ -177,10 +239,12 @@ def build_query_request(
     self_correct: bool | None, max_rows: int | None, timeout_s: float | None, instructions: str | None,
     max_tokens: int | None, temperature: float | None, request_id: str | None, ground_values: bool | None = None,
 ) -> tpb.QueryRequest:
-    req = tpb.QueryRequest(connector=connector, question=question, mode=mode or "", max_rows=max_rows or 0,
-                           timeout_s=timeout_s or 0.0, instructions=instructions or "", request_id=request_id or "")
+    req = tpb.QueryRequest(connector=connector, question=question, instructions=instructions or "",
+                           request_id=request_id or "")
+    if mode is not None:
+        req.mode = enum_value(tpb.QueryMode, mode, "QUERY_MODE_", "mode")
     for name, value in (("link", link), ("grammar", grammar), ("self_correct", self_correct),
-                        ("ground_values", ground_values)):
+                        ("ground_values", ground_values), ("max_rows", max_rows), ("timeout_s", timeout_s)):
         if value is not None:
             setattr(req, name, value)
     _set_sampling(req.sampling, {"max_tokens": max_tokens, "temperature": temperature})
@@ -261,12 +325,14 @@ class _UpsertFeed:
         progress: Callable[[int], None] | None,
         max_bytes: int = UPSERT_BATCH_BYTES,
         precompute_kv: bool = False,
+        request_id: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.header = rpb.UpsertRequest(
             collection=name, create_if_missing=create_if_missing, precompute_kv=precompute_kv,
             progress=progress is not None,  # acknowledgements only when someone shows them
+            request_id=request_id or "",  # the first message's names the call (empty: the server picks one)
         )
         self.batch_size = batch_size
         self.max_bytes = max_bytes

@@ -19,9 +19,11 @@ from ragloom.client.results import (
     StreamChunk,
     Usage,
     ask_usage_from,
+    enum_text,
     grounded_value_from,
     passage_from,
-    plain_list,
+    result_column_from,
+    row_from,
     usage_from,
 )
 from ragloom.errors import RagloomError
@@ -77,11 +79,12 @@ class _StreamState(_TextState):
         done = msg.complete
         text = "".join(self.texts)
         warnings = list(done.warnings)
-        parsed = self._parsed(text, done.finish_reason, warnings, "the output")
+        finish_reason = enum_text(pb.FinishReason, done.finish_reason, "FINISH_REASON_")
+        parsed = self._parsed(text, finish_reason, warnings, "the output")
         self.completion = Completion(
             text=text,
             token_ids=self.token_ids,
-            finish_reason=done.finish_reason,
+            finish_reason=finish_reason,
             usage=usage_from(done.usage),
             request_id=done.request_id or self.request_id,
             warnings=warnings,
@@ -119,15 +122,16 @@ class _AskState(_TextState):
         done = msg.complete
         text = done.answer or "".join(self.texts)
         warnings = list(done.warnings)
-        parsed = self._parsed(text, done.finish_reason, warnings, "the answer")
+        finish_reason = enum_text(pb.FinishReason, done.finish_reason, "FINISH_REASON_")
+        parsed = self._parsed(text, finish_reason, warnings, "the answer")
         self.answer = Answer(
             text=text,
             passages=self.passages or [],
             citations=[Citation(id=c.id, chunk_id=c.chunk_id, score=c.score, rank=c.rank) for c in done.citations],
-            finish_reason=done.finish_reason,
+            finish_reason=finish_reason,
             usage=ask_usage_from(done.usage),
             request_id=done.request_id or self.request_id,
-            mode=done.mode,
+            mode=enum_text(apb.AskMode, done.mode, "ASK_MODE_"),
             token_ids=self.token_ids,
             warnings=warnings,
             parsed=parsed,
@@ -152,21 +156,23 @@ class _QueryState:
     def done(self) -> bool:
         return self.result is not None
 
-    def feed(self, msg: tpb.QueryResponse) -> None:
+    def feed(self, msg: tpb.QueryResponse | tpb.ExecuteSqlResponse) -> None:
         kind = msg.WhichOneof("response")
         if kind == "header":
             self.header = msg.header
         elif kind == "rows":
-            self.rows.extend(plain_list(r) for r in msg.rows.rows)
+            self.rows.extend(row_from(r) for r in msg.rows.rows)
         elif kind == "complete":
             c, h = msg.complete, self.header or tpb.QueryHeader()
             self.result = SqlResult(
-                sql=c.sql, columns=list(h.columns), rows=self.rows, tables=list(h.tables),
+                sql=c.sql, columns=[col.name for col in h.columns], rows=self.rows,
+                column_types=[result_column_from(col) for col in h.columns], tables=list(h.tables),
                 linked_tables=list(h.linked_tables),
                 grounded_values=[grounded_value_from(g) for g in h.grounded_values], truncated=c.truncated, attempts=c.attempts, valid=c.valid,
-                error=c.error or None, mode=c.mode or "sql", answer=c.answer, failed_sql=list(c.failed_sql),
+                error=c.error or None, mode=enum_text(tpb.QueryMode, c.mode, "QUERY_MODE_") or "sql", answer=c.answer,
+                failed_sql=list(c.failed_sql),
                 usage=Usage(prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens),
-                request_id=h.request_id,
+                request_id=h.request_id, seconds=c.usage.seconds,
             )
 
     def final(self) -> SqlResult:

@@ -24,39 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bragloom/v1/generation.proto\x12\nragloom.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.ragloom.v1.ChatMessage\"\xde\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x16\n\x0estop_token_ids\x18\t \x03(\x05\x12\x17\n\nignore_eos\x18\n \x01(\x08H\x07\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eos\"\x1a\n\x07\x43hoices\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"\xd6\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12,\n\x08messages\x18\x04 \x01(\x0b\x32\x18.ragloom.v1.ChatMessagesH\x00\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x15\n\x0bjson_schema\x18\n \x01(\tH\x01\x12\x16\n\x0clark_grammar\x18\x0b \x01(\tH\x01\x12\x0f\n\x05regex\x18\x0c \x01(\tH\x01\x12&\n\x07\x63hoices\x18\r \x01(\x0b\x32\x13.ragloom.v1.ChoicesH\x01\x12\x13\n\x06strict\x18\x0e \x01(\x08H\x02\x88\x01\x01\x12\x13\n\x0bspeculative\x18\x0f \x01(\tB\x07\n\x05inputB\x0c\n\nconstraintB\t\n\x07_strict\"\x7f\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x05 \x01(\x05\"J\n\x05\x43hunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.ragloom.v1.Usage\"i\n\x08\x43omplete\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragloom.v1.Usage\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08warnings\x18\x04 \x03(\t\"l\n\x10GenerateResponse\x12\"\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x11.ragloom.v1.ChunkH\x00\x12(\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x14.ragloom.v1.CompleteH\x00\x42\n\n\x08response\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetLoadsRequest\"\xcc\x02\n\x10GetLoadsResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x03 \x01(\x05\x12\x17\n\x0fkv_blocks_total\x18\x04 \x01(\x05\x12\x10\n\x08kv_usage\x18\x05 \x01(\x02\x12\r\n\x05model\x18\x06 \x01(\t\x12#\n\x1bprefix_cache_queried_tokens\x18\x07 \x01(\x03\x12\x1f\n\x17prefix_cache_hit_tokens\x18\x08 \x01(\x03\x12\x19\n\x11speculative_steps\x18\t \x01(\x03\x12 \n\x18speculative_draft_tokens\x18\n \x01(\x03\x12#\n\x1bspeculative_accepted_tokens\x18\x0b \x01(\x03\x12\x1c\n\x14mean_accepted_tokens\x18\x0c \x01(\x02\x32\xda\x01\n\nGeneration\x12G\n\x08Generate\x12\x1b.ragloom.v1.GenerateRequest\x1a\x1c.ragloom.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.ragloom.v1.AbortRequest\x1a\x19.ragloom.v1.AbortResponse\x12\x45\n\x08GetLoads\x12\x1b.ragloom.v1.GetLoadsRequest\x1a\x1c.ragloom.v1.GetLoadsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bragloom/v1/generation.proto\x12\nragloom.v1\">\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.ragloom.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xde\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x16\n\x0estop_token_ids\x18\t \x03(\x05\x12\x17\n\nignore_eos\x18\n \x01(\x08H\x07\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_ignore_eos\"\xd0\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12)\n\x08messages\x18\x04 \x03(\x0b\x32\x17.ragloom.v1.ChatMessage\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x15\n\x0bjson_schema\x18\n \x01(\tH\x00\x12\x16\n\x0clark_grammar\x18\x0b \x01(\tH\x00\x12\x0f\n\x05regex\x18\x0c \x01(\tH\x00\x12\x0f\n\x07\x63hoices\x18\r \x03(\t\x12\x13\n\x06strict\x18\x0e \x01(\x08H\x01\x88\x01\x01\x12\x32\n\x0bspeculative\x18\x0f \x01(\x0e\x32\x1d.ragloom.v1.SpeculativeMethodB\x0c\n\nconstraintB\t\n\x07_strict\"\x7f\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x05 \x01(\x05\"J\n\x05\x43hunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.ragloom.v1.Usage\"\x83\x01\n\x08\x43omplete\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.ragloom.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragloom.v1.Usage\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08warnings\x18\x04 \x03(\t\"l\n\x10GenerateResponse\x12\"\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x11.ragloom.v1.ChunkH\x00\x12(\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x14.ragloom.v1.CompleteH\x00\x42\n\n\x08response\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"%\n\x0fGetLoadsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xcc\x02\n\x10GetLoadsResponse\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x03 \x01(\x05\x12\x17\n\x0fkv_blocks_total\x18\x04 \x01(\x05\x12\x10\n\x08kv_usage\x18\x05 \x01(\x02\x12\r\n\x05model\x18\x06 \x01(\t\x12#\n\x1bprefix_cache_queried_tokens\x18\x07 \x01(\x03\x12\x1f\n\x17prefix_cache_hit_tokens\x18\x08 \x01(\x03\x12\x19\n\x11speculative_steps\x18\t \x01(\x03\x12 \n\x18speculative_draft_tokens\x18\n \x01(\x03\x12#\n\x1bspeculative_accepted_tokens\x18\x0b \x01(\x03\x12\x1c\n\x14mean_accepted_tokens\x18\x0c \x01(\x02*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\xb1\x01\n\x11SpeculativeMethod\x12\"\n\x1eSPECULATIVE_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16SPECULATIVE_METHOD_OFF\x10\x01\x12\x1d\n\x19SPECULATIVE_METHOD_LOOKUP\x10\x02\x12 \n\x1cSPECULATIVE_METHOD_RECYCLING\x10\x03\x12\x1b\n\x17SPECULATIVE_METHOD_AUTO\x10\x04*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\xe1\x01\n\x11GenerationService\x12G\n\x08Generate\x12\x1b.ragloom.v1.GenerateRequest\x1a\x1c.ragloom.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.ragloom.v1.AbortRequest\x1a\x19.ragloom.v1.AbortResponse\x12\x45\n\x08GetLoads\x12\x1b.ragloom.v1.GetLoadsRequest\x1a\x1c.ragloom.v1.GetLoadsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragloom.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ROLE']._serialized_start=1690
+  _globals['_ROLE']._serialized_end=1770
+  _globals['_SPECULATIVEMETHOD']._serialized_start=1773
+  _globals['_SPECULATIVEMETHOD']._serialized_end=1950
+  _globals['_FINISHREASON']._serialized_start=1952
+  _globals['_FINISHREASON']._serialized_end=2072
   _globals['_CHATMESSAGE']._serialized_start=43
-  _globals['_CHATMESSAGE']._serialized_end=87
-  _globals['_CHATMESSAGES']._serialized_start=89
-  _globals['_CHATMESSAGES']._serialized_end=146
-  _globals['_SAMPLINGPARAMS']._serialized_start=149
-  _globals['_SAMPLINGPARAMS']._serialized_end=499
-  _globals['_CHOICES']._serialized_start=501
-  _globals['_CHOICES']._serialized_end=527
-  _globals['_GENERATEREQUEST']._serialized_start=530
-  _globals['_GENERATEREQUEST']._serialized_end=872
-  _globals['_USAGE']._serialized_start=874
-  _globals['_USAGE']._serialized_end=1001
-  _globals['_CHUNK']._serialized_start=1003
-  _globals['_CHUNK']._serialized_end=1077
-  _globals['_COMPLETE']._serialized_start=1079
-  _globals['_COMPLETE']._serialized_end=1184
-  _globals['_GENERATERESPONSE']._serialized_start=1186
-  _globals['_GENERATERESPONSE']._serialized_end=1294
-  _globals['_ABORTREQUEST']._serialized_start=1296
-  _globals['_ABORTREQUEST']._serialized_end=1330
-  _globals['_ABORTRESPONSE']._serialized_start=1332
-  _globals['_ABORTRESPONSE']._serialized_end=1362
-  _globals['_GETLOADSREQUEST']._serialized_start=1364
-  _globals['_GETLOADSREQUEST']._serialized_end=1381
-  _globals['_GETLOADSRESPONSE']._serialized_start=1384
-  _globals['_GETLOADSRESPONSE']._serialized_end=1716
-  _globals['_GENERATION']._serialized_start=1719
-  _globals['_GENERATION']._serialized_end=1937
+  _globals['_CHATMESSAGE']._serialized_end=105
+  _globals['_SAMPLINGPARAMS']._serialized_start=108
+  _globals['_SAMPLINGPARAMS']._serialized_end=458
+  _globals['_GENERATEREQUEST']._serialized_start=461
+  _globals['_GENERATEREQUEST']._serialized_end=797
+  _globals['_USAGE']._serialized_start=799
+  _globals['_USAGE']._serialized_end=926
+  _globals['_CHUNK']._serialized_start=928
+  _globals['_CHUNK']._serialized_end=1002
+  _globals['_COMPLETE']._serialized_start=1005
+  _globals['_COMPLETE']._serialized_end=1136
+  _globals['_GENERATERESPONSE']._serialized_start=1138
+  _globals['_GENERATERESPONSE']._serialized_end=1246
+  _globals['_ABORTREQUEST']._serialized_start=1248
+  _globals['_ABORTREQUEST']._serialized_end=1282
+  _globals['_ABORTRESPONSE']._serialized_start=1284
+  _globals['_ABORTRESPONSE']._serialized_end=1314
+  _globals['_GETLOADSREQUEST']._serialized_start=1316
+  _globals['_GETLOADSREQUEST']._serialized_end=1353
+  _globals['_GETLOADSRESPONSE']._serialized_start=1356
+  _globals['_GETLOADSRESPONSE']._serialized_end=1688
+  _globals['_GENERATIONSERVICE']._serialized_start=2075
+  _globals['_GENERATIONSERVICE']._serialized_end=2300
 # @@protoc_insertion_point(module_scope)

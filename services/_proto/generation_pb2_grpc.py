@@ -5,7 +5,7 @@ import warnings
 
 from . import generation_pb2 as ragloom_dot_v1_dot_generation__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,8 +25,10 @@ if _version_not_supported:
     )
 
 
-class GenerationStub:
-    """Missing associated documentation comment in .proto file."""
+class GenerationServiceStub:
+    """Text generation, optionally constrained to a JSON Schema, a lark grammar, a regex or a list of
+    choices, with continuous batching, prefix caching and speculative decoding in the server.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,49 +37,62 @@ class GenerationStub:
             channel: A grpc.Channel.
         """
         self.Generate = channel.unary_stream(
-                '/ragloom.v1.Generation/Generate',
+                '/ragloom.v1.GenerationService/Generate',
                 request_serializer=ragloom_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.Abort = channel.unary_unary(
-                '/ragloom.v1.Generation/Abort',
+                '/ragloom.v1.GenerationService/Abort',
                 request_serializer=ragloom_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_generation__pb2.AbortResponse.FromString,
                 _registered_method=True)
         self.GetLoads = channel.unary_unary(
-                '/ragloom.v1.Generation/GetLoads',
+                '/ragloom.v1.GenerationService/GetLoads',
                 request_serializer=ragloom_dot_v1_dot_generation__pb2.GetLoadsRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_generation__pb2.GetLoadsResponse.FromString,
                 _registered_method=True)
 
 
-class GenerationServicer:
-    """Missing associated documentation comment in .proto file."""
+class GenerationServiceServicer:
+    """Text generation, optionally constrained to a JSON Schema, a lark grammar, a regex or a list of
+    choices, with continuous batching, prefix caching and speculative decoding in the server.
+    """
 
     def Generate(self, request, context):
-        """Server-streaming: zero or more Chunk messages, then exactly one Complete.
-        Cancelling the call (or its deadline passing) aborts the request and frees its KV blocks.
+        """Generates a completion. Server-streaming: zero or more `chunk` responses, then exactly one
+        `complete`. Cancelling the call (or its deadline passing) aborts the request and frees its
+        KV blocks.
+
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: no prompt or messages, both, a bad sampling value,
+        two constraints, prompt plus max_tokens longer than the context (field sampling.max_tokens);
+        SCHEMA_INVALID, SCHEMA_KEYWORD_UNSUPPORTED, GRAMMAR_INVALID: a constraint that cannot be
+        compiled); NOT_FOUND (MODEL_NOT_FOUND); ALREADY_EXISTS (a request with this request_id is
+        running); RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE: the prompt alone fills the context or cannot
+        fit the KV cache; and the server's concurrent-call limit, see ErrorReason.OVERLOADED);
+        DEADLINE_EXCEEDED (the call's deadline; CONSTRAINT_COMPILE_TIMEOUT); UNAVAILABLE
+        (SERVER_UNAVAILABLE: draining).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Abort(self, request, context):
-        """Idempotent: aborting an unknown or already finished request answers found=false.
+        """Aborts a running Generate or Ask by its request id. Idempotent: an unknown or already
+        finished id answers found=false. The aborted call ends with finish_reason ABORT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLoads(self, request, context):
-        """Current queue depth and KV usage of this replica.
+        """Current queue depth, KV usage and cache counters of this replica, for routers and dashboards.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_GenerationServicer_to_server(servicer, server):
+def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
@@ -96,14 +111,16 @@ def add_GenerationServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ragloom.v1.Generation', rpc_method_handlers)
+            'ragloom.v1.GenerationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ragloom.v1.Generation', rpc_method_handlers)
+    server.add_registered_method_handlers('ragloom.v1.GenerationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Generation:
-    """Missing associated documentation comment in .proto file."""
+class GenerationService:
+    """Text generation, optionally constrained to a JSON Schema, a lark grammar, a regex or a list of
+    choices, with continuous batching, prefix caching and speculative decoding in the server.
+    """
 
     @staticmethod
     def Generate(request,
@@ -119,7 +136,7 @@ class Generation:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ragloom.v1.Generation/Generate',
+            '/ragloom.v1.GenerationService/Generate',
             ragloom_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
             ragloom_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
             options,
@@ -146,7 +163,7 @@ class Generation:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Generation/Abort',
+            '/ragloom.v1.GenerationService/Abort',
             ragloom_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
             ragloom_dot_v1_dot_generation__pb2.AbortResponse.FromString,
             options,
@@ -173,7 +190,7 @@ class Generation:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Generation/GetLoads',
+            '/ragloom.v1.GenerationService/GetLoads',
             ragloom_dot_v1_dot_generation__pb2.GetLoadsRequest.SerializeToString,
             ragloom_dot_v1_dot_generation__pb2.GetLoadsResponse.FromString,
             options,

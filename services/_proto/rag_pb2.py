@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from . import generation_pb2 as ragloom_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ragloom/v1/rag.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bragloom/v1/generation.proto\"\xf3\x02\n\nAskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04mode\x18\x06 \x01(\t\x12\x1c\n\x0frecompute_ratio\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x65pic_tokens\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12,\n\x08sampling\x18\t \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x18\n\x0bjson_schema\x18\n \x01(\tH\x02\x88\x01\x01\x12\x13\n\x06strict\x18\x0b \x01(\x08H\x03\x88\x01\x01\x12\x15\n\rsystem_prompt\x18\x0c \x01(\tB\x12\n\x10_recompute_ratioB\x0e\n\x0c_epic_tokensB\x0e\n\x0c_json_schemaB\t\n\x07_strict\"\x8e\x01\n\x07Passage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x63\x61\x63he\x18\x06 \x01(\t\x12\x0e\n\x06tokens\x18\x07 \x01(\x05\"1\n\x08Passages\x12%\n\x08passages\x18\x01 \x03(\x0b\x32\x13.ragloom.v1.Passage\"E\n\x08\x43itation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"\xef\x01\n\x08\x41skUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rreused_tokens\x18\x03 \x01(\x05\x12\x19\n\x11recomputed_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x63hunks_computed\x18\x05 \x01(\x05\x12\x35\n\ttier_hits\x18\x06 \x03(\x0b\x32\".ragloom.v1.AskUsage.TierHitsEntry\x1a/\n\rTierHitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xb6\x01\n\x0b\x41skComplete\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\'\n\tcitations\x18\x02 \x03(\x0b\x32\x14.ragloom.v1.Citation\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.ragloom.v1.AskUsage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\"\x94\x01\n\x0b\x41skResponse\x12(\n\x08passages\x18\x01 \x01(\x0b\x32\x14.ragloom.v1.PassagesH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.ragloom.v1.ChunkH\x00\x12+\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x17.ragloom.v1.AskCompleteH\x00\x42\n\n\x08response\"\x16\n\x14GetCacheStatsRequest\"\xf7\x01\n\tTierStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x12\x0c\n\x04hits\x18\x06 \x01(\x03\x12\x0e\n\x06misses\x18\x07 \x01(\x03\x12\x0c\n\x04puts\x18\x08 \x01(\x03\x12\x11\n\tevictions\x18\t \x01(\x03\x12\x0e\n\x06\x65rrors\x18\n \x01(\x03\x12\x0f\n\x07\x63orrupt\x18\x0b \x01(\x03\x12\x12\n\nmismatches\x18\x0c \x01(\x03\x12\'\n\x06\x64\x65tail\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\"\xab\x01\n\nCacheStats\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x14\n\x0credis_errors\x18\x03 \x01(\x03\x12$\n\x05tiers\x18\x04 \x03(\x0b\x32\x15.ragloom.v1.TierStats\x12\x12\n\ncodec_bits\x18\x05 \x01(\x05\x12\x18\n\x10\x63odec_group_size\x18\x06 \x01(\x05\x12\x15\n\rcodec_entropy\x18\x07 \x01(\x08\x32\x8a\x01\n\x03Rag\x12\x38\n\x03\x41sk\x12\x16.ragloom.v1.AskRequest\x1a\x17.ragloom.v1.AskResponse0\x01\x12I\n\rGetCacheStats\x12 .ragloom.v1.GetCacheStatsRequest\x1a\x16.ragloom.v1.CacheStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ragloom/v1/rag.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bragloom/v1/generation.proto\"\x93\x03\n\nAskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x0e\n\x01k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x04mode\x18\x06 \x01(\x0e\x32\x13.ragloom.v1.AskMode\x12\x1c\n\x0frecompute_ratio\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0b\x65pic_tokens\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12,\n\x08sampling\x18\t \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x18\n\x0bjson_schema\x18\n \x01(\tH\x03\x88\x01\x01\x12\x13\n\x06strict\x18\x0b \x01(\x08H\x04\x88\x01\x01\x12\x15\n\rsystem_prompt\x18\x0c \x01(\tB\x04\n\x02_kB\x12\n\x10_recompute_ratioB\x0e\n\x0c_epic_tokensB\x0e\n\x0c_json_schemaB\t\n\x07_strict\"\xa8\x01\n\x07Passage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\tkv_source\x18\x06 \x01(\x0e\x32\x14.ragloom.v1.KvSource\x12\x0e\n\x06tokens\x18\x07 \x01(\x05\"1\n\x08Passages\x12%\n\x08passages\x18\x01 \x03(\x0b\x32\x13.ragloom.v1.Passage\"E\n\x08\x43itation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"\xef\x01\n\x08\x41skUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rreused_tokens\x18\x03 \x01(\x05\x12\x19\n\x11recomputed_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x63hunks_computed\x18\x05 \x01(\x05\x12\x35\n\ttier_hits\x18\x06 \x03(\x0b\x32\".ragloom.v1.AskUsage.TierHitsEntry\x1a/\n\rTierHitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xe5\x01\n\x0b\x41skComplete\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\'\n\tcitations\x18\x02 \x03(\x0b\x32\x14.ragloom.v1.Citation\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.ragloom.v1.FinishReason\x12#\n\x05usage\x18\x04 \x01(\x0b\x32\x14.ragloom.v1.AskUsage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12!\n\x04mode\x18\x07 \x01(\x0e\x32\x13.ragloom.v1.AskMode\"\x94\x01\n\x0b\x41skResponse\x12(\n\x08passages\x18\x01 \x01(\x0b\x32\x14.ragloom.v1.PassagesH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.ragloom.v1.ChunkH\x00\x12+\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x17.ragloom.v1.AskCompleteH\x00\x42\n\n\x08response\"*\n\x14GetCacheStatsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x8d\x02\n\tTierStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.ragloom.v1.TierKind\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x12\x0c\n\x04hits\x18\x06 \x01(\x03\x12\x0e\n\x06misses\x18\x07 \x01(\x03\x12\x0c\n\x04puts\x18\x08 \x01(\x03\x12\x11\n\tevictions\x18\t \x01(\x03\x12\x0e\n\x06\x65rrors\x18\n \x01(\x03\x12\x0f\n\x07\x63orrupt\x18\x0b \x01(\x03\x12\x12\n\nmismatches\x18\x0c \x01(\x03\x12\'\n\x06\x64\x65tail\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb6\x01\n\x15GetCacheStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x14\n\x0credis_errors\x18\x03 \x01(\x03\x12$\n\x05tiers\x18\x04 \x03(\x0b\x32\x15.ragloom.v1.TierStats\x12\x12\n\ncodec_bits\x18\x05 \x01(\x05\x12\x18\n\x10\x63odec_group_size\x18\x06 \x01(\x05\x12\x15\n\rcodec_entropy\x18\x07 \x01(\x08*r\n\x07\x41skMode\x12\x18\n\x14\x41SK_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rASK_MODE_FULL\x10\x01\x12\x13\n\x0f\x41SK_MODE_PREFIX\x10\x02\x12\x12\n\x0e\x41SK_MODE_BLEND\x10\x03\x12\x11\n\rASK_MODE_EPIC\x10\x04*|\n\x08KvSource\x12\x19\n\x15KV_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12KV_SOURCE_COMPUTED\x10\x01\x12\x14\n\x10KV_SOURCE_MEMORY\x10\x02\x12\x12\n\x0eKV_SOURCE_DISK\x10\x03\x12\x13\n\x0fKV_SOURCE_REDIS\x10\x04*d\n\x08TierKind\x12\x19\n\x15TIER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10TIER_KIND_MEMORY\x10\x01\x12\x12\n\x0eTIER_KIND_DISK\x10\x02\x12\x13\n\x0fTIER_KIND_REDIS\x10\x03\x32\x9c\x01\n\nRagService\x12\x38\n\x03\x41sk\x12\x16.ragloom.v1.AskRequest\x1a\x17.ragloom.v1.AskResponse0\x01\x12T\n\rGetCacheStats\x12 .ragloom.v1.GetCacheStatsRequest\x1a!.ragloom.v1.GetCacheStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASKUSAGE_TIERHITSENTRY']._loaded_options = None
   _globals['_ASKUSAGE_TIERHITSENTRY']._serialized_options = b'8\001'
+  _globals['_ASKMODE']._serialized_start=1920
+  _globals['_ASKMODE']._serialized_end=2034
+  _globals['_KVSOURCE']._serialized_start=2036
+  _globals['_KVSOURCE']._serialized_end=2160
+  _globals['_TIERKIND']._serialized_start=2162
+  _globals['_TIERKIND']._serialized_end=2262
   _globals['_ASKREQUEST']._serialized_start=96
-  _globals['_ASKREQUEST']._serialized_end=467
-  _globals['_PASSAGE']._serialized_start=470
-  _globals['_PASSAGE']._serialized_end=612
-  _globals['_PASSAGES']._serialized_start=614
-  _globals['_PASSAGES']._serialized_end=663
-  _globals['_CITATION']._serialized_start=665
-  _globals['_CITATION']._serialized_end=734
-  _globals['_ASKUSAGE']._serialized_start=737
-  _globals['_ASKUSAGE']._serialized_end=976
-  _globals['_ASKUSAGE_TIERHITSENTRY']._serialized_start=929
-  _globals['_ASKUSAGE_TIERHITSENTRY']._serialized_end=976
-  _globals['_ASKCOMPLETE']._serialized_start=979
-  _globals['_ASKCOMPLETE']._serialized_end=1161
-  _globals['_ASKRESPONSE']._serialized_start=1164
-  _globals['_ASKRESPONSE']._serialized_end=1312
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=1314
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=1336
-  _globals['_TIERSTATS']._serialized_start=1339
-  _globals['_TIERSTATS']._serialized_end=1586
-  _globals['_CACHESTATS']._serialized_start=1589
-  _globals['_CACHESTATS']._serialized_end=1760
-  _globals['_RAG']._serialized_start=1763
-  _globals['_RAG']._serialized_end=1901
+  _globals['_ASKREQUEST']._serialized_end=499
+  _globals['_PASSAGE']._serialized_start=502
+  _globals['_PASSAGE']._serialized_end=670
+  _globals['_PASSAGES']._serialized_start=672
+  _globals['_PASSAGES']._serialized_end=721
+  _globals['_CITATION']._serialized_start=723
+  _globals['_CITATION']._serialized_end=792
+  _globals['_ASKUSAGE']._serialized_start=795
+  _globals['_ASKUSAGE']._serialized_end=1034
+  _globals['_ASKUSAGE_TIERHITSENTRY']._serialized_start=987
+  _globals['_ASKUSAGE_TIERHITSENTRY']._serialized_end=1034
+  _globals['_ASKCOMPLETE']._serialized_start=1037
+  _globals['_ASKCOMPLETE']._serialized_end=1266
+  _globals['_ASKRESPONSE']._serialized_start=1269
+  _globals['_ASKRESPONSE']._serialized_end=1417
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=1419
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=1461
+  _globals['_TIERSTATS']._serialized_start=1464
+  _globals['_TIERSTATS']._serialized_end=1733
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=1736
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1918
+  _globals['_RAGSERVICE']._serialized_start=2265
+  _globals['_RAGSERVICE']._serialized_end=2421
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,7 @@ import warnings
 
 from . import rag_pb2 as ragloom_dot_v1_dot_rag__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,8 +25,19 @@ if _version_not_supported:
     )
 
 
-class RagStub:
-    """Missing associated documentation comment in .proto file."""
+class RagServiceStub:
+    """Retrieval-augmented answers. Ask searches the collection, fetches each hit's chunk KV from the
+    chunk-KV store (memory -> disk -> Redis) or computes and stores it, blends the chunks into one
+    prompt (keys moved to their new positions, the most deviating tokens and the question
+    recomputed), then decodes and streams the answer.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an empty question, a
+    recompute_ratio outside [0, 1], bad sampling or a bad filter INVALID_ARGUMENT (INVALID_FIELD);
+    a JSON Schema that cannot be compiled INVALID_ARGUMENT (SCHEMA_INVALID,
+    SCHEMA_KEYWORD_UNSUPPORTED). A collection without matching chunks is answered without
+    passages. A chunk-KV tier that is down (Redis) never fails an Ask: the other tiers serve, and
+    GetCacheStats and the server log say so.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,24 +46,36 @@ class RagStub:
             channel: A grpc.Channel.
         """
         self.Ask = channel.unary_stream(
-                '/ragloom.v1.Rag/Ask',
+                '/ragloom.v1.RagService/Ask',
                 request_serializer=ragloom_dot_v1_dot_rag__pb2.AskRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_rag__pb2.AskResponse.FromString,
                 _registered_method=True)
         self.GetCacheStats = channel.unary_unary(
-                '/ragloom.v1.Rag/GetCacheStats',
+                '/ragloom.v1.RagService/GetCacheStats',
                 request_serializer=ragloom_dot_v1_dot_rag__pb2.GetCacheStatsRequest.SerializeToString,
-                response_deserializer=ragloom_dot_v1_dot_rag__pb2.CacheStats.FromString,
+                response_deserializer=ragloom_dot_v1_dot_rag__pb2.GetCacheStatsResponse.FromString,
                 _registered_method=True)
 
 
-class RagServicer:
-    """Missing associated documentation comment in .proto file."""
+class RagServiceServicer:
+    """Retrieval-augmented answers. Ask searches the collection, fetches each hit's chunk KV from the
+    chunk-KV store (memory -> disk -> Redis) or computes and stores it, blends the chunks into one
+    prompt (keys moved to their new positions, the most deviating tokens and the question
+    recomputed), then decodes and streams the answer.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an empty question, a
+    recompute_ratio outside [0, 1], bad sampling or a bad filter INVALID_ARGUMENT (INVALID_FIELD);
+    a JSON Schema that cannot be compiled INVALID_ARGUMENT (SCHEMA_INVALID,
+    SCHEMA_KEYWORD_UNSUPPORTED). A collection without matching chunks is answered without
+    passages. A chunk-KV tier that is down (Redis) never fails an Ask: the other tiers serve, and
+    GetCacheStats and the server log say so.
+    """
 
     def Ask(self, request, context):
-        """Server-streaming: one Passages message, then zero or more Chunk messages (the answer's
-        tokens), then exactly one AskComplete. Cancelling the call (or its deadline passing)
-        aborts the generation and frees its KV blocks.
+        """Answers a question from a collection. Server-streaming: one `passages` message, then zero
+        or more `chunk` messages (the answer's tokens), then exactly one `complete`. Cancelling the
+        call (or its deadline passing) aborts the generation and frees its KV blocks;
+        GenerationService.Abort takes its request_id too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,7 +89,7 @@ class RagServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_RagServicer_to_server(servicer, server):
+def add_RagServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Ask': grpc.unary_stream_rpc_method_handler(
                     servicer.Ask,
@@ -76,18 +99,29 @@ def add_RagServicer_to_server(servicer, server):
             'GetCacheStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCacheStats,
                     request_deserializer=ragloom_dot_v1_dot_rag__pb2.GetCacheStatsRequest.FromString,
-                    response_serializer=ragloom_dot_v1_dot_rag__pb2.CacheStats.SerializeToString,
+                    response_serializer=ragloom_dot_v1_dot_rag__pb2.GetCacheStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ragloom.v1.Rag', rpc_method_handlers)
+            'ragloom.v1.RagService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ragloom.v1.Rag', rpc_method_handlers)
+    server.add_registered_method_handlers('ragloom.v1.RagService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Rag:
-    """Missing associated documentation comment in .proto file."""
+class RagService:
+    """Retrieval-augmented answers. Ask searches the collection, fetches each hit's chunk KV from the
+    chunk-KV store (memory -> disk -> Redis) or computes and stores it, blends the chunks into one
+    prompt (keys moved to their new positions, the most deviating tokens and the question
+    recomputed), then decodes and streams the answer.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an empty question, a
+    recompute_ratio outside [0, 1], bad sampling or a bad filter INVALID_ARGUMENT (INVALID_FIELD);
+    a JSON Schema that cannot be compiled INVALID_ARGUMENT (SCHEMA_INVALID,
+    SCHEMA_KEYWORD_UNSUPPORTED). A collection without matching chunks is answered without
+    passages. A chunk-KV tier that is down (Redis) never fails an Ask: the other tiers serve, and
+    GetCacheStats and the server log say so.
+    """
 
     @staticmethod
     def Ask(request,
@@ -103,7 +137,7 @@ class Rag:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ragloom.v1.Rag/Ask',
+            '/ragloom.v1.RagService/Ask',
             ragloom_dot_v1_dot_rag__pb2.AskRequest.SerializeToString,
             ragloom_dot_v1_dot_rag__pb2.AskResponse.FromString,
             options,
@@ -130,9 +164,9 @@ class Rag:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Rag/GetCacheStats',
+            '/ragloom.v1.RagService/GetCacheStats',
             ragloom_dot_v1_dot_rag__pb2.GetCacheStatsRequest.SerializeToString,
-            ragloom_dot_v1_dot_rag__pb2.CacheStats.FromString,
+            ragloom_dot_v1_dot_rag__pb2.GetCacheStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

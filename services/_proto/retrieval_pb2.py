@@ -26,43 +26,45 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aragloom/v1/retrieval.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdocuments\x18\x04 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x03\x12\r\n\x05index\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63hunk_tokens\x18\x08 \x01(\x05\x12\x15\n\rchunk_overlap\x18\t \x01(\x05\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0findex_requested\x18\x0b \x01(\t\"\xbb\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\t\x12\x19\n\x0c\x63hunk_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rchunk_overlap\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_chunk_tokensB\x10\n\x0e_chunk_overlap\"J\n\x18\x43reateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.ragloom.v1.CollectionInfo\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\"\x18\n\x16ListCollectionsRequest\"J\n\x17ListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.ragloom.v1.CollectionInfo\"_\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06vector\x18\x04 \x03(\x02\"\x90\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x19\n\x11\x63reate_if_missing\x18\x02 \x01(\x08\x12\'\n\tdocuments\x18\x03 \x03(\x0b\x32\x14.ragloom.v1.Document\x12\x15\n\rprecompute_kv\x18\x04 \x01(\x08\x12\x10\n\x08progress\x18\x05 \x01(\x08\"^\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x16\n\x0ekv_precomputed\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\x99\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\noversample\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x04\n\x02_kB\r\n\x0b_oversample\"k\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.ragloom.v1.Hit2\xec\x03\n\tRetrieval\x12]\n\x10\x43reateCollection\x12#.ragloom.v1.CreateCollectionRequest\x1a$.ragloom.v1.CreateCollectionResponse\x12]\n\x10\x44\x65leteCollection\x12#.ragloom.v1.DeleteCollectionRequest\x1a$.ragloom.v1.DeleteCollectionResponse\x12Z\n\x0fListCollections\x12\".ragloom.v1.ListCollectionsRequest\x1a#.ragloom.v1.ListCollectionsResponse\x12\x43\n\x06Upsert\x12\x19.ragloom.v1.UpsertRequest\x1a\x1a.ragloom.v1.UpsertResponse(\x01\x30\x01\x12?\n\x06\x44\x65lete\x12\x19.ragloom.v1.DeleteRequest\x1a\x1a.ragloom.v1.DeleteResponse\x12?\n\x06Search\x12\x19.ragloom.v1.SearchRequest\x1a\x1a.ragloom.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aragloom/v1/retrieval.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tdocuments\x18\x04 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x03\x12$\n\x05index\x18\x06 \x01(\x0e\x32\x15.ragloom.v1.IndexKind\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63hunk_tokens\x18\x08 \x01(\x05\x12\x15\n\rchunk_overlap\x18\t \x01(\x05\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x0findex_requested\x18\x0b \x01(\x0e\x32\x15.ragloom.v1.IndexKind\"\xe6\x01\n\x17\x43reateCollectionRequest\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05index\x18\x02 \x01(\x0e\x32\x15.ragloom.v1.IndexKind\x12\x19\n\x0c\x63hunk_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rchunk_overlap\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_chunk_tokensB\x10\n\x0e_chunk_overlap\"J\n\x18\x43reateCollectionResponse\x12.\n\ncollection\x18\x01 \x01(\x0b\x32\x1a.ragloom.v1.CollectionInfo\";\n\x17\x44\x65leteCollectionRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse\",\n\x16ListCollectionsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"J\n\x17ListCollectionsResponse\x12/\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1a.ragloom.v1.CollectionInfo\"_\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06vector\x18\x04 \x03(\x02\"\xa4\x01\n\rUpsertRequest\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x19\n\x11\x63reate_if_missing\x18\x02 \x01(\x08\x12\'\n\tdocuments\x18\x03 \x03(\x0b\x32\x14.ragloom.v1.Document\x12\x15\n\rprecompute_kv\x18\x04 \x01(\x08\x12\x10\n\x08progress\x18\x05 \x01(\x08\"^\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x16\n\x0ekv_precomputed\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"D\n\rDeleteRequest\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\xc8\x01\n\rSearchRequest\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\noversample\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x11group_by_document\x18\x06 \x01(\x08\x42\x04\n\x02_kB\r\n\x0b_oversample\"\xa6\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\x05\x12\x12\n\nstart_char\x18\x07 \x01(\x05\x12\x10\n\x08\x65nd_char\x18\x08 \x01(\x05\"/\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.ragloom.v1.Hit*e\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINDEX_KIND_AUTO\x10\x01\x12\x13\n\x0fINDEX_KIND_FLAT\x10\x02\x12\x12\n\x0eINDEX_KIND_IVF\x10\x03\x32\xf3\x03\n\x10RetrievalService\x12]\n\x10\x43reateCollection\x12#.ragloom.v1.CreateCollectionRequest\x1a$.ragloom.v1.CreateCollectionResponse\x12]\n\x10\x44\x65leteCollection\x12#.ragloom.v1.DeleteCollectionRequest\x1a$.ragloom.v1.DeleteCollectionResponse\x12Z\n\x0fListCollections\x12\".ragloom.v1.ListCollectionsRequest\x1a#.ragloom.v1.ListCollectionsResponse\x12\x43\n\x06Upsert\x12\x19.ragloom.v1.UpsertRequest\x1a\x1a.ragloom.v1.UpsertResponse(\x01\x30\x01\x12?\n\x06\x44\x65lete\x12\x19.ragloom.v1.DeleteRequest\x1a\x1a.ragloom.v1.DeleteResponse\x12?\n\x06Search\x12\x19.ragloom.v1.SearchRequest\x1a\x1a.ragloom.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragloom.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_INDEXKIND']._serialized_start=1829
+  _globals['_INDEXKIND']._serialized_end=1930
   _globals['_COLLECTIONINFO']._serialized_start=106
-  _globals['_COLLECTIONINFO']._serialized_end=375
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=378
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=565
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=567
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=641
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=643
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=682
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=684
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=710
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=712
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=736
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=738
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=812
-  _globals['_DOCUMENT']._serialized_start=814
-  _globals['_DOCUMENT']._serialized_end=909
-  _globals['_UPSERTREQUEST']._serialized_start=912
-  _globals['_UPSERTREQUEST']._serialized_end=1056
-  _globals['_UPSERTRESPONSE']._serialized_start=1058
-  _globals['_UPSERTRESPONSE']._serialized_end=1152
-  _globals['_DELETEREQUEST']._serialized_start=1154
-  _globals['_DELETEREQUEST']._serialized_end=1202
-  _globals['_DELETERESPONSE']._serialized_start=1204
-  _globals['_DELETERESPONSE']._serialized_end=1237
-  _globals['_SEARCHREQUEST']._serialized_start=1240
-  _globals['_SEARCHREQUEST']._serialized_end=1393
-  _globals['_HIT']._serialized_start=1395
-  _globals['_HIT']._serialized_end=1502
-  _globals['_SEARCHRESPONSE']._serialized_start=1504
-  _globals['_SEARCHRESPONSE']._serialized_end=1551
-  _globals['_RETRIEVAL']._serialized_start=1554
-  _globals['_RETRIEVAL']._serialized_end=2046
+  _globals['_COLLECTIONINFO']._serialized_end=421
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=424
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=654
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=656
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=730
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=732
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=791
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=793
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=819
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=821
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=865
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=867
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=941
+  _globals['_DOCUMENT']._serialized_start=943
+  _globals['_DOCUMENT']._serialized_end=1038
+  _globals['_UPSERTREQUEST']._serialized_start=1041
+  _globals['_UPSERTREQUEST']._serialized_end=1205
+  _globals['_UPSERTRESPONSE']._serialized_start=1207
+  _globals['_UPSERTRESPONSE']._serialized_end=1301
+  _globals['_DELETEREQUEST']._serialized_start=1303
+  _globals['_DELETEREQUEST']._serialized_end=1371
+  _globals['_DELETERESPONSE']._serialized_start=1373
+  _globals['_DELETERESPONSE']._serialized_end=1406
+  _globals['_SEARCHREQUEST']._serialized_start=1409
+  _globals['_SEARCHREQUEST']._serialized_end=1609
+  _globals['_HIT']._serialized_start=1612
+  _globals['_HIT']._serialized_end=1778
+  _globals['_SEARCHRESPONSE']._serialized_start=1780
+  _globals['_SEARCHRESPONSE']._serialized_end=1827
+  _globals['_RETRIEVALSERVICE']._serialized_start=1933
+  _globals['_RETRIEVALSERVICE']._serialized_end=2432
 # @@protoc_insertion_point(module_scope)

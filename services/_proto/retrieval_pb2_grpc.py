@@ -5,7 +5,7 @@ import warnings
 
 from . import retrieval_pb2 as ragloom_dot_v1_dot_retrieval__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,8 +25,16 @@ if _version_not_supported:
     )
 
 
-class RetrievalStub:
-    """Missing associated documentation comment in .proto file."""
+class RetrievalServiceStub:
+    """Collections, documents and semantic search.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an existing one on
+    create ALREADY_EXISTS (COLLECTION_EXISTS); empty ids or texts, wrong vector sizes, bad filters
+    and bad names INVALID_ARGUMENT (INVALID_FIELD, naming the field); more than 10,000 documents
+    in one Upsert message RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE). A message larger than the
+    server's message size limit is refused by gRPC itself, before ragloom sees it:
+    RESOURCE_EXHAUSTED without error details.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,42 +43,51 @@ class RetrievalStub:
             channel: A grpc.Channel.
         """
         self.CreateCollection = channel.unary_unary(
-                '/ragloom.v1.Retrieval/CreateCollection',
+                '/ragloom.v1.RetrievalService/CreateCollection',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.CreateCollectionRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.CreateCollectionResponse.FromString,
                 _registered_method=True)
         self.DeleteCollection = channel.unary_unary(
-                '/ragloom.v1.Retrieval/DeleteCollection',
+                '/ragloom.v1.RetrievalService/DeleteCollection',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
-                '/ragloom.v1.Retrieval/ListCollections',
+                '/ragloom.v1.RetrievalService/ListCollections',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
         self.Upsert = channel.stream_stream(
-                '/ragloom.v1.Retrieval/Upsert',
+                '/ragloom.v1.RetrievalService/Upsert',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.UpsertResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/ragloom.v1.Retrieval/Delete',
+                '/ragloom.v1.RetrievalService/Delete',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.Search = channel.unary_unary(
-                '/ragloom.v1.Retrieval/Search',
+                '/ragloom.v1.RetrievalService/Search',
                 request_serializer=ragloom_dot_v1_dot_retrieval__pb2.SearchRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_retrieval__pb2.SearchResponse.FromString,
                 _registered_method=True)
 
 
-class RetrievalServicer:
-    """Missing associated documentation comment in .proto file."""
+class RetrievalServiceServicer:
+    """Collections, documents and semantic search.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an existing one on
+    create ALREADY_EXISTS (COLLECTION_EXISTS); empty ids or texts, wrong vector sizes, bad filters
+    and bad names INVALID_ARGUMENT (INVALID_FIELD, naming the field); more than 10,000 documents
+    in one Upsert message RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE). A message larger than the
+    server's message size limit is refused by gRPC itself, before ragloom sees it:
+    RESOURCE_EXHAUSTED without error details.
+    """
 
     def CreateCollection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates an empty collection.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -83,29 +100,29 @@ class RetrievalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every collection with its counts and options, by name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Upsert(self, request_iterator, context):
-        """One transaction per call: the first message names the collection (and options); every
-        message may carry a batch of documents. Documents are embedded and staged as they arrive,
-        and nothing becomes visible (to Search, ListCollections, or after a restart) until the
-        client half-closes and the whole call commits. A call that is cancelled, passes its
-        deadline, fails, or whose server dies before the commit leaves the collection as it was:
-        documents it would have replaced keep their old version. A document whose id exists
-        replaces it (upsert); within one call, a repeated id's last version wins.
+        """Adds or replaces documents. One transaction per call: the first message names the
+        collection (and options); every message may carry a batch of documents. Documents are
+        chunked, embedded and staged as they arrive, and nothing becomes visible (to Search,
+        ListCollections, or after a restart) until the client half-closes and the whole call
+        commits. A call that is cancelled, passes its deadline, fails, or whose server dies before
+        the commit leaves the collection as it was: documents it would have replaced keep their old
+        version. A document whose id exists replaces it (upsert); within one call, a repeated id's
+        last version wins. Retrying a failed call is safe.
 
         Responses: without `progress` the server sends exactly one message, the final one
-        (committed = true), so clients generated when this RPC returned a single UpsertResponse
-        keep working unchanged on the wire. With `progress` it also acknowledges the documents
-        embedded and staged in the call's transaction so far (committed = false, counts since the
-        call began), once per batch as the next message arrives; the last batch is acknowledged by
-        the commit, so the counts reach the call's total only in the committed message. That
-        message is the only proof of a commit: a call that ends in an error without one stored
-        nothing. With precompute_kv, the commit is acknowledged first (with progress) and a last
-        message adds kv_precomputed.
+        (committed = true). With `progress` it also acknowledges the documents embedded and staged
+        so far (committed = false, counts since the call began), once per batch as the next message
+        arrives; the last batch is acknowledged by the commit, so the counts reach the call's total
+        only in the committed message. That message is the only proof of a commit: a call that ends
+        in an error without one stored nothing. With precompute_kv, the commit is acknowledged
+        first (with progress) and a last message adds kv_precomputed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,13 +136,15 @@ class RetrievalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The chunks most similar in meaning to a query, best first, optionally filtered by metadata
+        and grouped by document.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_RetrievalServicer_to_server(servicer, server):
+def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
@@ -159,14 +178,22 @@ def add_RetrievalServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ragloom.v1.Retrieval', rpc_method_handlers)
+            'ragloom.v1.RetrievalService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ragloom.v1.Retrieval', rpc_method_handlers)
+    server.add_registered_method_handlers('ragloom.v1.RetrievalService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Retrieval:
-    """Missing associated documentation comment in .proto file."""
+class RetrievalService:
+    """Collections, documents and semantic search.
+
+    Errors: an unknown collection answers NOT_FOUND (COLLECTION_NOT_FOUND); an existing one on
+    create ALREADY_EXISTS (COLLECTION_EXISTS); empty ids or texts, wrong vector sizes, bad filters
+    and bad names INVALID_ARGUMENT (INVALID_FIELD, naming the field); more than 10,000 documents
+    in one Upsert message RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE). A message larger than the
+    server's message size limit is refused by gRPC itself, before ragloom sees it:
+    RESOURCE_EXHAUSTED without error details.
+    """
 
     @staticmethod
     def CreateCollection(request,
@@ -182,7 +209,7 @@ class Retrieval:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Retrieval/CreateCollection',
+            '/ragloom.v1.RetrievalService/CreateCollection',
             ragloom_dot_v1_dot_retrieval__pb2.CreateCollectionRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.CreateCollectionResponse.FromString,
             options,
@@ -209,7 +236,7 @@ class Retrieval:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Retrieval/DeleteCollection',
+            '/ragloom.v1.RetrievalService/DeleteCollection',
             ragloom_dot_v1_dot_retrieval__pb2.DeleteCollectionRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.DeleteCollectionResponse.FromString,
             options,
@@ -236,7 +263,7 @@ class Retrieval:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Retrieval/ListCollections',
+            '/ragloom.v1.RetrievalService/ListCollections',
             ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.ListCollectionsResponse.FromString,
             options,
@@ -263,7 +290,7 @@ class Retrieval:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/ragloom.v1.Retrieval/Upsert',
+            '/ragloom.v1.RetrievalService/Upsert',
             ragloom_dot_v1_dot_retrieval__pb2.UpsertRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.UpsertResponse.FromString,
             options,
@@ -290,7 +317,7 @@ class Retrieval:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Retrieval/Delete',
+            '/ragloom.v1.RetrievalService/Delete',
             ragloom_dot_v1_dot_retrieval__pb2.DeleteRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.DeleteResponse.FromString,
             options,
@@ -317,7 +344,7 @@ class Retrieval:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Retrieval/Search',
+            '/ragloom.v1.RetrievalService/Search',
             ragloom_dot_v1_dot_retrieval__pb2.SearchRequest.SerializeToString,
             ragloom_dot_v1_dot_retrieval__pb2.SearchResponse.FromString,
             options,

@@ -23,58 +23,77 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from . import generation_pb2 as ragloom_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ragloom/v1/tables.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bragloom/v1/generation.proto\"F\n\x18RegisterConnectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"]\n\rConnectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x03 \x01(\t\x12\x0e\n\x06tables\x18\x04 \x01(\x05\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x05\"\x17\n\x15ListConnectorsRequest\"G\n\x16ListConnectorsResponse\x12-\n\nconnectors\x18\x01 \x03(\x0b\x32\x19.ragloom.v1.ConnectorInfo\"&\n\x16RemoveConnectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17RemoveConnectorResponse\";\n\x15\x44\x65scribeSchemaRequest\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\x91\x01\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x13\n\x0bprimary_key\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12+\n\x07samples\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.ListValue\"I\n\x0e\x46oreignKeyInfo\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\tref_table\x18\x02 \x01(\t\x12\x13\n\x0bref_columns\x18\x03 \x03(\t\"\xc4\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x16.ragloom.v1.ColumnInfo\x12\x13\n\x0bprimary_key\x18\x03 \x03(\t\x12\x30\n\x0c\x66oreign_keys\x18\x04 \x03(\x0b\x32\x1a.ragloom.v1.ForeignKeyInfo\x12\x16\n\trow_count\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x0c\n\n_row_count\"W\n\nSchemaInfo\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x0f\n\x07\x64ialect\x18\x02 \x01(\t\x12%\n\x06tables\x18\x03 \x03(\x0b\x32\x15.ragloom.v1.TableInfo\"E\n\x11\x41\x64\x64\x45xampleRequest\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0b\n\x03sql\x18\x03 \x01(\t\"&\n\x12\x41\x64\x64\x45xampleResponse\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x05\"\xea\x02\n\x0cQueryRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tconnector\x18\x02 \x01(\t\x12\x10\n\x08question\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\x04link\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07grammar\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0cself_correct\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x10\n\x08max_rows\x18\x08 \x01(\x05\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12\x14\n\x0cinstructions\x18\n \x01(\t\x12,\n\x08sampling\x18\x0b \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x12\n\nbatch_rows\x18\x0c \x01(\x05\x12\x1a\n\rground_values\x18\r \x01(\x08H\x03\x88\x01\x01\x42\x07\n\x05_linkB\n\n\x08_grammarB\x0f\n\r_self_correctB\x10\n\x0e_ground_values\"l\n\x11\x45xecuteSqlRequest\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x10\n\x08max_rows\x18\x03 \x01(\x05\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x12\n\nbatch_rows\x18\x05 \x01(\x05\"\x9a\x01\n\x0bQueryHeader\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12\x0e\n\x06tables\x18\x03 \x03(\t\x12\x15\n\rlinked_tables\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x32\n\x0fgrounded_values\x18\x06 \x03(\x0b\x32\x19.ragloom.v1.GroundedValue\"h\n\rGroundedValue\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0c\n\x04span\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x0c\n\x04kind\x18\x06 \x01(\t\"4\n\x08RowBatch\x12(\n\x04rows\x18\x01 \x03(\x0b\x32\x1a.google.protobuf.ListValue\"O\n\nQueryUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xcb\x01\n\rQueryComplete\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05valid\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x08 \x01(\t\x12\x12\n\nfailed_sql\x18\t \x03(\t\x12%\n\x05usage\x18\n \x01(\x0b\x32\x16.ragloom.v1.QueryUsage\"\x9b\x01\n\rQueryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.ragloom.v1.QueryHeaderH\x00\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x14.ragloom.v1.RowBatchH\x00\x12-\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x19.ragloom.v1.QueryCompleteH\x00\x42\n\n\x08response2\xb7\x04\n\x06Tables\x12T\n\x11RegisterConnector\x12$.ragloom.v1.RegisterConnectorRequest\x1a\x19.ragloom.v1.ConnectorInfo\x12W\n\x0eListConnectors\x12!.ragloom.v1.ListConnectorsRequest\x1a\".ragloom.v1.ListConnectorsResponse\x12Z\n\x0fRemoveConnector\x12\".ragloom.v1.RemoveConnectorRequest\x1a#.ragloom.v1.RemoveConnectorResponse\x12K\n\x0e\x44\x65scribeSchema\x12!.ragloom.v1.DescribeSchemaRequest\x1a\x16.ragloom.v1.SchemaInfo\x12K\n\nAddExample\x12\x1d.ragloom.v1.AddExampleRequest\x1a\x1e.ragloom.v1.AddExampleResponse\x12>\n\x05Query\x12\x18.ragloom.v1.QueryRequest\x1a\x19.ragloom.v1.QueryResponse0\x01\x12H\n\nExecuteSql\x12\x1d.ragloom.v1.ExecuteSqlRequest\x1a\x19.ragloom.v1.QueryResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ragloom/v1/tables.proto\x12\nragloom.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bragloom/v1/generation.proto\"Z\n\x18RegisterConnectorRequest\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"u\n\rConnectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\'\n\x07\x64ialect\x18\x03 \x01(\x0e\x32\x16.ragloom.v1.SqlDialect\x12\x0e\n\x06tables\x18\x04 \x01(\x05\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x05\"I\n\x19RegisterConnectorResponse\x12,\n\tconnector\x18\x01 \x01(\x0b\x32\x19.ragloom.v1.ConnectorInfo\"+\n\x15ListConnectorsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"G\n\x16ListConnectorsResponse\x12-\n\nconnectors\x18\x01 \x03(\x0b\x32\x19.ragloom.v1.ConnectorInfo\":\n\x16RemoveConnectorRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17RemoveConnectorResponse\"O\n\x15\x44\x65scribeSchemaRequest\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\xdf\x02\n\x04\x43\x65ll\x12\x30\n\nnull_value\x18\x01 \x01(\x0e\x32\x1a.google.protobuf.NullValueH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x17\n\rdecimal_value\x18\x04 \x01(\tH\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x12\x14\n\nbool_value\x18\x07 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x18\n\x0e\x64\x61tetime_value\x18\t \x01(\tH\x00\x12\x14\n\ndate_value\x18\n \x01(\tH\x00\x12\x14\n\ntime_value\x18\x0b \x01(\tH\x00\x12\x14\n\njson_value\x18\x0c \x01(\tH\x00\x42\x07\n\x05value\"\xab\x01\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08nullable\x18\x03 \x01(\x08\x12\x13\n\x0bprimary_key\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12!\n\x07samples\x18\x06 \x03(\x0b\x32\x10.ragloom.v1.Cell\x12\"\n\x04kind\x18\x07 \x01(\x0e\x32\x14.ragloom.v1.CellKind\"I\n\x0e\x46oreignKeyInfo\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\tref_table\x18\x02 \x01(\t\x12\x13\n\x0bref_columns\x18\x03 \x03(\t\"\xc4\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x16.ragloom.v1.ColumnInfo\x12\x13\n\x0bprimary_key\x18\x03 \x03(\t\x12\x30\n\x0c\x66oreign_keys\x18\x04 \x03(\x0b\x32\x1a.ragloom.v1.ForeignKeyInfo\x12\x16\n\trow_count\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x0c\n\n_row_count\"{\n\x16\x44\x65scribeSchemaResponse\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\'\n\x07\x64ialect\x18\x02 \x01(\x0e\x32\x16.ragloom.v1.SqlDialect\x12%\n\x06tables\x18\x03 \x03(\x0b\x32\x15.ragloom.v1.TableInfo\"Y\n\x11\x41\x64\x64\x45xampleRequest\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x0b\n\x03sql\x18\x03 \x01(\t\"&\n\x12\x41\x64\x64\x45xampleResponse\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x05\"\xba\x03\n\x0cQueryRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tconnector\x18\x02 \x01(\t\x12\x10\n\x08question\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.ragloom.v1.QueryMode\x12\x11\n\x04link\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07grammar\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0cself_correct\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x15\n\x08max_rows\x18\x08 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\ttimeout_s\x18\t \x01(\x01H\x04\x88\x01\x01\x12\x14\n\x0cinstructions\x18\n \x01(\t\x12,\n\x08sampling\x18\x0b \x01(\x0b\x32\x1a.ragloom.v1.SamplingParams\x12\x17\n\nbatch_rows\x18\x0c \x01(\x05H\x05\x88\x01\x01\x12\x1a\n\rground_values\x18\r \x01(\x08H\x06\x88\x01\x01\x42\x07\n\x05_linkB\n\n\x08_grammarB\x0f\n\r_self_correctB\x0b\n\t_max_rowsB\x0c\n\n_timeout_sB\r\n\x0b_batch_rowsB\x10\n\x0e_ground_values\"\xb9\x01\n\x11\x45xecuteSqlRequest\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x11\n\tconnector\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12\x15\n\x08max_rows\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\ttimeout_s\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nbatch_rows\x18\x05 \x01(\x05H\x02\x88\x01\x01\x42\x0b\n\t_max_rowsB\x0c\n\n_timeout_sB\r\n\x0b_batch_rows\"H\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.ragloom.v1.CellKind\"\x83\x01\n\rGroundedValue\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0c\n\x04span\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\'\n\x04kind\x18\x06 \x01(\x0e\x32\x19.ragloom.v1.GroundingKind\"\xae\x01\n\x0bQueryHeader\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12#\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x12.ragloom.v1.Column\x12\x0e\n\x06tables\x18\x03 \x03(\t\x12\x15\n\rlinked_tables\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x32\n\x0fgrounded_values\x18\x06 \x03(\x0b\x32\x19.ragloom.v1.GroundedValue\"&\n\x03Row\x12\x1f\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x10.ragloom.v1.Cell\")\n\x08RowBatch\x12\x1d\n\x04rows\x18\x01 \x03(\x0b\x32\x0f.ragloom.v1.Row\"O\n\nQueryUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xe2\x01\n\rQueryComplete\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05valid\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12#\n\x04mode\x18\x07 \x01(\x0e\x32\x15.ragloom.v1.QueryMode\x12\x0e\n\x06\x61nswer\x18\x08 \x01(\t\x12\x12\n\nfailed_sql\x18\t \x03(\t\x12%\n\x05usage\x18\n \x01(\x0b\x32\x16.ragloom.v1.QueryUsage\"\x9b\x01\n\rQueryResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.ragloom.v1.QueryHeaderH\x00\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x14.ragloom.v1.RowBatchH\x00\x12-\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x19.ragloom.v1.QueryCompleteH\x00\x42\n\n\x08response\"\xa0\x01\n\x12\x45xecuteSqlResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.ragloom.v1.QueryHeaderH\x00\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x14.ragloom.v1.RowBatchH\x00\x12-\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x19.ragloom.v1.QueryCompleteH\x00\x42\n\n\x08response*\x8a\x01\n\nSqlDialect\x12\x1b\n\x17SQL_DIALECT_UNSPECIFIED\x10\x00\x12\x16\n\x12SQL_DIALECT_SQLITE\x10\x01\x12\x18\n\x14SQL_DIALECT_POSTGRES\x10\x02\x12\x15\n\x11SQL_DIALECT_MYSQL\x10\x03\x12\x16\n\x12SQL_DIALECT_DUCKDB\x10\x04*\x91\x02\n\x08\x43\x65llKind\x12\x19\n\x15\x43\x45LL_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rCELL_KIND_INT\x10\x01\x12\x14\n\x10\x43\x45LL_KIND_DOUBLE\x10\x02\x12\x15\n\x11\x43\x45LL_KIND_DECIMAL\x10\x03\x12\x14\n\x10\x43\x45LL_KIND_STRING\x10\x04\x12\x13\n\x0f\x43\x45LL_KIND_BYTES\x10\x05\x12\x12\n\x0e\x43\x45LL_KIND_BOOL\x10\x06\x12\x17\n\x13\x43\x45LL_KIND_TIMESTAMP\x10\x07\x12\x16\n\x12\x43\x45LL_KIND_DATETIME\x10\x08\x12\x12\n\x0e\x43\x45LL_KIND_DATE\x10\t\x12\x12\n\x0e\x43\x45LL_KIND_TIME\x10\n\x12\x12\n\x0e\x43\x45LL_KIND_JSON\x10\x0b*f\n\tQueryMode\x12\x1a\n\x16QUERY_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eQUERY_MODE_SQL\x10\x01\x12\x14\n\x10QUERY_MODE_TABLE\x10\x02\x12\x13\n\x0fQUERY_MODE_AUTO\x10\x03*\xa0\x01\n\rGroundingKind\x12\x1e\n\x1aGROUNDING_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14GROUNDING_KIND_EXACT\x10\x01\x12\x1f\n\x1bGROUNDING_KIND_ABBREVIATION\x10\x02\x12\x18\n\x14GROUNDING_KIND_FUZZY\x10\x03\x12\x1a\n\x16GROUNDING_KIND_PARTIAL\x10\x04\x32\xdb\x04\n\rTablesService\x12`\n\x11RegisterConnector\x12$.ragloom.v1.RegisterConnectorRequest\x1a%.ragloom.v1.RegisterConnectorResponse\x12W\n\x0eListConnectors\x12!.ragloom.v1.ListConnectorsRequest\x1a\".ragloom.v1.ListConnectorsResponse\x12Z\n\x0fRemoveConnector\x12\".ragloom.v1.RemoveConnectorRequest\x1a#.ragloom.v1.RemoveConnectorResponse\x12W\n\x0e\x44\x65scribeSchema\x12!.ragloom.v1.DescribeSchemaRequest\x1a\".ragloom.v1.DescribeSchemaResponse\x12K\n\nAddExample\x12\x1d.ragloom.v1.AddExampleRequest\x1a\x1e.ragloom.v1.AddExampleResponse\x12>\n\x05Query\x12\x18.ragloom.v1.QueryRequest\x1a\x19.ragloom.v1.QueryResponse0\x01\x12M\n\nExecuteSql\x12\x1d.ragloom.v1.ExecuteSqlRequest\x1a\x1e.ragloom.v1.ExecuteSqlResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragloom.v1.tables_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERCONNECTORREQUEST']._serialized_start=98
-  _globals['_REGISTERCONNECTORREQUEST']._serialized_end=168
-  _globals['_CONNECTORINFO']._serialized_start=170
-  _globals['_CONNECTORINFO']._serialized_end=263
-  _globals['_LISTCONNECTORSREQUEST']._serialized_start=265
-  _globals['_LISTCONNECTORSREQUEST']._serialized_end=288
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=290
-  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=361
-  _globals['_REMOVECONNECTORREQUEST']._serialized_start=363
-  _globals['_REMOVECONNECTORREQUEST']._serialized_end=401
-  _globals['_REMOVECONNECTORRESPONSE']._serialized_start=403
-  _globals['_REMOVECONNECTORRESPONSE']._serialized_end=428
-  _globals['_DESCRIBESCHEMAREQUEST']._serialized_start=430
-  _globals['_DESCRIBESCHEMAREQUEST']._serialized_end=489
-  _globals['_COLUMNINFO']._serialized_start=492
-  _globals['_COLUMNINFO']._serialized_end=637
-  _globals['_FOREIGNKEYINFO']._serialized_start=639
-  _globals['_FOREIGNKEYINFO']._serialized_end=712
-  _globals['_TABLEINFO']._serialized_start=715
-  _globals['_TABLEINFO']._serialized_end=911
-  _globals['_SCHEMAINFO']._serialized_start=913
-  _globals['_SCHEMAINFO']._serialized_end=1000
-  _globals['_ADDEXAMPLEREQUEST']._serialized_start=1002
-  _globals['_ADDEXAMPLEREQUEST']._serialized_end=1071
-  _globals['_ADDEXAMPLERESPONSE']._serialized_start=1073
-  _globals['_ADDEXAMPLERESPONSE']._serialized_end=1111
-  _globals['_QUERYREQUEST']._serialized_start=1114
-  _globals['_QUERYREQUEST']._serialized_end=1476
-  _globals['_EXECUTESQLREQUEST']._serialized_start=1478
-  _globals['_EXECUTESQLREQUEST']._serialized_end=1586
-  _globals['_QUERYHEADER']._serialized_start=1589
-  _globals['_QUERYHEADER']._serialized_end=1743
-  _globals['_GROUNDEDVALUE']._serialized_start=1745
-  _globals['_GROUNDEDVALUE']._serialized_end=1849
-  _globals['_ROWBATCH']._serialized_start=1851
-  _globals['_ROWBATCH']._serialized_end=1903
-  _globals['_QUERYUSAGE']._serialized_start=1905
-  _globals['_QUERYUSAGE']._serialized_end=1984
-  _globals['_QUERYCOMPLETE']._serialized_start=1987
-  _globals['_QUERYCOMPLETE']._serialized_end=2190
-  _globals['_QUERYRESPONSE']._serialized_start=2193
-  _globals['_QUERYRESPONSE']._serialized_end=2348
-  _globals['_TABLES']._serialized_start=2351
-  _globals['_TABLES']._serialized_end=2918
+  _globals['_SQLDIALECT']._serialized_start=3494
+  _globals['_SQLDIALECT']._serialized_end=3632
+  _globals['_CELLKIND']._serialized_start=3635
+  _globals['_CELLKIND']._serialized_end=3908
+  _globals['_QUERYMODE']._serialized_start=3910
+  _globals['_QUERYMODE']._serialized_end=4012
+  _globals['_GROUNDINGKIND']._serialized_start=4015
+  _globals['_GROUNDINGKIND']._serialized_end=4175
+  _globals['_REGISTERCONNECTORREQUEST']._serialized_start=131
+  _globals['_REGISTERCONNECTORREQUEST']._serialized_end=221
+  _globals['_CONNECTORINFO']._serialized_start=223
+  _globals['_CONNECTORINFO']._serialized_end=340
+  _globals['_REGISTERCONNECTORRESPONSE']._serialized_start=342
+  _globals['_REGISTERCONNECTORRESPONSE']._serialized_end=415
+  _globals['_LISTCONNECTORSREQUEST']._serialized_start=417
+  _globals['_LISTCONNECTORSREQUEST']._serialized_end=460
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_start=462
+  _globals['_LISTCONNECTORSRESPONSE']._serialized_end=533
+  _globals['_REMOVECONNECTORREQUEST']._serialized_start=535
+  _globals['_REMOVECONNECTORREQUEST']._serialized_end=593
+  _globals['_REMOVECONNECTORRESPONSE']._serialized_start=595
+  _globals['_REMOVECONNECTORRESPONSE']._serialized_end=620
+  _globals['_DESCRIBESCHEMAREQUEST']._serialized_start=622
+  _globals['_DESCRIBESCHEMAREQUEST']._serialized_end=701
+  _globals['_CELL']._serialized_start=704
+  _globals['_CELL']._serialized_end=1055
+  _globals['_COLUMNINFO']._serialized_start=1058
+  _globals['_COLUMNINFO']._serialized_end=1229
+  _globals['_FOREIGNKEYINFO']._serialized_start=1231
+  _globals['_FOREIGNKEYINFO']._serialized_end=1304
+  _globals['_TABLEINFO']._serialized_start=1307
+  _globals['_TABLEINFO']._serialized_end=1503
+  _globals['_DESCRIBESCHEMARESPONSE']._serialized_start=1505
+  _globals['_DESCRIBESCHEMARESPONSE']._serialized_end=1628
+  _globals['_ADDEXAMPLEREQUEST']._serialized_start=1630
+  _globals['_ADDEXAMPLEREQUEST']._serialized_end=1719
+  _globals['_ADDEXAMPLERESPONSE']._serialized_start=1721
+  _globals['_ADDEXAMPLERESPONSE']._serialized_end=1759
+  _globals['_QUERYREQUEST']._serialized_start=1762
+  _globals['_QUERYREQUEST']._serialized_end=2204
+  _globals['_EXECUTESQLREQUEST']._serialized_start=2207
+  _globals['_EXECUTESQLREQUEST']._serialized_end=2392
+  _globals['_COLUMN']._serialized_start=2394
+  _globals['_COLUMN']._serialized_end=2466
+  _globals['_GROUNDEDVALUE']._serialized_start=2469
+  _globals['_GROUNDEDVALUE']._serialized_end=2600
+  _globals['_QUERYHEADER']._serialized_start=2603
+  _globals['_QUERYHEADER']._serialized_end=2777
+  _globals['_ROW']._serialized_start=2779
+  _globals['_ROW']._serialized_end=2817
+  _globals['_ROWBATCH']._serialized_start=2819
+  _globals['_ROWBATCH']._serialized_end=2860
+  _globals['_QUERYUSAGE']._serialized_start=2862
+  _globals['_QUERYUSAGE']._serialized_end=2941
+  _globals['_QUERYCOMPLETE']._serialized_start=2944
+  _globals['_QUERYCOMPLETE']._serialized_end=3170
+  _globals['_QUERYRESPONSE']._serialized_start=3173
+  _globals['_QUERYRESPONSE']._serialized_end=3328
+  _globals['_EXECUTESQLRESPONSE']._serialized_start=3331
+  _globals['_EXECUTESQLRESPONSE']._serialized_end=3491
+  _globals['_TABLESSERVICE']._serialized_start=4178
+  _globals['_TABLESSERVICE']._serialized_end=4781
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,7 @@ import warnings
 
 from . import tables_pb2 as ragloom_dot_v1_dot_tables__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,8 +25,23 @@ if _version_not_supported:
     )
 
 
-class TablesStub:
-    """Missing associated documentation comment in .proto file."""
+class TablesServiceStub:
+    """Connectors and questions over them. A question is answered by text-to-SQL: schema linking ->
+    SQL decoded under a grammar of the linked schema -> guard -> read-only execution -> one
+    self-correction round. Every statement, generated or caller-written, runs through the guard
+    (exactly one read-only SELECT over the connector's own tables, a row limit) on a read-only
+    connection with a time limit.
+
+    Errors: an unknown connector answers NOT_FOUND (CONNECTOR_NOT_FOUND); a database file or
+    folder that does not exist NOT_FOUND (FILE_NOT_FOUND); a name taken ALREADY_EXISTS
+    (CONNECTOR_EXISTS, unless replace); a bad URL INVALID_ARGUMENT (CONNECTOR_URL_INVALID); an
+    empty question or a limit out of range INVALID_ARGUMENT (INVALID_FIELD); SQL that does not
+    parse or names unknown tables or columns INVALID_ARGUMENT (SQL_INVALID); SQL the guard refuses
+    (writes, DDL, several statements, system catalogs, file or admin functions) PERMISSION_DENIED
+    (SQL_NOT_READ_ONLY); a database that cannot be reached UNAVAILABLE (DATABASE_UNAVAILABLE); a
+    statement over its time limit DEADLINE_EXCEEDED (SQL_TIMEOUT). Passwords never appear in
+    responses, errors or logs.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,62 +50,85 @@ class TablesStub:
             channel: A grpc.Channel.
         """
         self.RegisterConnector = channel.unary_unary(
-                '/ragloom.v1.Tables/RegisterConnector',
+                '/ragloom.v1.TablesService/RegisterConnector',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.RegisterConnectorRequest.SerializeToString,
-                response_deserializer=ragloom_dot_v1_dot_tables__pb2.ConnectorInfo.FromString,
+                response_deserializer=ragloom_dot_v1_dot_tables__pb2.RegisterConnectorResponse.FromString,
                 _registered_method=True)
         self.ListConnectors = channel.unary_unary(
-                '/ragloom.v1.Tables/ListConnectors',
+                '/ragloom.v1.TablesService/ListConnectors',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.ListConnectorsRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_tables__pb2.ListConnectorsResponse.FromString,
                 _registered_method=True)
         self.RemoveConnector = channel.unary_unary(
-                '/ragloom.v1.Tables/RemoveConnector',
+                '/ragloom.v1.TablesService/RemoveConnector',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.RemoveConnectorRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_tables__pb2.RemoveConnectorResponse.FromString,
                 _registered_method=True)
         self.DescribeSchema = channel.unary_unary(
-                '/ragloom.v1.Tables/DescribeSchema',
+                '/ragloom.v1.TablesService/DescribeSchema',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.DescribeSchemaRequest.SerializeToString,
-                response_deserializer=ragloom_dot_v1_dot_tables__pb2.SchemaInfo.FromString,
+                response_deserializer=ragloom_dot_v1_dot_tables__pb2.DescribeSchemaResponse.FromString,
                 _registered_method=True)
         self.AddExample = channel.unary_unary(
-                '/ragloom.v1.Tables/AddExample',
+                '/ragloom.v1.TablesService/AddExample',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.AddExampleRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_tables__pb2.AddExampleResponse.FromString,
                 _registered_method=True)
         self.Query = channel.unary_stream(
-                '/ragloom.v1.Tables/Query',
+                '/ragloom.v1.TablesService/Query',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.QueryRequest.SerializeToString,
                 response_deserializer=ragloom_dot_v1_dot_tables__pb2.QueryResponse.FromString,
                 _registered_method=True)
         self.ExecuteSql = channel.unary_stream(
-                '/ragloom.v1.Tables/ExecuteSql',
+                '/ragloom.v1.TablesService/ExecuteSql',
                 request_serializer=ragloom_dot_v1_dot_tables__pb2.ExecuteSqlRequest.SerializeToString,
-                response_deserializer=ragloom_dot_v1_dot_tables__pb2.QueryResponse.FromString,
+                response_deserializer=ragloom_dot_v1_dot_tables__pb2.ExecuteSqlResponse.FromString,
                 _registered_method=True)
 
 
-class TablesServicer:
-    """Missing associated documentation comment in .proto file."""
+class TablesServiceServicer:
+    """Connectors and questions over them. A question is answered by text-to-SQL: schema linking ->
+    SQL decoded under a grammar of the linked schema -> guard -> read-only execution -> one
+    self-correction round. Every statement, generated or caller-written, runs through the guard
+    (exactly one read-only SELECT over the connector's own tables, a row limit) on a read-only
+    connection with a time limit.
+
+    Errors: an unknown connector answers NOT_FOUND (CONNECTOR_NOT_FOUND); a database file or
+    folder that does not exist NOT_FOUND (FILE_NOT_FOUND); a name taken ALREADY_EXISTS
+    (CONNECTOR_EXISTS, unless replace); a bad URL INVALID_ARGUMENT (CONNECTOR_URL_INVALID); an
+    empty question or a limit out of range INVALID_ARGUMENT (INVALID_FIELD); SQL that does not
+    parse or names unknown tables or columns INVALID_ARGUMENT (SQL_INVALID); SQL the guard refuses
+    (writes, DDL, several statements, system catalogs, file or admin functions) PERMISSION_DENIED
+    (SQL_NOT_READ_ONLY); a database that cannot be reached UNAVAILABLE (DATABASE_UNAVAILABLE); a
+    statement over its time limit DEADLINE_EXCEEDED (SQL_TIMEOUT). Passwords never appear in
+    responses, errors or logs.
+    """
 
     def RegisterConnector(self, request, context):
-        """Open the database (or file/folder), introspect it and keep the registration (it survives
-        restarts). URLs: sqlite:///path.db, postgresql://user@host:5432/db, mysql://root@host/db
-        (MariaDB too), or a path to a .csv/.parquet/.xlsx file or a folder of them.
+        """Opens the database (or file or folder), introspects it and keeps the registration (it
+        survives restarts). URLs:
+        sqlite:////abs/path/shop.db          SQLite (four slashes: an absolute path)
+        sqlite:///shop.db                    SQLite, relative to the server's working directory
+        postgresql://user:pw@host:5432/db    PostgreSQL (?schema=sales for another schema)
+        mysql://root@host:3306/db            MySQL and MariaDB
+        /abs/path/orders.csv                 a CSV, Parquet or Excel file, queried with DuckDB
+        /abs/path/exports/                   a folder of such files, one table each
+        Paths are the server's: the Python SDK makes a caller's relative path absolute first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConnectors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every registered connector, by name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveConnector(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Forgets a connector and its examples; the database itself is untouched.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -103,35 +141,38 @@ class TablesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddExample(self, request, context):
-        """A solved example (question -> SQL) for few-shot prompting; the SQL must pass the guard.
+        """Stores a solved example (question -> SQL) for few-shot prompting; the SQL must pass the
+        guard.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Query(self, request, context):
-        """A question in plain language: one QueryHeader, then RowBatch messages, then one
-        QueryComplete. A model that fails to write working SQL (after its correction round) is not
-        an RPC error: QueryComplete.error says why, and .sql shows what it tried.
+        """Answers a question in plain language. Server-streaming: one `header`, then `rows` batches,
+        then one `complete`. A model that fails to write working SQL (after its correction round)
+        is not an RPC error: QueryComplete.error says why, and .sql shows what it tried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteSql(self, request, context):
-        """Caller-written SQL, guarded exactly like generated SQL; the same stream shape as Query.
+        """Runs caller-written SQL, guarded exactly like generated SQL. Server-streaming, as Query:
+        one `header`, `rows` batches, one `complete`. Unlike Query, SQL that fails is an RPC error
+        (SQL_INVALID, SQL_NOT_READ_ONLY, SQL_TIMEOUT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_TablesServicer_to_server(servicer, server):
+def add_TablesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterConnector': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterConnector,
                     request_deserializer=ragloom_dot_v1_dot_tables__pb2.RegisterConnectorRequest.FromString,
-                    response_serializer=ragloom_dot_v1_dot_tables__pb2.ConnectorInfo.SerializeToString,
+                    response_serializer=ragloom_dot_v1_dot_tables__pb2.RegisterConnectorResponse.SerializeToString,
             ),
             'ListConnectors': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnectors,
@@ -146,7 +187,7 @@ def add_TablesServicer_to_server(servicer, server):
             'DescribeSchema': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeSchema,
                     request_deserializer=ragloom_dot_v1_dot_tables__pb2.DescribeSchemaRequest.FromString,
-                    response_serializer=ragloom_dot_v1_dot_tables__pb2.SchemaInfo.SerializeToString,
+                    response_serializer=ragloom_dot_v1_dot_tables__pb2.DescribeSchemaResponse.SerializeToString,
             ),
             'AddExample': grpc.unary_unary_rpc_method_handler(
                     servicer.AddExample,
@@ -161,18 +202,33 @@ def add_TablesServicer_to_server(servicer, server):
             'ExecuteSql': grpc.unary_stream_rpc_method_handler(
                     servicer.ExecuteSql,
                     request_deserializer=ragloom_dot_v1_dot_tables__pb2.ExecuteSqlRequest.FromString,
-                    response_serializer=ragloom_dot_v1_dot_tables__pb2.QueryResponse.SerializeToString,
+                    response_serializer=ragloom_dot_v1_dot_tables__pb2.ExecuteSqlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ragloom.v1.Tables', rpc_method_handlers)
+            'ragloom.v1.TablesService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ragloom.v1.Tables', rpc_method_handlers)
+    server.add_registered_method_handlers('ragloom.v1.TablesService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Tables:
-    """Missing associated documentation comment in .proto file."""
+class TablesService:
+    """Connectors and questions over them. A question is answered by text-to-SQL: schema linking ->
+    SQL decoded under a grammar of the linked schema -> guard -> read-only execution -> one
+    self-correction round. Every statement, generated or caller-written, runs through the guard
+    (exactly one read-only SELECT over the connector's own tables, a row limit) on a read-only
+    connection with a time limit.
+
+    Errors: an unknown connector answers NOT_FOUND (CONNECTOR_NOT_FOUND); a database file or
+    folder that does not exist NOT_FOUND (FILE_NOT_FOUND); a name taken ALREADY_EXISTS
+    (CONNECTOR_EXISTS, unless replace); a bad URL INVALID_ARGUMENT (CONNECTOR_URL_INVALID); an
+    empty question or a limit out of range INVALID_ARGUMENT (INVALID_FIELD); SQL that does not
+    parse or names unknown tables or columns INVALID_ARGUMENT (SQL_INVALID); SQL the guard refuses
+    (writes, DDL, several statements, system catalogs, file or admin functions) PERMISSION_DENIED
+    (SQL_NOT_READ_ONLY); a database that cannot be reached UNAVAILABLE (DATABASE_UNAVAILABLE); a
+    statement over its time limit DEADLINE_EXCEEDED (SQL_TIMEOUT). Passwords never appear in
+    responses, errors or logs.
+    """
 
     @staticmethod
     def RegisterConnector(request,
@@ -188,9 +244,9 @@ class Tables:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Tables/RegisterConnector',
+            '/ragloom.v1.TablesService/RegisterConnector',
             ragloom_dot_v1_dot_tables__pb2.RegisterConnectorRequest.SerializeToString,
-            ragloom_dot_v1_dot_tables__pb2.ConnectorInfo.FromString,
+            ragloom_dot_v1_dot_tables__pb2.RegisterConnectorResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -215,7 +271,7 @@ class Tables:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Tables/ListConnectors',
+            '/ragloom.v1.TablesService/ListConnectors',
             ragloom_dot_v1_dot_tables__pb2.ListConnectorsRequest.SerializeToString,
             ragloom_dot_v1_dot_tables__pb2.ListConnectorsResponse.FromString,
             options,
@@ -242,7 +298,7 @@ class Tables:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Tables/RemoveConnector',
+            '/ragloom.v1.TablesService/RemoveConnector',
             ragloom_dot_v1_dot_tables__pb2.RemoveConnectorRequest.SerializeToString,
             ragloom_dot_v1_dot_tables__pb2.RemoveConnectorResponse.FromString,
             options,
@@ -269,9 +325,9 @@ class Tables:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Tables/DescribeSchema',
+            '/ragloom.v1.TablesService/DescribeSchema',
             ragloom_dot_v1_dot_tables__pb2.DescribeSchemaRequest.SerializeToString,
-            ragloom_dot_v1_dot_tables__pb2.SchemaInfo.FromString,
+            ragloom_dot_v1_dot_tables__pb2.DescribeSchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -296,7 +352,7 @@ class Tables:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ragloom.v1.Tables/AddExample',
+            '/ragloom.v1.TablesService/AddExample',
             ragloom_dot_v1_dot_tables__pb2.AddExampleRequest.SerializeToString,
             ragloom_dot_v1_dot_tables__pb2.AddExampleResponse.FromString,
             options,
@@ -323,7 +379,7 @@ class Tables:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ragloom.v1.Tables/Query',
+            '/ragloom.v1.TablesService/Query',
             ragloom_dot_v1_dot_tables__pb2.QueryRequest.SerializeToString,
             ragloom_dot_v1_dot_tables__pb2.QueryResponse.FromString,
             options,
@@ -350,9 +406,9 @@ class Tables:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ragloom.v1.Tables/ExecuteSql',
+            '/ragloom.v1.TablesService/ExecuteSql',
             ragloom_dot_v1_dot_tables__pb2.ExecuteSqlRequest.SerializeToString,
-            ragloom_dot_v1_dot_tables__pb2.QueryResponse.FromString,
+            ragloom_dot_v1_dot_tables__pb2.ExecuteSqlResponse.FromString,
             options,
             channel_credentials,
             insecure,

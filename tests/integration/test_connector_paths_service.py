@@ -20,7 +20,7 @@ import grpc
 import pytest
 from background_loop import BackgroundLoop
 
-from ragloom.client import Client
+from ragloom.client import Client, _error
 from ragloom.config import Settings
 from ragloom.connectors.registry import ConnectorRegistry
 from ragloom.retrieval.collections import CollectionManager
@@ -99,10 +99,11 @@ def test_cli_connect_resolves_in_its_own_directory(served: Served) -> None:
 
 def test_raw_relative_path_error_names_the_servers_directory(served: Served) -> None:
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.TablesStub(channel)
+        stub = pb_grpc.TablesServiceStub(channel)
         for url in ("./no_such_shop.db", "sqlite:///no_such_dir/shop.db"):
             with pytest.raises(grpc.RpcError) as err:
                 stub.RegisterConnector(pb.RegisterConnectorRequest(name="raw", url=url), timeout=60)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND, url
             details = err.value.details() or ""
             assert "server's working directory" in details and os.getcwd() in details, details
+            assert _error(err.value).reason == "FILE_NOT_FOUND", url

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import date, datetime
+from decimal import Decimal
 
 import pandas as pd
 import pytest
@@ -58,33 +60,52 @@ def test_introspection(db, conn):
     assert customers.primary_key == ["id"] and customers.row_count == 4 and orders.row_count == 5
     assert [c.name for c in orders.columns] == ["id", "customer_id", "total", "placed_at", "status"]
     assert orders.column("customer_id").nullable is False and orders.column("id").primary_key
+    # a primary key the database keeps non-null says so (SQLite: the INTEGER PRIMARY KEY rowid alias)
+    assert orders.column("id").nullable is False and customers.column("id").nullable is False
     assert orders.column("status").nullable is True
     assert "NUMERIC" in orders.column("total").type.upper() or "DECIMAL" in orders.column("total").type.upper()
     [fk] = orders.foreign_keys
     assert (fk.columns, fk.ref_table, fk.ref_columns) == (["customer_id"], "customers", ["id"])
-    # up to 3 distinct non-null samples, JSON-friendly
+    # up to 3 distinct non-null samples, as the driver returns them
     assert customers.column("city").samples == ["London", "New York", "Helsinki"]
     assert orders.column("status").samples == ["paid", "refunded", "pending"]
-    assert all(isinstance(v, (int, float)) for v in orders.column("total").samples)
+    if db.dialect == "sqlite":  # NUMERIC affinity: 10.50 is stored as a REAL, 20.00 as an INTEGER
+        assert orders.column("total").samples == [10.5, 20, 5.25]
+    else:  # exact decimals, scale kept
+        assert orders.column("total").samples == [Decimal("10.50"), Decimal("20.00"), Decimal("5.25")]
+        assert [str(v) for v in orders.column("total").samples] == ["10.50", "20.00", "5.25"]
     if db.dialect != "sqlite":  # SQLite has no comments
         assert customers.description == "People who placed orders"
         assert customers.column("city").description == "City of the delivery address"
     assert conn.schema() is schema and conn.schema(refresh=True) is not schema
 
 
-def test_execute_returns_json_friendly_rows(conn):
+# what each database returns for sum(NUMERIC), max(TIMESTAMP) and a DATE, and the result types
+# its driver reports (SQLite has no decimal, datetime or date type: it stores reals and text)
+EXACT_ROWS = {
+    "sqlite": ([("Ada", 30.5), ("Grace", 5.25), ("Linus", 100.99)], "2024-03-02 08:00:00", "2023-01-05",
+               ["", "", ""]),
+    "postgres": ([("Ada", Decimal("30.50")), ("Grace", Decimal("5.25")), ("Linus", Decimal("100.99"))],
+                 datetime(2024, 3, 2, 8, 0), date(2023, 1, 5), ["text", "numeric", "timestamp"]),
+    "mysql": ([("Ada", Decimal("30.50")), ("Grace", Decimal("5.25")), ("Linus", Decimal("100.99"))],
+              datetime(2024, 3, 2, 8, 0), date(2023, 1, 5), ["VARCHAR", "DECIMAL", "DATETIME"]),
+}
+
+
+def test_execute_returns_exact_driver_values(db, conn):
     result = conn.execute(
         "SELECT c.name, sum(o.total) AS spent, max(o.placed_at) AS last_order "
         "FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.name ORDER BY c.name"
     )
+    spent, last_order, signup, types = EXACT_ROWS[db.dialect]
     assert [c.lower() for c in result.columns] == ["name", "spent", "last_order"]
-    assert [(r[0], round(r[1], 2)) for r in result.rows] == [("Ada", 30.5), ("Grace", 5.25), ("Linus", 100.99)]
-    assert all(isinstance(r[1], float) for r in result.rows)  # Decimal -> float
-    assert result.rows[2][2].replace("T", " ").startswith("2024-03-02 08:00:00")  # datetime -> ISO text
+    got = [(r[0], round(r[1], 2) if isinstance(r[1], float) else r[1]) for r in result.rows]
+    assert got == spent and [type(r[1]) for r in result.rows] == [type(v) for _, v in spent]
+    assert result.rows[2][2] == last_order
+    assert result.column_types == types
     assert result.tables == ["customers", "orders"] and not result.truncated
-    json.dumps(result.rows)
     dates = conn.execute("SELECT signup_date FROM customers WHERE id = 1").rows
-    assert dates == [("2023-01-05",)]
+    assert dates == [(signup,)]
 
 
 def test_row_limit(conn):
@@ -201,7 +222,10 @@ def test_file_connector(tmp_path, frame, suffix):
         max_rows=2,
     )
     assert result.rows == [("Lima", 19.0, result.rows[0][2]), ("Oslo", 5.5, result.rows[1][2])]
-    assert result.rows[1][2].startswith("2023-04-04") and result.truncated
+    # a CSV's "2023-04-04" is read as a DATE; Parquet and Excel keep pandas' timestamps
+    day, day_type = (date(2023, 4, 4), "DATE") if suffix == ".csv" else (datetime(2023, 4, 4), "TIMESTAMP")
+    assert result.rows[1][2] == day and type(result.rows[1][2]) is type(day) and result.truncated
+    assert result.column_types[:2] == ["VARCHAR", "DOUBLE"] and result.column_types[2].startswith(day_type)
     connector.close()
 
 

@@ -212,6 +212,8 @@ def test_unsupported_keyword_strict_then_lenient(client: Client, schema: dict[st
     with pytest.raises(InvalidArgument) as info:
         client.generate("A list:", json_schema=schema, max_tokens=4)
     assert keyword in str(info.value)
+    assert info.value.reason == "SCHEMA_KEYWORD_UNSUPPORTED" and info.value.metadata["keyword"] == keyword
+    assert info.value.field == "json_schema"
     assert isinstance(info.value.__cause__, grpc.RpcError)
     assert info.value.__cause__.code() == grpc.StatusCode.INVALID_ARGUMENT
     _still_serving(client)
@@ -224,7 +226,7 @@ def test_unsupported_keyword_strict_then_lenient(client: Client, schema: dict[st
 
 def _raw_error(served: Served, request: pb.GenerateRequest) -> grpc.RpcError:
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.GenerationStub(channel)
+        stub = pb_grpc.GenerationServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             list(stub.Generate(request, timeout=60))
     return info.value
@@ -238,29 +240,39 @@ b: "x" "y"
 
 
 @pytest.mark.parametrize(
-    ("name", "request_kwargs", "needle"),
+    ("name", "request_kwargs", "needle", "reason", "field"),
     [
-        ("invalid JSON text", {"json_schema": '{"type": "object",'}, "not valid JSON"),
-        ("JSON that is not a schema", {"json_schema": "[1, 2]"}, "json_schema"),
-        ("schema that no value satisfies", {"json_schema": '{"not": {}}'}, "accepts no JSON value"),
-        ("grammar that does not parse", {"lark_grammar": 'start: "a" (\n'}, "grammar"),
-        ("grammar that is not LALR(1)", {"lark_grammar": NON_LALR}, "LALR"),
-        ("grammar with an undefined rule", {"lark_grammar": "start: missing\n"}, "grammar"),
-        ("empty grammar", {"lark_grammar": "  "}, "empty"),
-        ("empty choices", {"choices": pb.Choices()}, "choices"),
-        ("empty regex", {"regex": ""}, "regex"),
-        ("regex with a backreference", {"regex": r"(a)\1"}, "backreference"),
-        ("choices of only the empty string", {"choices": pb.Choices(choices=[""])}, "empty"),
-        ("grammar matching only the empty string", {"lark_grammar": "start: a\na:\n"}, "empty"),
+        ("invalid JSON text", {"json_schema": '{"type": "object",'}, "not valid JSON", "SCHEMA_INVALID", "json_schema"),
+        ("JSON that is not a schema", {"json_schema": "[1, 2]"}, "json_schema", "SCHEMA_INVALID", "json_schema"),
+        ("schema with a malformed keyword", {"json_schema": '{"type": "object", "required": "a"}'}, "required",
+         "SCHEMA_INVALID", "json_schema"),
+        ("schema that no value satisfies", {"json_schema": '{"not": {}}'}, "accepts no JSON value", "SCHEMA_INVALID",
+         "json_schema"),
+        ("grammar that does not parse", {"lark_grammar": 'start: "a" (\n'}, "grammar", "GRAMMAR_INVALID", "lark_grammar"),
+        ("grammar that is not LALR(1)", {"lark_grammar": NON_LALR}, "LALR", "GRAMMAR_INVALID", "lark_grammar"),
+        ("grammar with an undefined rule", {"lark_grammar": "start: missing\n"}, "grammar", "GRAMMAR_INVALID",
+         "lark_grammar"),
+        ("empty grammar", {"lark_grammar": "  "}, "empty", "GRAMMAR_INVALID", "lark_grammar"),
+        ("empty regex", {"regex": ""}, "regex", "GRAMMAR_INVALID", "regex"),
+        ("regex with a backreference", {"regex": r"(a)\1"}, "backreference", "GRAMMAR_INVALID", "regex"),
+        ("choices of only the empty string", {"choices": [""]}, "empty", "GRAMMAR_INVALID", "choices[0]"),
+        ("an empty choice among others", {"choices": ["yes", "", "no"]}, "empty", "GRAMMAR_INVALID", "choices[1]"),
+        ("a duplicate choice", {"choices": ["yes", "yes"]}, "duplicate", "GRAMMAR_INVALID", "choices"),
+        ("grammar matching only the empty string", {"lark_grammar": "start: a\na:\n"}, "empty", "GRAMMAR_INVALID",
+         "lark_grammar"),
     ],
 )
 def test_bad_constraints_are_invalid_argument(
-    served: Served, client: Client, name: str, request_kwargs: dict[str, Any], needle: str
+    served: Served, client: Client, name: str, request_kwargs: dict[str, Any], needle: str, reason: str, field: str
 ) -> None:
+    from ragloom.client import _error
+
     err = _raw_error(served, pb.GenerateRequest(prompt="Hello", sampling=pb.SamplingParams(max_tokens=4),
                                                 **request_kwargs))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.code(), err.details())
     assert needle in err.details(), (name, err.details())
+    known = _error(err)
+    assert (known.reason, known.field) == (reason, field), (name, known.reason, known.field)
     _still_serving(client)
 
 
@@ -282,6 +294,8 @@ def test_compile_timeout(served: Served, client: Client, monkeypatch: pytest.Mon
     with pytest.raises(DeadlineExceeded) as info:  # the compiler stopped: not the request's fault
         client.generate("x", json_schema=schema, max_tokens=4)
     assert "the json_schema constraint" in str(info.value) and "0.0001s limit" in str(info.value), str(info.value)
+    assert info.value.reason == "CONSTRAINT_COMPILE_TIMEOUT" and info.value.field is None
+    assert info.value.metadata["part"].startswith("the json_schema constraint"), info.value.metadata
     _still_serving(client)
     # timed in processor.compile_constraint, not jsonschema.py
     err = _raw_error(served, pb.GenerateRequest(prompt="x", sampling=pb.SamplingParams(max_tokens=4),

@@ -28,6 +28,7 @@ from ragloom.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    RagloomError,
     ResourceExhausted,
     Unavailable,
 )
@@ -174,8 +175,9 @@ def test_speculative_per_request_same_output_with_usage_and_loads(client: Client
     after = wait_idle(client)
     assert after.speculative_accepted_tokens - before.speculative_accepted_tokens == spec.usage.accepted_tokens
     assert after.speculative_steps > before.speculative_steps and after.mean_accepted_tokens > 0
-    with pytest.raises(InvalidArgument, match="speculative"):
+    with pytest.raises(InvalidArgument, match="speculative") as info:  # refused by the SDK, before any call
         client.generate(PROMPT, max_tokens=2, speculative="medusa")
+    assert info.value.field == "speculative"
 
 
 def test_client_cancel_frees_kv_blocks(client: Client) -> None:
@@ -198,16 +200,25 @@ def test_deadline_exceeded_aborts_engine_request(client: Client) -> None:
 
 # -- bad requests, each while a good one keeps running ----------------------------------------
 
-BAD_REQUESTS: list[tuple[str, dict[str, Any], type[Exception]]] = [
-    ("empty prompt", {"prompt": ""}, InvalidArgument),
-    ("empty messages", {"messages": []}, InvalidArgument),
-    ("negative max_tokens", {"prompt": PROMPT, "max_tokens": -1}, InvalidArgument),
-    ("huge max_tokens", {"prompt": PROMPT, "max_tokens": 10**9}, InvalidArgument),
-    ("negative temperature", {"prompt": PROMPT, "temperature": -0.5}, InvalidArgument),
-    ("top_p above 1", {"prompt": PROMPT, "top_p": 1.5}, InvalidArgument),
-    ("unknown chat role", {"messages": [{"role": "wizard", "content": "hi"}]}, InvalidArgument),
-    ("unknown model", {"prompt": PROMPT, "model": "no-such-model"}, NotFound),
-    ("oversize message", {"prompt": "x" * (2 * MAX_MESSAGE_BYTES)}, ResourceExhausted),
+# (name, generate() arguments, error class, reason, field); reason None: gRPC itself refuses the
+# call, before any ragloom code (no details to check)
+BAD_REQUESTS: list[tuple[str, dict[str, Any], type[RagloomError], str | None, str | None]] = [
+    ("empty prompt", {"prompt": ""}, InvalidArgument, "INVALID_FIELD", "prompt"),
+    ("empty messages", {"messages": []}, InvalidArgument, "INVALID_FIELD", "prompt"),
+    ("negative max_tokens", {"prompt": PROMPT, "max_tokens": -1}, InvalidArgument, "INVALID_FIELD",
+     "sampling.max_tokens"),
+    ("huge max_tokens", {"prompt": PROMPT, "max_tokens": 10**9}, InvalidArgument, "INVALID_FIELD",
+     "sampling.max_tokens"),
+    ("negative temperature", {"prompt": PROMPT, "temperature": -0.5}, InvalidArgument, "INVALID_FIELD",
+     "sampling.temperature"),
+    ("top_p above 1", {"prompt": PROMPT, "top_p": 1.5}, InvalidArgument, "INVALID_FIELD", "sampling.top_p"),
+    ("empty stop string", {"prompt": PROMPT, "stop": ["\n", ""]}, InvalidArgument, "INVALID_FIELD",
+     "sampling.stop[1]"),
+    ("stop token outside the vocabulary", {"prompt": PROMPT, "stop_token_ids": [10**8]}, InvalidArgument,
+     "INVALID_FIELD", "sampling.stop_token_ids[0]"),
+    ("unknown model", {"prompt": PROMPT, "model": "no-such-model"}, NotFound, "MODEL_NOT_FOUND", None),
+    ("prompt longer than the context", {"prompt": "hello " * 9000}, ResourceExhausted, "REQUEST_TOO_LARGE", None),
+    ("oversize message", {"prompt": "x" * (2 * MAX_MESSAGE_BYTES)}, ResourceExhausted, None, None),
 ]
 
 
@@ -215,45 +226,104 @@ def test_bad_requests_get_the_right_code_while_others_are_served(client: Client)
     good = client.stream(PROMPT, max_tokens=24, ignore_eos=True, temperature=0)
     it = iter(good)
     next(it)  # the good request is running
-    for name, kwargs, expected in BAD_REQUESTS:
+    for name, kwargs, expected, reason, field in BAD_REQUESTS:
         with pytest.raises(expected) as info:
-            client.generate(max_tokens=kwargs.pop("max_tokens", 4), **kwargs)
+            client.generate(max_tokens=kwargs.pop("max_tokens", 4), request_id=f"bad-{len(name)}", **kwargs)
         assert isinstance(info.value.__cause__, grpc.RpcError), name
         assert str(info.value), f"{name}: empty error message"
+        if reason is not None:  # the server's google.rpc details, read back by the SDK
+            assert (info.value.reason, info.value.field) == (reason, field), (name, str(info.value))
+            assert info.value.metadata["request_id"] == f"bad-{len(name)}", name
     list(it)
     assert good.finish_reason == "length" and good.usage is not None and good.usage.completion_tokens == 24
     # and the server still answers new requests
     assert client.generate(PROMPT, max_tokens=4, temperature=0).usage.completion_tokens >= 1
 
 
-def test_raw_requests_without_input_or_with_constraint(served: Served) -> None:
+def _user(text: str) -> pb.ChatMessage:
+    return pb.ChatMessage(role=pb.ROLE_USER, content=text)
+
+
+RAW_BAD_REQUESTS: list[tuple[str, pb.GenerateRequest, str, str]] = [
+    ("no input", pb.GenerateRequest(), "INVALID_FIELD", "prompt"),
+    ("prompt and messages", pb.GenerateRequest(prompt=PROMPT, messages=[_user("hi")]), "INVALID_FIELD", "prompt"),
+    ("a role left unset", pb.GenerateRequest(messages=[_user("hi"), pb.ChatMessage(content="x")]), "INVALID_FIELD",
+     "messages[1].role"),
+    ("a role this server does not know", pb.GenerateRequest(messages=[pb.ChatMessage(role=7, content="x")]),  # type: ignore[arg-type]
+     "INVALID_FIELD", "messages[0].role"),
+    ("a system message after the first", pb.GenerateRequest(
+        messages=[_user("hi"), pb.ChatMessage(role=pb.ROLE_SYSTEM, content="Be brief.")]), "INVALID_FIELD",
+     "messages[1].role"),
+    ("regex and choices", pb.GenerateRequest(prompt=PROMPT, regex="a+", choices=["a"]), "INVALID_FIELD", "choices"),
+    ("a backreference", pb.GenerateRequest(prompt=PROMPT, regex=r"(a)\1"), "GRAMMAR_INVALID", "regex"),
+    ("negative top_k", pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_k=-1)), "INVALID_FIELD",
+     "sampling.top_k"),
+    ("min_p above 1", pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(min_p=2)), "INVALID_FIELD",
+     "sampling.min_p"),
+    ("zero repetition_penalty", pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(repetition_penalty=0)),
+     "INVALID_FIELD", "sampling.repetition_penalty"),
+    ("a speculative method this server does not know", pb.GenerateRequest(prompt=PROMPT, speculative=9),  # type: ignore[arg-type]
+     "INVALID_FIELD", "speculative"),
+    ("a malformed request_id", pb.GenerateRequest(prompt=PROMPT, request_id="no spaces allowed"), "INVALID_FIELD",
+     "request_id"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "reason", "field"), RAW_BAD_REQUESTS, ids=[c[0] for c in RAW_BAD_REQUESTS])
+def test_raw_bad_requests_name_their_field(served: Served, name: str, raw: pb.GenerateRequest, reason: str,
+                                           field: str) -> None:
+    from ragloom.client import _error
+
+    raw.sampling.max_tokens = raw.sampling.max_tokens or 2
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.GenerationStub(channel)
-        cases = [
-            (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-            (pb.GenerateRequest(prompt=PROMPT, regex=r"(a)\1"), grpc.StatusCode.INVALID_ARGUMENT),  # backreference
-            (pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(top_k=-1)), grpc.StatusCode.INVALID_ARGUMENT),
-        ]
-        for request, code in cases:
-            with pytest.raises(grpc.RpcError) as info:
-                list(stub.Generate(request, timeout=30))
-            assert info.value.code() == code, (request, info.value.details())
+        with pytest.raises(grpc.RpcError) as info:
+            list(pb_grpc.GenerationServiceStub(channel).Generate(raw, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
+    err = _error(info.value)
+    assert (err.reason, err.field) == (reason, field), (name, str(err))
+
+
+def test_raw_request_ids_abort_and_loads(served: Served) -> None:
+    from ragloom.client import _error
+
+    with grpc.insecure_channel(served.address) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Abort(pb.AbortRequest(), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        # an unset request_id is filled in by the server and reported back
-        last = list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=2)), timeout=30))[-1]
+        assert _error(info.value).field == "request_id"
+        # an unset request_id is filled in by the server and reported back, in the header too
+        call = stub.Generate(pb.GenerateRequest(prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=2)), timeout=30)
+        last = list(call)[-1]
         assert last.WhichOneof("response") == "complete" and len(last.complete.request_id) == 32
+        assert dict(call.initial_metadata())["x-request-id"] == last.complete.request_id
+        assert last.complete.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+        # a client's id is used as given
+        call = stub.Generate(pb.GenerateRequest(prompt=PROMPT, request_id="raw-1", sampling=pb.SamplingParams(max_tokens=2)),
+                             timeout=30)
+        assert list(call)[-1].complete.request_id == "raw-1" and dict(call.initial_metadata())["x-request-id"] == "raw-1"
+        loads, call = stub.GetLoads.with_call(pb.GetLoadsRequest(request_id="loads-1"), timeout=10)
+        assert loads.model == served.engine.engine.model_id and dict(call.initial_metadata())["x-request-id"] == "loads-1"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetLoads(pb.GetLoadsRequest(request_id="x" * 129), timeout=10)
+        assert _error(info.value).field == "request_id"
+
+
+def test_sdk_refuses_unknown_strings_before_any_call(client: Client) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        client.generate(messages=[{"role": "wizard", "content": "hi"}], max_tokens=2)
+    assert info.value.field == "messages[0].role" and info.value.__cause__ is None  # no call was made
 
 
 def test_bad_constraint_maps_to_invalid_argument_through_the_sdk(served: Served) -> None:
     from ragloom.client import _error
 
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.GenerationStub(channel)
+        stub = pb_grpc.GenerationServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             list(stub.Generate(pb.GenerateRequest(prompt=PROMPT, json_schema="{"), timeout=30))
-    assert isinstance(_error(info.value), InvalidArgument)
+    err = _error(info.value)
+    assert isinstance(err, InvalidArgument) and (err.reason, err.field) == ("SCHEMA_INVALID", "json_schema")
 
 
 def test_max_concurrent_rpcs_exceeded(served: Served, client: Client) -> None:
@@ -278,7 +348,7 @@ def test_max_concurrent_rpcs_exceeded(served: Served, client: Client) -> None:
 
 def test_health(client: Client) -> None:
     assert client.health() == "SERVING"
-    assert client.health("ragloom.v1.Generation") == "SERVING"
+    assert client.health("ragloom.v1.GenerationService") == "SERVING"
     with pytest.raises(NotFound):
         client.health("no.such.Service")
 
@@ -288,11 +358,11 @@ def test_reflection_lists_the_service(served: Served) -> None:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         requests = [
             reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ragloom.v1.Generation"),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ragloom.v1.GenerationService"),
         ]
         listed, symbol = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"ragloom.v1.Generation", "grpc.health.v1.Health"} <= names
+    assert {"ragloom.v1.GenerationService", "grpc.health.v1.Health"} <= names
     assert symbol.file_descriptor_response.file_descriptor_proto  # the descriptor is served
 
 

@@ -25,12 +25,13 @@ import redis
 from background_loop import BackgroundLoop
 from server_loads import wait_idle
 
-from ragloom.client import AsyncClient, Client
+from ragloom.client import AsyncClient, Client, _error
 from ragloom.config import Settings
 from ragloom.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from ragloom.generation.runner import async_engine
 from ragloom.generation.runner.engine import LLMEngine
 from ragloom.retrieval.collections import CollectionManager
+from ragloom.services._proto import generation_pb2 as gpb
 from ragloom.services._proto import rag_pb2 as pb
 from ragloom.services._proto import rag_pb2_grpc as pb_grpc
 from ragloom.services.server import RagloomServer, start_server
@@ -134,19 +135,22 @@ def redis_prefix() -> Iterator[str]:
 def test_ask_streams_passages_then_tokens_then_complete_and_reuses_on_the_second_ask(
     served: Served, client: Client
 ) -> None:
-    assert client.health("ragloom.v1.Rag") == "SERVING"
+    assert client.health("ragloom.v1.RagService") == "SERVING"
     with grpc.insecure_channel(served.address) as channel:
         req = pb.AskRequest(request_id="ask-1", question=QUESTION, collection="kb", k=3)
         req.sampling.max_tokens, req.sampling.temperature = 4, 0
-        msgs = list(pb_grpc.RagStub(channel).Ask(req, timeout=300))
+        call = pb_grpc.RagServiceStub(channel).Ask(req, timeout=300)
+        msgs = list(call)
+        assert dict(call.initial_metadata())["x-request-id"] == "ask-1"
     kinds = [m.WhichOneof("response") for m in msgs]
     assert kinds[0] == "passages" and kinds[-1] == "complete" and set(kinds[1:-1]) == {"chunk"}
     passages = msgs[0].passages.passages
     assert [p.id for p in passages][0] == "eiffel" and len(passages) == 3
-    assert all(p.cache == "computed" and p.tokens > 0 and p.text for p in passages)  # a cold cache
+    assert all(p.kv_source == pb.KV_SOURCE_COMPUTED and p.tokens > 0 and p.text for p in passages)  # a cold cache
     assert passages[0].metadata["topic"] == "city"
     done = msgs[-1].complete
-    assert done.request_id == "ask-1" and done.mode == "blend" and done.finish_reason in ("stop", "length")
+    assert done.request_id == "ask-1" and done.mode == pb.ASK_MODE_BLEND  # the server's default mode
+    assert done.finish_reason in (gpb.FINISH_REASON_STOP, gpb.FINISH_REASON_LENGTH)
     assert done.answer == "".join(m.chunk.text for m in msgs[1:-1])
     assert [(c.id, c.rank) for c in done.citations] == [(p.id, i) for i, p in enumerate(passages, 1)]
     assert [c.score for c in done.citations] == [p.score for p in passages]
@@ -157,13 +161,13 @@ def test_ask_streams_passages_then_tokens_then_complete_and_reuses_on_the_second
     assert u.reused_tokens + u.recomputed_tokens <= u.prompt_tokens
 
     second = client.ask(QUESTION, collection="kb", k=3, **FEW)
-    assert [p.cache for p in second.passages] == ["memory"] * 3
+    assert [p.kv_source for p in second.passages] == ["memory"] * 3 and second.mode == "blend"
     assert second.usage.reused_tokens > 0 and second.usage.chunks_computed == 0
     assert second.usage.tier_hits == {"memory": 3}
     assert second.usage.recomputed_tokens < second.usage.prompt_tokens
     assert second.usage.prompt_tokens == u.prompt_tokens
-    stats = client.cache_stats()
-    assert stats.hits >= 3 and {t.name for t in stats.tiers} == {"memory", "disk"}
+    stats = client.cache_stats(request_id="stats-1")
+    assert stats.hits >= 3 and {(t.name, t.kind) for t in stats.tiers} == {("memory", "memory"), ("disk", "disk")}
     assert stats.codec_bits == 8 and next(t for t in stats.tiers if t.name == "disk").entries >= 4
     wait_idle(client)
 
@@ -213,25 +217,41 @@ def test_empty_collection_answers_without_passages_and_filters_apply(client: Cli
 
 
 def test_bad_inputs_get_the_right_codes_and_the_server_keeps_serving(served: Served, client: Client) -> None:
-    with pytest.raises(NotFound, match="does not exist"):
-        client.ask(QUESTION, collection="nope", **FEW)
-    for kwargs, match in (
-        ({"question": "   "}, "question is empty"),
-        ({"mode": "fastest"}, "mode must be one of"),
-        ({"recompute_ratio": 1.5}, "recompute_ratio"),
-        ({"recompute_ratio": -0.5}, "recompute_ratio"),
-        ({"k": -1}, "k must be"),
-        ({"json_schema": "{not json"}, "not valid JSON"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"filter": {"topic": {"$regex": "x"}}}, "unknown operator"),
+    with pytest.raises(NotFound, match="does not exist") as missing:
+        client.ask(QUESTION, collection="nope", request_id="ask-nope", **FEW)
+    assert missing.value.reason == "COLLECTION_NOT_FOUND" and missing.value.metadata["collection"] == "nope"
+    assert missing.value.metadata["request_id"] == "ask-nope"
+    for kwargs, match, reason, field in (
+        ({"question": "   "}, "question is empty", "INVALID_FIELD", "question"),
+        ({"recompute_ratio": 1.5}, "recompute_ratio", "INVALID_FIELD", "recompute_ratio"),
+        ({"recompute_ratio": -0.5}, "recompute_ratio", "INVALID_FIELD", "recompute_ratio"),
+        ({"k": -1}, "k must be", "INVALID_FIELD", "k"),
+        ({"k": 0}, "k must be", "INVALID_FIELD", "k"),  # 0 is sent as 0 (optional): not the default
+        ({"k": 51}, r"k must be in \[1, 50\]", "INVALID_FIELD", "k"),
+        ({"epic_tokens": -1, "mode": "epic"}, "epic_tokens", "INVALID_FIELD", "epic_tokens"),
+        ({"json_schema": "{not json"}, "not valid JSON", "SCHEMA_INVALID", "json_schema"),
+        ({"json_schema": {"type": "object", "required": "city"}}, "required", "SCHEMA_INVALID", "json_schema"),
+        ({"max_tokens": 0}, "max_tokens", "INVALID_FIELD", "sampling.max_tokens"),
+        ({"top_p": 0.0}, "top_p", "INVALID_FIELD", "sampling.top_p"),
+        ({"filter": {"topic": {"$regex": "x"}}}, "unknown operator", "INVALID_FIELD", "filter"),
     ):
         args = {"question": QUESTION, "collection": "kb", **FEW} | kwargs
-        with pytest.raises(InvalidArgument, match=match):
+        with pytest.raises(InvalidArgument, match=match) as info:
             client.ask(args.pop("question"), **args)
+        assert isinstance(info.value.__cause__, grpc.RpcError), kwargs  # the server's answer
+        assert (info.value.reason, info.value.field) == (reason, field), (kwargs, str(info.value))
+    with pytest.raises(InvalidArgument, match="mode must be one of") as info:  # refused by the SDK
+        client.ask(QUESTION, collection="kb", mode="fastest", **FEW)
+    assert info.value.field == "mode" and info.value.__cause__ is None
     with grpc.insecure_channel(served.address) as channel:
+        stub = pb_grpc.RagServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            list(pb_grpc.RagStub(channel).Ask(pb.AskRequest(question=QUESTION), timeout=30))
+            list(stub.Ask(pb.AskRequest(question=QUESTION), timeout=30))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no collection named
+        assert _error(err.value).field == "collection"
+        with pytest.raises(grpc.RpcError) as err:  # a mode this server does not know
+            list(stub.Ask(pb.AskRequest(question=QUESTION, collection="kb", mode=9), timeout=30))  # type: ignore[arg-type]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _error(err.value).field == "mode"
     # a deadline that passes mid-answer: DEADLINE_EXCEEDED, and the request is aborted
     with pytest.raises(DeadlineExceeded):
         # the schema forbids stopping before 150 items (300+ tokens), so the answer runs far past 1 s
@@ -249,7 +269,7 @@ def test_a_server_without_a_model_refuses_precompute_and_serves_no_rag(served: S
                 c.upsert("kb", [{"id": "x", "text": "never stored"}], precompute_kv=True)
             assert c.search("kb", "never stored", k=5)[0].id != "x"  # refused before storing anything
             with pytest.raises(NotFound):  # grpc.health.v1: an unknown service
-                c.health("ragloom.v1.Rag")
+                c.health("ragloom.v1.RagService")
             with pytest.raises(Unimplemented):
                 c.ask(QUESTION, collection="kb", **FEW)
     finally:
@@ -275,7 +295,7 @@ def test_redis_tier_serves_a_restarted_server(served: Served, redis_prefix: str)
         with Client(second.address, timeout=300) as c:
             b = c.ask(QUESTION, collection="kb", k=2, **FEW)
             assert b.usage.tier_hits == {"redis": 2} and b.usage.chunks_computed == 0
-            assert [p.cache for p in b.passages] == ["redis", "redis"]
+            assert [p.kv_source for p in b.passages] == ["redis", "redis"]
             redis_stats = next(t for t in c.cache_stats().tiers if t.name == "redis")
             assert redis_stats.available and redis_stats.hits >= 2 and redis_stats.errors == 0
     finally:
@@ -325,7 +345,8 @@ def test_cli_ingest_precompute_and_ask(served: Served, tmp_path: Path) -> None:
     r = _run(["ask", "cli", "What guides ships?", "--json", "-k", "1", "--max-tokens", "2", "--address", served.address])
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["passages"][0]["cache"] == "memory" and out["usage"]["reused_tokens"] > 0
+    assert out["passages"][0]["kv_source"] == "memory" and out["usage"]["reused_tokens"] > 0
+    assert out["mode"] == "blend" and out["finish_reason"] in ("stop", "length")
 
     r = _run(["ask", "no-such-collection", "hi", "--address", served.address])
     assert r.returncode == 1 and "does not exist" in r.stderr

@@ -25,9 +25,9 @@ import pytest
 from background_loop import BackgroundLoop
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ragloom.client import AsyncClient, Client
+from ragloom.client import AsyncClient, Client, _error
 from ragloom.config import Settings
-from ragloom.errors import AlreadyExists, InvalidArgument, NotFound
+from ragloom.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from ragloom.retrieval.collections import MAX_UPSERT_BATCH, CollectionManager
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
@@ -119,8 +119,9 @@ def test_collection_lifecycle(client: Client) -> None:
     assert info.index == "flat" and info.index_requested == "auto"  # "auto" resolves to flat for a small collection
     assert (info.chunk_tokens, info.chunk_overlap) == (64, 8)
     assert info.metadata == {"owner": "tests", "v": 2}  # a whole number comes back as int
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(AlreadyExists) as exists:
         client.create_collection("life")
+    assert (exists.value.reason, exists.value.metadata["collection"]) == ("COLLECTION_EXISTS", "life")
 
     docs = _sample_docs()
     result = client.upsert("life", docs, batch_size=4)
@@ -158,6 +159,44 @@ def test_search_filters(client: Client, sample: str) -> None:
     picked = client.search(sample, "database", k=10, filter={"topic": {"$in": ["tables", "rag"]}})
     assert {h.id for h in picked} == {"text-to-sql-guard", "chunk-kv-reuse"}
     assert client.search(sample, "database", k=5, filter={"lang": "de"}) == []
+
+
+LONG_DOC = " ".join(f"Molten lava poured from the erupting volcano on day {i}." for i in range(60))
+GROUP_DOCS = [
+    {"id": "long", "text": LONG_DOC},
+    {"id": "quake", "text": "An earthquake shook the ground near the mountain."},
+    {"id": "geyser", "text": "A geyser spouts boiling water and steam into the air."},
+    {"id": "ash", "text": "  Ash clouds from an eruption grounded flights.  "},
+    {"id": "bread", "text": "Knead the dough, let it rise, then bake the bread."},
+]
+
+
+def test_search_groups_by_document_and_reports_chunk_offsets(served: Served, client: Client) -> None:
+    client.create_collection("grouped", chunk_tokens=16, chunk_overlap=0)
+    try:
+        client.upsert("grouped", GROUP_DOCS)
+        texts = {d["id"]: d["text"] for d in GROUP_DOCS}
+        q = "a volcano erupting lava"
+        plain = client.search("grouped", q, k=4, oversample=1)
+        assert [h.id for h in plain] == ["long"] * 4  # a long document fills every hit
+        grouped = client.search("grouped", q, k=4, oversample=1, group_by_document=True)
+        assert len({h.id for h in grouped}) == 4 and grouped[0].id == "long"  # k counts documents
+        assert [h.score for h in grouped] == sorted((h.score for h in grouped), reverse=True)
+        for h in plain + grouped:
+            assert h.chunk_id == f"{h.id}#{h.chunk_index}"
+            assert texts[h.id][h.start_char : h.end_char] == h.text  # offsets in characters
+        assert len({h.chunk_index for h in plain}) == 4  # four different chunks of one document
+        ash = next(h for h in client.search("grouped", "ash clouds", k=5, group_by_document=True) if h.id == "ash")
+        assert (ash.start_char, ash.end_char) == (2, len(texts["ash"]) - 2)  # the stripped span
+
+        r = _run(["search", "grouped", q, "-k", "3", "--oversample", "1", "--group-by-document", "--json",
+                  "--address", served.address])
+        assert r.returncode == 0, r.stderr
+        hits = [json.loads(line) for line in r.stdout.splitlines()]
+        assert len({h["id"] for h in hits}) == 3
+        assert all(texts[h["id"]][h["start_char"] : h["end_char"]] == h["text"] for h in hits)
+    finally:
+        client.delete_collection("grouped")
 
 
 def test_duplicate_ids_replace(client: Client) -> None:
@@ -209,7 +248,7 @@ async def test_async_client_and_the_loop_keeps_serving(served: Served) -> None:
             upsert = asyncio.ensure_future(ac.upsert("async", gen(), batch_size=300))
             answered_during_upsert = 0
             while not upsert.done():
-                assert await ac.health("ragloom.v1.Retrieval", timeout=10) == "SERVING"
+                assert await ac.health("ragloom.v1.RetrievalService", timeout=10) == "SERVING"
                 answered_during_upsert += not upsert.done()
                 await asyncio.sleep(0.05)
             result = await upsert
@@ -241,48 +280,78 @@ def test_unknown_collection_is_not_found(client: Client) -> None:
             call()
         assert "nope" in str(info.value)
         assert isinstance(info.value.__cause__, grpc.RpcError)
+        # the machine-readable details a client (and RagService's Ask) branches on
+        assert (info.value.code, info.value.reason) == ("NOT_FOUND", "COLLECTION_NOT_FOUND")
+        assert info.value.metadata["collection"] == "nope" and info.value.metadata["request_id"]
 
 
-BAD_UPSERTS: list[tuple[str, list[dict[str, Any]], str]] = [
-    ("empty text", [{"id": "a", "text": "   "}], "empty text"),
-    ("wrong dimension", [{"id": "a", "text": "t", "vector": [0.1] * (DIM - 1)}], "dimension"),
-    ("zero vector", [{"id": "a", "text": "t", "vector": [0.0] * DIM}], "zero vector"),
+BAD_UPSERTS: list[tuple[str, list[dict[str, Any]], str, str]] = [
+    ("empty text", [{"id": "a", "text": "ok"}, {"id": "b", "text": "   "}], "empty text", "documents[1].text"),
+    ("wrong dimension", [{"id": "a", "text": "t", "vector": [0.1] * (DIM - 1)}], "dimension", "documents[0].vector"),
+    (
+        "zero vector",
+        [{"id": "a", "text": "t", "vector": [0.1] * DIM}, {"id": "b", "text": "t", "vector": [0.0] * DIM}],
+        "zero vector",
+        "documents[1].vector",
+    ),
     (
         "mixed vectors",
         [{"id": "a", "text": "t", "vector": [0.1] * DIM}, {"id": "b", "text": "u"}],
         "either all or none",
+        "documents[1].vector",
     ),
-    ("oversize batch", [{"id": f"d{i}", "text": "x"} for i in range(MAX_UPSERT_BATCH + 1)], "at most"),
 ]
 
 
 @pytest.mark.parametrize("case", BAD_UPSERTS, ids=[c[0] for c in BAD_UPSERTS])
-def test_bad_upserts_are_invalid_argument(client: Client, sample: str, case: tuple[str, list[Any], str]) -> None:
-    _, docs, words = case
+def test_bad_upserts_are_invalid_argument(client: Client, sample: str, case: tuple[str, list[Any], str, str]) -> None:
+    _, docs, words, field = case
     before = {c.name: c for c in client.list_collections()}[sample]
     with pytest.raises(InvalidArgument) as info:
         client.upsert(sample, docs, batch_size=MAX_UPSERT_BATCH + 1)
     assert words in str(info.value), str(info.value)
     assert isinstance(info.value.__cause__, grpc.RpcError)  # answered by the server, not the SDK
+    assert (info.value.reason, info.value.field) == ("INVALID_FIELD", field)
+    assert info.value.metadata["stream_message"] == "1"  # the header is message 0, the batch message 1
     after = {c.name: c for c in client.list_collections()}[sample]
     assert (after.documents, after.chunks) == (before.documents, before.chunks)  # nothing stored
 
 
+def test_oversize_batch_is_resource_exhausted_and_not_retryable(client: Client, sample: str) -> None:
+    docs = [{"id": f"d{i}", "text": "x"} for i in range(MAX_UPSERT_BATCH + 1)]
+    before = {c.name: c for c in client.list_collections()}[sample]
+    with pytest.raises(ResourceExhausted, match="at most") as info:
+        client.upsert(sample, docs, batch_size=MAX_UPSERT_BATCH + 1)
+    assert (info.value.code, info.value.reason, info.value.field) == ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE", "documents")
+    assert info.value.retry_after_s is None  # the same batch never fits: no RetryInfo
+    after = {c.name: c for c in client.list_collections()}[sample]
+    assert (after.documents, after.chunks) == (before.documents, before.chunks)
+
+
 def test_bad_searches_and_names_are_invalid_argument(client: Client, sample: str) -> None:
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"query": ""}, "query"),
-        ({"query": "x", "k": 0}, "k must be"),
-        ({"query": "x", "filter": {"lang": {"$regex": "e.*"}}}, "operator"),
-        ({"query": "x", "oversample": 0}, "oversample"),
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"query": ""}, "query", "query"),
+        ({"query": "x", "k": 0}, "k must be", "k"),
+        ({"query": "x", "filter": {"lang": {"$regex": "e.*"}}}, "operator", "filter"),
+        ({"query": "x", "oversample": 0}, "oversample", "oversample"),
     ]
-    for kwargs, words in cases:
+    for kwargs, words, field in cases:
         with pytest.raises(InvalidArgument) as info:
             client.search(sample, **kwargs)
         assert words in str(info.value), (kwargs, str(info.value))
-    with pytest.raises(InvalidArgument, match="invalid"):
+        assert (info.value.reason, info.value.field) == ("INVALID_FIELD", field)
+    with pytest.raises(InvalidArgument, match="invalid") as info:
         client.create_collection("no spaces/allowed")
-    with pytest.raises(InvalidArgument, match="chunk_overlap"):
+    assert info.value.field == "name"
+    with pytest.raises(InvalidArgument, match="chunk_overlap") as info:
         client.create_collection("bad-overlap", chunk_tokens=16, chunk_overlap=16)
+    assert info.value.field == "chunk_overlap"
+    with pytest.raises(InvalidArgument) as info:
+        client.create_collection("bad-tokens", chunk_tokens=4)
+    assert info.value.field == "chunk_tokens"
+    with pytest.raises(InvalidArgument) as info:
+        client.search(sample, "x", request_id="not a valid id!")
+    assert info.value.field == "request_id"
 
 
 def test_sdk_rejects_unsendable_documents_and_stores_none(client: Client) -> None:
@@ -299,27 +368,49 @@ def test_sdk_rejects_unsendable_documents_and_stores_none(client: Client) -> Non
 
 def test_raw_stream_protocol_errors(served: Served, sample: str) -> None:
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.RetrievalStub(channel)
+        stub = pb_grpc.RetrievalServiceStub(channel)
         cases = [
-            ([], "empty Upsert stream"),
-            ([pb.UpsertRequest(documents=[pb.Document(id="a", text="b")])], "must name the collection"),
-            ([pb.UpsertRequest(collection=sample), pb.UpsertRequest(collection="other")], "later message"),
-            ([pb.UpsertRequest(collection=sample, documents=[pb.Document(id="", text="b")])], "empty id"),
+            ([], "empty Upsert stream", "collection"),
+            ([pb.UpsertRequest(documents=[pb.Document(id="a", text="b")])], "must name the collection", "collection"),
+            ([pb.UpsertRequest(collection=sample), pb.UpsertRequest(collection="other")], "later message", "collection"),
+            ([pb.UpsertRequest(collection=sample, documents=[pb.Document(id="", text="b")])], "empty id",
+             "documents[0].id"),
+            ([pb.UpsertRequest(collection=sample, request_id="bad id")], "request_id", "request_id"),
         ]
-        for requests, words in cases:
+        for requests, words, field in cases:
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Upsert(iter(requests), timeout=30))  # a reply stream: the error comes with it
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
             assert words in info.value.details()
+            assert _error(info.value).field == field
+        # the first message's request_id names the call: in the x-request-id header and the error details
+        call = stub.Upsert(iter([pb.UpsertRequest(collection="nope", request_id="bulk-42")]), timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        assert ("x-request-id", "bulk-42") in call.initial_metadata()
+        err = _error(info.value)
+        assert (err.reason, err.metadata["request_id"], err.metadata["collection"]) == (
+            "COLLECTION_NOT_FOUND", "bulk-42", "nope")
         # unset k means 10, not 0
-        hits = stub.Search(pb.SearchRequest(collection=sample, query="anything"), timeout=30).hits
-        assert len(hits) == len(_sample_docs())
+        hits, call = stub.Search.with_call(
+            pb.SearchRequest(collection=sample, query="anything", request_id="search-1"), timeout=30
+        )
+        assert len(hits.hits) == len(_sample_docs())
+        assert ("x-request-id", "search-1") in call.initial_metadata()
         # CollectionInfo.index is the kind in use; the requested one travels beside it
         listed = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest(), timeout=30).collections}
-        assert (listed[sample].index, listed[sample].index_requested) == ("flat", "auto")
-        made = stub.CreateCollection(pb.CreateCollectionRequest(name="forced-flat", index="flat"), timeout=30)
-        assert (made.collection.index, made.collection.index_requested) == ("flat", "flat")
+        assert (listed[sample].index, listed[sample].index_requested) == (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_AUTO)
+        made = stub.CreateCollection(pb.CreateCollectionRequest(name="forced-flat", index=pb.INDEX_KIND_FLAT), timeout=30)
+        assert (made.collection.index, made.collection.index_requested) == (pb.INDEX_KIND_FLAT, pb.INDEX_KIND_FLAT)
         stub.DeleteCollection(pb.DeleteCollectionRequest(name="forced-flat"), timeout=30)
+        # an IndexKind number this server does not know (a newer client's) is refused, naming the field
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateCollection(pb.CreateCollectionRequest(name="future", index=9), timeout=30)  # type: ignore[arg-type]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _error(info.value).field == "index"
+        for bad, field in ((pb.DeleteRequest(ids=["a"]), "collection"), (pb.DeleteRequest(collection=sample, ids=[""]), "ids[0]")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Delete(bad, timeout=30)
+            assert _error(info.value).field == field
 
 
 # -- persistence, health, reflection -----------------------------------------------------------
@@ -349,19 +440,19 @@ def test_persistence_across_restart(bg: BackgroundLoop, tmp_path: Path) -> None:
 
 def test_health_and_reflection(served: Served, client: Client) -> None:
     assert client.health() == "SERVING"
-    assert client.health("ragloom.v1.Retrieval") == "SERVING"
+    assert client.health("ragloom.v1.RetrievalService") == "SERVING"
     with pytest.raises(NotFound):  # this server was built without an engine
-        client.health("ragloom.v1.Generation")
+        client.health("ragloom.v1.GenerationService")
     with grpc.insecure_channel(served.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         requests = [
             reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ragloom.v1.Retrieval"),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ragloom.v1.RetrievalService"),
         ]
         listed, symbol = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"ragloom.v1.Retrieval", "grpc.health.v1.Health"} <= names
-    assert "ragloom.v1.Generation" not in names
+    assert {"ragloom.v1.RetrievalService", "grpc.health.v1.Health"} <= names
+    assert "ragloom.v1.GenerationService" not in names
     assert symbol.file_descriptor_response.file_descriptor_proto
 
 

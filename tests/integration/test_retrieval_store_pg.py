@@ -98,3 +98,46 @@ async def test_retrieval_service_over_grpc_on_postgres(tmp_path, schema):
         assert again.get_collection("kb").documents == 1
     finally:
         again.close()
+
+
+def test_postgres_store_from_before_chunk_offsets_is_upgraded_on_open(tmp_path, schema):
+    """A schema an earlier version created (no offset columns) keeps working: the columns are
+    added on open, old chunks report unknown offsets, new ones real ones; two managers opening it
+    at once both succeed."""
+    import threading
+
+    docs = [Document("cat", "The cat sat on the mat and purred."), Document("qcd", " Quarks and gluons. ")]
+    m = CollectionManager(tmp_path / "a", store_url=PG_URL, store_schema=schema)
+    m.create_collection("old")
+    m.upsert("old", docs)
+    m.close()
+    engine = sqlalchemy.create_engine(PG_URL)
+    with engine.begin() as c:
+        c.execute(sqlalchemy.text(f'ALTER TABLE "{schema}".ragloom_chunks DROP COLUMN start_char, DROP COLUMN end_char'))
+
+    opened: list[CollectionManager] = []
+    errors: list[BaseException] = []
+
+    def open_store(folder: str) -> None:
+        try:
+            opened.append(CollectionManager(tmp_path / folder, store_url=PG_URL, store_schema=schema))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_store, args=(f"r{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(opened) == 2
+    cols = {c["name"] for c in sqlalchemy.inspect(engine).get_columns("ragloom_chunks", schema=schema)}
+    assert {"start_char", "end_char"} <= cols
+    a, b = opened
+    hits = a.search("old", "a kitten on a rug", k=2)
+    assert [h.id for h in hits] == ["cat", "qcd"] and all(h.start_char is None for h in hits)
+    a.upsert("old", [docs[1]])
+    [qcd] = [h for h in b.search("old", "quarks", k=2) if h.id == "qcd"]
+    assert (qcd.text, qcd.start_char, qcd.end_char) == ("Quarks and gluons.", 1, 19)
+    for m in opened:
+        m.close()
+    engine.dispose()

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from background_loop import BackgroundLoop
 from sql_databases import MYSQL_URL, PG_URL, reachable
 
-from ragloom.client import Client
+from ragloom.client import Client, _error
 from ragloom.config import Settings
 from ragloom.errors import AlreadyExists, ForbiddenQuery, InvalidArgument, NotFound, RagloomError
 from ragloom.generation.runner import async_engine
@@ -186,16 +186,69 @@ def test_ground_values_reported_in_the_header(client: Client, name: str) -> None
 def test_table_mode_answers_in_text(client: Client) -> None:
     r = client.sql("shop", "Which product is the most expensive?", mode="table", max_tokens=24)
     assert r.mode == "table" and r.answer.strip() and r.sql == "" and r.rows == []
+    # no statement ran, yet the header came: it carries the request id and the linked tables
+    assert r.request_id and r.linked_tables and r.columns == []
 
 
-def test_execute_sql_streams_rows_in_batches(served: Served) -> None:
+def _cell_fields(msgs: list[Any]) -> list[set[str]]:
+    """Per result column, the Cell fields its non-null values used."""
+    rows = [row for m in msgs if m.WhichOneof("response") == "rows" for row in m.rows.rows]
+    width = len(msgs[0].header.columns)
+    return [{row.cells[i].WhichOneof("value") for row in rows} - {"null_value"} for i in range(width)]
+
+
+_KIND_FIELD = {pb.CELL_KIND_INT: "int_value", pb.CELL_KIND_DOUBLE: "double_value", pb.CELL_KIND_DECIMAL: "decimal_value",
+               pb.CELL_KIND_STRING: "string_value", pb.CELL_KIND_DATE: "date_value",
+               pb.CELL_KIND_DATETIME: "datetime_value"}
+
+
+@pytest.mark.parametrize("name", ["shop", "shop_pg", "shop_my", "shop_csv"])
+def test_execute_sql_streams_typed_rows_in_batches(served: Served, name: str) -> None:
     with grpc.insecure_channel(served.address) as ch:
-        stub = pb_grpc.TablesStub(ch)
-        msgs = list(stub.ExecuteSql(pb.ExecuteSqlRequest(connector="shop", sql="SELECT * FROM orders", batch_rows=5)))
+        stub = pb_grpc.TablesServiceStub(ch)
+        msgs = list(stub.ExecuteSql(pb.ExecuteSqlRequest(connector=name, sql="SELECT * FROM customers", batch_rows=3,
+                                                         request_id=f"exec-{name}")))
     kinds = [m.WhichOneof("response") for m in msgs]
-    assert kinds == ["header", "rows", "rows", "rows", "complete"]
-    assert sum(len(m.rows.rows) for m in msgs if m.WhichOneof("response") == "rows") == 12
-    assert msgs[-1].complete.row_count == 12
+    assert kinds == ["header", "rows", "rows", "rows", "complete"]  # 8 customers, 3 per batch
+    assert sum(len(m.rows.rows) for m in msgs if m.WhichOneof("response") == "rows") == 8
+    header, complete = msgs[0].header, msgs[-1].complete
+    assert header.request_id == f"exec-{name}" and complete.row_count == 8 and complete.mode == pb.QUERY_MODE_SQL
+    assert complete.HasField("usage") and complete.usage.seconds > 0
+    # every column's header kind is the one field its cells use; `id` is an integer everywhere
+    for column, fields in zip(header.columns, _cell_fields(msgs)):
+        assert fields == {_KIND_FIELD[column.kind]}, (column, fields)
+    assert header.columns[0].name == "id" and header.columns[0].kind == pb.CELL_KIND_INT
+    assert (header.columns[0].type != "") == (name != "shop")  # SQLite's cursor reports no types
+
+
+def test_query_over_the_wire(served: Served) -> None:
+    from ragloom.services._proto import generation_pb2 as gpb
+
+    with grpc.insecure_channel(served.address) as ch:
+        stub = pb_grpc.TablesServiceStub(ch)
+        msgs = list(stub.Query(pb.QueryRequest(connector="shop_pg", question=QUESTION, request_id="query-1",
+                                               sampling=gpb.SamplingParams(max_tokens=48)), timeout=300))
+        assert msgs[0].WhichOneof("response") == "header" and msgs[-1].WhichOneof("response") == "complete"
+        header, complete = msgs[0].header, msgs[-1].complete
+        assert header.request_id == "query-1" and complete.mode == pb.QUERY_MODE_SQL
+        assert complete.usage.prompt_tokens > 0 and complete.usage.completion_tokens > 0 and complete.usage.seconds > 0
+        if not complete.error:
+            for column, fields in zip(header.columns, _cell_fields(msgs)):
+                if column.kind != pb.CELL_KIND_UNSPECIFIED:
+                    assert fields <= {_KIND_FIELD[column.kind]}, (column, fields)
+        for request, field in (
+            (pb.QueryRequest(connector="shop", question=QUESTION, max_rows=0), "max_rows"),
+            (pb.QueryRequest(connector="shop", question=QUESTION, timeout_s=301), "timeout_s"),
+            (pb.QueryRequest(connector="shop", question=QUESTION, batch_rows=10_001), "batch_rows"),
+            (pb.QueryRequest(connector="shop", question=QUESTION, mode=99), "mode"),  # type: ignore[arg-type]
+            (pb.QueryRequest(connector="shop", question=" "), "question"),
+            (pb.QueryRequest(connector="shop", question=QUESTION, sampling=gpb.SamplingParams(top_p=2.0)),
+             "sampling.top_p"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Query(request, timeout=60))
+            failure = _error(err.value)
+            assert isinstance(failure, InvalidArgument) and failure.field == field, (field, failure)
 
 
 def test_row_limit_and_truncation(client: Client) -> None:
@@ -224,8 +277,9 @@ def test_question_cannot_talk_the_model_into_writing(client: Client) -> None:
 
 
 def test_bad_input_gets_clear_status_codes(client: Client) -> None:
-    with pytest.raises(NotFound, match="nope"):
+    with pytest.raises(NotFound, match="nope") as missing:
         client.sql("nope", QUESTION)
+    assert missing.value.reason == "CONNECTOR_NOT_FOUND" and missing.value.metadata["connector"] == "nope"
     with pytest.raises(NotFound):
         client.execute_sql("nope", "SELECT 1")
     with pytest.raises(InvalidArgument, match="empty"):

@@ -1,4 +1,4 @@
-"""Retrieval.Upsert is one transaction per call, and its progress comes from the server.
+"""RetrievalService.Upsert is one transaction per call, and its progress comes from the server.
 
 A real grpc.aio server over loopback in front of a real CollectionManager (SQLite + faiss in a
 temporary folder, the bundled MiniLM embedder), driven through the raw stub, the SDK and the
@@ -183,7 +183,7 @@ def test_client_cancel_mid_batch_stores_nothing_and_stops_embedding(served: Serv
     served.embedder.allow(0)
     served.embedder.batches = 0
     with grpc.insecure_channel(served.address) as channel:
-        call = pb_grpc.RetrievalStub(channel).Upsert(_requests(_many(400), batch=400), timeout=120)
+        call = pb_grpc.RetrievalServiceStub(channel).Upsert(_requests(_many(400), batch=400), timeout=120)
         _wait(lambda: served.embedder.in_flight == 1, "the batch to start embedding")
         call.cancel()
         with pytest.raises(grpc.RpcError) as info:
@@ -253,10 +253,10 @@ def test_progress_counts_acknowledged_documents_and_reaches_the_total_with_the_c
 def test_old_clients_get_one_response(served: Served) -> None:
     """Without `progress` the server sends only the final message, as the unary-response RPC did."""
     with grpc.insecure_channel(served.address) as channel:
-        replies = list(pb_grpc.RetrievalStub(channel).Upsert(_requests(_many(90), 30, progress=False), timeout=120))
+        replies = list(pb_grpc.RetrievalServiceStub(channel).Upsert(_requests(_many(90), 30, progress=False), timeout=120))
     assert [(r.documents, r.committed) for r in replies] == [(90, True)]
     with grpc.insecure_channel(served.address) as channel:
-        replies = list(pb_grpc.RetrievalStub(channel).Upsert(_requests(_many(90), 30), timeout=120))
+        replies = list(pb_grpc.RetrievalServiceStub(channel).Upsert(_requests(_many(90), 30), timeout=120))
     assert [(r.documents, r.committed) for r in replies] == [(30, False), (60, False), (90, True)]
 
 

@@ -207,3 +207,64 @@ def test_default_oversample_and_nprobe_grow_with_the_collection(built, monkeypat
     search(idx, _unit(1, seed=40)[0], k=3)  # oversample None -> default for 400 vectors
     search(idx, _unit(1, seed=40)[0], k=3, oversample=2)
     assert asked == [3 * default_oversample(400), 6]
+
+
+def _crowded(tmp_path, kind: str = "flat") -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """An index where one "document" (group 0: 300 near copies of the query) fills the top of the
+    ranking, and 200 other documents of 3 chunks each follow at random distances."""
+    q = _unit(1, seed=50)[0]
+    crowd = q + 0.05 * _unit(300, seed=51)
+    others = _unit(600, seed=52)
+    x = np.concatenate([crowd, others]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    groups = np.concatenate([np.zeros(300, np.int64), 1 + np.arange(600) // 3])
+    idx = VectorIndex(tmp_path / kind, 64, kind)
+    idx.build(np.arange(len(x)), x)
+    return idx, x, groups, q
+
+
+def _best_per_group(idx: VectorIndex, q: np.ndarray, x: np.ndarray, groups: np.ndarray, k: int) -> list[int]:
+    """Brute force: every slot rescored, then each group's best slot, best first."""
+    scores = idx.quantizer.scores(q, idx.quantizer.encode(x))[0]
+    seen: set[int] = set()
+    best: list[int] = []
+    for slot in np.argsort(-scores, kind="stable"):
+        if int(groups[slot]) not in seen:
+            seen.add(int(groups[slot]))
+            best.append(int(slot))
+    return best[:k]
+
+
+def test_grouped_search_returns_k_groups_when_one_group_crowds_the_top(tmp_path):
+    idx, x, groups, q = _crowded(tmp_path)
+    group = lambda slots: [int(groups[s]) for s in slots]  # noqa: E731
+    plain = search(idx, q, k=5, oversample=4)
+    assert {int(groups[h.slot]) for h in plain} == {0}  # the long document fills every hit
+    # grouped: 5 distinct groups, each once as its best slot, in score order, as brute force has it;
+    # the first round's 20 candidates are all group 0, so this needs the deeper rounds
+    hits = search(idx, q, k=5, oversample=4, group=group)
+    assert [int(groups[h.slot]) for h in hits][0] == 0
+    assert len({int(groups[h.slot]) for h in hits}) == 5
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert [h.slot for h in hits] == _best_per_group(idx, q, x, groups, 5)
+    # the best chunk overall (an exhaustive search's first) stands for group 0
+    assert hits[0].slot == search(idx, q, k=1, oversample=len(x))[0].slot
+    # k beyond the number of groups: every group once, no more
+    assert len(search(idx, q, k=1000, group=group)) == 201
+    # grouping composes with a filter: the crowd is filtered out, the rest grouped
+    keep = lambda slots: np.asarray(groups[slots] != 0)  # noqa: E731
+    filtered = search(idx, q, k=7, oversample=2, keep=keep, group=group)
+    assert [h.slot for h in filtered] == [s for s in _best_per_group(idx, q, x, groups, 8) if groups[s] != 0][:7]
+
+
+def test_grouped_search_stops_when_an_ivf_index_has_no_more_to_give(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_mod, "AUTO_IVF_THRESHOLD", 10)
+    idx, _, groups, q = _crowded(tmp_path, "ivf")
+    assert idx.kind == "ivf"
+    idx.binary.nprobe = 1  # one list: far fewer vectors than the index holds
+    asked: list[int] = []
+    real = idx.binary_search
+    monkeypatch.setattr(idx, "binary_search", lambda codes, n: asked.append(n) or real(codes, n))
+    hits = search(idx, q, k=50, oversample=2, group=lambda slots: [int(groups[s]) for s in slots])
+    assert 0 < len(hits) < 50  # what the probed list holds, not a loop asking for more in vain
+    assert len(asked) == 1

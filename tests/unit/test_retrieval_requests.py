@@ -82,11 +82,77 @@ def test_upsert_feed_cancels_the_call_at_a_bad_document_and_keeps_the_error() ->
 
 def test_unset_options_are_absent() -> None:
     req = build_create_collection_request("c")
-    assert req.index == "" and not req.HasField("chunk_tokens") and not req.HasField("metadata")
+    assert req.index == pb.INDEX_KIND_UNSPECIFIED and not req.HasField("chunk_tokens") and not req.HasField("metadata")
+    assert req.request_id == ""  # the server makes one up
     req = build_create_collection_request("c", chunk_tokens=0, chunk_overlap=0, metadata={"a": 1})
     assert req.HasField("chunk_tokens") and req.HasField("chunk_overlap")  # 0 is sent, not dropped
     assert struct_to_dict(req.metadata) == {"a": 1}
     s = build_search_request("c", "q", k=5, filter=None, oversample=None)
     assert s.k == 5 and s.HasField("k") and not s.HasField("filter") and not s.HasField("oversample")
+    assert not s.group_by_document
     s = build_search_request("c", "q", k=5, filter={"lang": {"$in": ["en", "fr"]}}, oversample=8)
     assert struct_to_dict(s.filter) == {"lang": {"$in": ["en", "fr"]}} and s.oversample == 8
+
+
+def test_index_kinds_are_strings_for_users_and_enums_on_the_wire() -> None:
+    from ragloom.client.results import collection_from
+    from ragloom.services.retrieval import kind_from_proto
+
+    for name, kind in (("auto", pb.INDEX_KIND_AUTO), ("flat", pb.INDEX_KIND_FLAT), ("ivf", pb.INDEX_KIND_IVF)):
+        assert build_create_collection_request("c", index=name).index == kind
+        assert kind_from_proto(kind) == name  # the servicer's side
+        listed = collection_from(pb.CollectionInfo(name="c", index=kind, index_requested=kind))
+        assert (listed.index, listed.index_requested) == (name, name)
+    assert kind_from_proto(pb.INDEX_KIND_UNSPECIFIED) == "auto"  # unset on create means auto
+    for bad in ("hnsw", "FLAT", 2):
+        with pytest.raises(InvalidArgument) as info:
+            build_create_collection_request("c", index=bad)  # type: ignore[arg-type]
+        assert info.value.field == "index"
+    with pytest.raises(InvalidArgument) as info:
+        kind_from_proto(42)  # a number from a newer client
+    assert info.value.field == "index"
+
+
+def test_search_request_and_hits_with_the_new_fields() -> None:
+    from ragloom.client.results import hit_from
+
+    s = build_search_request("c", "q", k=3, filter={"lang": "en"}, oversample=None, group_by_document=True,
+                             request_id="search-1")
+    assert s.group_by_document and s.request_id == "search-1"
+    with pytest.raises(InvalidArgument) as info:
+        build_search_request("c", "q", k=3, filter={"when": object()}, oversample=None)
+    assert info.value.field == "filter"
+    with pytest.raises(InvalidArgument) as info:
+        build_create_collection_request("c", metadata={"when": object()})
+    assert info.value.field == "metadata"
+    hit = hit_from(pb.Hit(id="d", chunk_id="d#2", score=0.5, text="bc", chunk_index=2, start_char=1, end_char=3))
+    assert (hit.chunk_index, hit.start_char, hit.end_char) == (2, 1, 3)
+    assert "abcd"[hit.start_char : hit.end_char] == hit.text
+
+
+def test_hits_of_chunks_without_offsets_go_out_as_an_empty_span() -> None:
+    from ragloom.retrieval.collections import Hit
+    from ragloom.services.retrieval import hit_to_proto
+
+    known = hit_to_proto(Hit("d", "d#1", 0.5, "text", {"a": 1}, 1, 10, 14))
+    assert (known.chunk_index, known.start_char, known.end_char) == (1, 10, 14)
+    old = hit_to_proto(Hit("d", "d#0", 0.5, "text", {}, 0, None, None))  # stored before offsets were kept
+    assert (old.start_char, old.end_char) == (0, 0)
+
+
+def test_upsert_header_carries_the_request_id() -> None:
+    feed = _UpsertFeed("c", batch_size=3, create_if_missing=False, progress=None, request_id="bulk-7")
+    header = next(iter(feed.requests([{"id": "a", "text": "x"}])))
+    assert header.request_id == "bulk-7" and header.collection == "c"
+
+
+def test_batch_field_paths_name_the_document_in_the_message() -> None:
+    docs = [pb.Document(id="a", text="x", vector=[1.0, 0.0]), pb.Document(id="b", text="y")]
+    with pytest.raises(InvalidArgument) as info:
+        documents_from_proto(docs)
+    assert info.value.field == "documents[1].vector"
+    docs = [pb.Document(id=f"d{i}", text="x", vector=[1.0, 0.0]) for i in range(3)]
+    docs[2].vector.append(1.0)
+    with pytest.raises(InvalidArgument) as info:
+        documents_from_proto(docs)
+    assert info.value.field == "documents[2].vector"
