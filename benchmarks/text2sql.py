@@ -309,8 +309,12 @@ def name_check(sql: str, dialect: str, db: str, data: Path) -> tuple[bool, bool]
     """(parses as one query, names only tables and columns that exist in the database): the
     grammar's own promise, looser than `valid`, which also needs every column in scope."""
     from ragloom.connectors.guard import MAX_NESTING, nesting_depth
+    from ragloom.errors import SqlError
 
-    if nesting_depth(sql) > MAX_NESTING:  # sqlglot's parse time explodes; the guard refuses these too
+    try:
+        if nesting_depth(sql, dialect) > MAX_NESTING:  # sqlglot's parse time explodes; the guard refuses these too
+            return False, False
+    except SqlError:  # it does not even tokenize
         return False, False
     try:
         tree = sqlglot.parse_one(sql, read=dialect)

@@ -248,6 +248,21 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that is writing temp file `tmp_name` (``<key>.kv.<pid>-<uuid>.tmp``) on
+    this host may still be running; True when the name carries no pid (written by an older version)."""
+    m = re.search(r"\.(\d+)-[0-9a-f]{32}\.tmp$", tmp_name)
+    if m is None:
+        return True
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # alive under another user / not a pid: leave it
+        return True
+    return True
+
+
 class DiskTier:
     """One file per key (``<dir>/<key[:2]>/<key>.kv``); atomic writes; LRU by mtime within a budget."""
 
@@ -280,7 +295,9 @@ class DiskTier:
             except OSError:
                 continue
             if path.name.endswith(".tmp"):
-                if now - st.st_mtime > self.STALE_TMP_S:  # left behind by a crash; not a live writer
+                # left behind by a crash (kill -9 mid-write): the writer's pid is in the name, so a
+                # dead writer's file goes now; an unknown one only once no live writer can own it
+                if not _writer_alive(path.name) or now - st.st_mtime > self.STALE_TMP_S:
                     path.unlink(missing_ok=True)
             elif path.name.endswith(self.SUFFIX):
                 self._index[path.name[: -len(self.SUFFIX)]] = (st.st_size, st.st_mtime)
@@ -322,7 +339,7 @@ class DiskTier:
             with self._lock:
                 self.counters.rejected += 1
             return
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -39,8 +40,11 @@ class FileConnector:
     dialect = "duckdb"
     qualifiers = ("main", "memory")  # DuckDB's default schema and in-memory catalog
 
-    def __init__(self, name: str, path: str | Path) -> None:
+    def __init__(self, name: str, path: str | Path, allow: Callable[[Path], Path] | None = None) -> None:
+        """`allow` (the server's sandbox: sandbox.py) checks each file before it is read and returns
+        its resolved path, or raises: a folder inside the roots may hold symlinks out of them."""
         self.name = name
+        self._allow = allow
         self._path = Path(path).expanduser()
         if not self._path.exists():
             raise NotFound(f"no such file or folder: {self._path}", reason="FILE_NOT_FOUND",
@@ -92,8 +96,9 @@ class FileConnector:
         try:
             names: list[str] = []
             for path in self._files():
+                source = self._allow(path) if self._allow is not None else path.resolve()
                 try:
-                    self._load_file(con, path, names)
+                    self._load_file(con, path, source, names)
                 except duckdb.Error as e:
                     raise InvalidArgument(f"cannot read {path.name} as a table: {e}", reason=URL_INVALID) from None
             # From here on no statement can reach the file system or undo these settings.
@@ -105,9 +110,10 @@ class FileConnector:
             raise
         return con, Schema(self.name, self.dialect, tables)
 
-    def _load_file(self, con: duckdb.DuckDBPyConnection, path: Path, names: list[str]) -> None:
+    def _load_file(self, con: duckdb.DuckDBPyConnection, path: Path, source: Path, names: list[str]) -> None:
+        """Load `source`, the file `path` resolves to (the path already checked), as `path`'s table."""
         kind = SUFFIXES[path.suffix.lower()]
-        literal = "'" + str(path.resolve()).replace("'", "''") + "'"
+        literal = "'" + str(source).replace("'", "''") + "'"
         if kind != "excel":
             name = _table_name(path.stem, names)
             reader = "read_csv_auto" if kind == "csv" else "read_parquet"
@@ -117,7 +123,7 @@ class FileConnector:
         import pandas as pd  # only Excel needs pandas (and openpyxl under it)
 
         try:
-            sheets = pd.read_excel(path, sheet_name=None, engine="openpyxl")
+            sheets = pd.read_excel(source, sheet_name=None, engine="openpyxl")
         except Exception as e:  # noqa: BLE001 - openpyxl raises many kinds for a bad workbook
             raise InvalidArgument(
                 f"cannot read {path.name} as an Excel workbook: {e}", reason=URL_INVALID

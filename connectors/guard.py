@@ -24,10 +24,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, OptimizeError, ParseError, TokenError, UnsupportedError
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.tokens import Token, TokenType
 
 from ragloom.connectors.base import Schema
 from ragloom.connectors.functions import is_allowed_anonymous, is_denied
@@ -68,6 +69,9 @@ _VARIABLE_NODES: tuple[type[exp.Expr], ...] = tuple(
 )
 _EMPTY: tuple[type[exp.Expr], ...] = tuple(t for t in (getattr(exp, "Semicolon", None),) if isinstance(t, type))
 _QUERY_ROOTS: tuple[type[exp.Expr], ...] = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+# Brackets the parser descends into: calls and subqueries, arrays, structs and maps.
+_OPENERS = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE})
+_CLOSERS = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE})
 
 
 @dataclass
@@ -93,37 +97,54 @@ def guard(
     """
     if max_rows < 1:
         raise SqlError(f"max_rows must be at least 1, got {max_rows}")
-    if nesting_depth(sql) > MAX_NESTING:
+    tokens = _tokenize(sql, dialect)
+    if _depth(tokens) > MAX_NESTING:
         # sqlglot's parser recurses (and on nested calls backtracks for minutes) per level
         raise SqlError(f"the query nests parentheses more than {MAX_NESTING} deep; simplify it")
     try:
-        return _guard(sql, dialect, schema, max_rows, qualifiers)
+        return _guard(sql, dialect, schema, max_rows, qualifiers, tokens)
     except RecursionError:  # sqlglot parses and walks recursively: thousands of nested ( or + chains
         raise SqlError("the query is nested too deeply to check; simplify it") from None
 
 
-def nesting_depth(sql: str) -> int:
-    """The deepest parenthesis nesting outside string literals (cheap, before any parsing)."""
+def nesting_depth(sql: str, dialect: str | None = None) -> int:
+    """The deepest nesting of parentheses, brackets and braces, outside comments, string literals
+    and quoted identifiers (cheap: one linear pass, before any parsing); SqlError if `sql` does not
+    tokenize.
+
+    The tokens are those of the dialect's own tokenizer, the one the parser reads, so this count
+    and the parser cannot disagree on what is a comment or a string: a hand-written scan was
+    fooled by a quote inside a `--` comment (`-- '` made it skip all the nesting that followed).
+    """
+    return _depth(_tokenize(sql, dialect))
+
+
+def _tokenize(sql: str, dialect: str | None) -> list[Token]:
+    try:
+        return Dialect.get_or_raise(dialect).tokenize(sql)
+    except TokenError as e:
+        raise SqlError(f"SQL does not parse: {e}") from None
+
+
+def _depth(tokens: list[Token]) -> int:
     depth = deepest = 0
-    quote: str | None = None
-    for ch in sql:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == "(":
+    for token in tokens:
+        if token.token_type in _OPENERS:
             depth += 1
             deepest = max(deepest, depth)
-        elif ch == ")":
+        elif token.token_type in _CLOSERS:
             depth -= 1
     return deepest
 
 
-def _guard(sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: Iterable[str] | None) -> GuardedSql:
+def _guard(
+    sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: Iterable[str] | None,
+    tokens: list[Token] | None = None,
+) -> GuardedSql:
     allowed_qualifiers = {
         q.lower() for q in (DEFAULT_QUALIFIERS.get(dialect, ()) if qualifiers is None else qualifiers)
     }
-    root = _parse_one(sql, dialect)
+    root = _parse_one(sql, dialect, tokens)
     _check_nodes(root, dialect)
     tables = _check_tables(root, dialect, schema, allowed_qualifiers)
     _check_columns(root, dialect, schema, tables)
@@ -132,7 +153,10 @@ def _guard(sql: str, dialect: str, schema: Schema, max_rows: int, qualifiers: It
     _limit(root, max_rows + 1)
     out, shown_text = _regenerate(root, dialect), _regenerate(shown, dialect)
     # Belt and braces: what runs is the regenerated text, so it must pass the same checks.
-    again = _parse_one(out, dialect)
+    tokens = _tokenize(out, dialect)
+    if _depth(tokens) > MAX_NESTING:  # regeneration may add parentheses; never parse those unchecked
+        raise SqlError(f"the query nests parentheses more than {MAX_NESTING} deep; simplify it")
+    again = _parse_one(out, dialect, tokens)
     _check_nodes(again, dialect)
     _check_tables(again, dialect, schema, allowed_qualifiers)
     return GuardedSql(sql=shown_text, tables=tables, run_sql=out)
@@ -146,12 +170,15 @@ def _regenerate(root: exp.Expr, dialect: str) -> str:
         raise SqlError(f"not supported in {dialect}: {_first_line(e)}") from None
 
 
-def _parse_one(sql: str, dialect: str) -> exp.Expr:
+def _parse_one(sql: str, dialect: str, tokens: list[Token] | None = None) -> exp.Expr:
+    """The one statement of `sql`; `tokens`, where given, are its tokens (tokenized once)."""
     if not sql or not sql.strip():
         raise SqlError("empty SQL: expected one SELECT statement")
     try:
+        d = Dialect.get_or_raise(dialect)
+        parsed = d.parser().parse(tokens if tokens is not None else d.tokenize(sql), sql)
         # None and Semicolon are empty statements (`;;`, or a comment after the last `;`)
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None and not isinstance(s, _EMPTY)]
+        statements = [s for s in parsed if s is not None and not isinstance(s, _EMPTY)]
     except ParseError as e:
         raise SqlError(f"SQL does not parse: {_parse_error(e)}") from None
     except TokenError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import os
 import re
 import tempfile
@@ -23,27 +24,35 @@ from sqlalchemy.exc import ArgumentError
 from ragloom.connectors.base import Connector
 from ragloom.connectors.files import SUFFIXES, FileConnector
 from ragloom.connectors.guard import guard
+from ragloom.connectors.sandbox import ConnectorSandbox
 from ragloom.connectors.sql import SCHEMES, SqlConnector
 from ragloom.connectors.values import redact_url
-from ragloom.errors import AlreadyExists, InvalidArgument, NotFound
+from ragloom.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _FORMAT_VERSION = 1
 
 
-def open_connector(name: str, url_or_path: str) -> Connector:
+def open_connector(name: str, url_or_path: str, sandbox: ConnectorSandbox | None = None) -> Connector:
     """A connector for a database URL (sqlite://, postgresql://, mysql://, mariadb://), a SQLite
-    file, a CSV / Parquet / Excel file, or a folder of those."""
+    file, a CSV / Parquet / Excel file, or a folder of those.
+
+    With a sandbox (the server's: sandbox.py), paths and hosts outside it are PermissionDenied,
+    checked before anything is opened or even looked at; None trusts the caller (in-process use).
+    """
     target = url_or_path.strip()
     if "://" in target:
         scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
         if scheme in SCHEMES:
+            if sandbox is not None:
+                sandbox.check_url(target, SCHEMES[scheme])
             if SCHEMES[scheme] == "sqlite":
                 _check_sqlite_file(target)
             return SqlConnector(name, target)
         if scheme == "file":
-            return open_connector(name, target[len("file://"):])
+            return open_connector(name, target[len("file://"):], sandbox)
         supported = ", ".join(f"{s}://" for s in SCHEMES)
         raise InvalidArgument(
             f"unsupported URL scheme {scheme!r} in {redact_url(target)}; supported: {supported}, "
@@ -51,12 +60,14 @@ def open_connector(name: str, url_or_path: str) -> Connector:
             reason="CONNECTOR_URL_INVALID",
         )
     path = Path(target).expanduser()
+    if sandbox is not None:
+        sandbox.check_path(path)
     if not path.exists():
         raise NotFound(f"no such file or folder: {path}{_relative_note(path)}", reason="FILE_NOT_FOUND",
                        metadata={"path": str(path)})
     if path.is_file() and path.suffix.lower() in SQLITE_SUFFIXES:
         return SqlConnector(name, f"sqlite:///{path.resolve()}")
-    return FileConnector(name, path)
+    return FileConnector(name, path, allow=sandbox.check_path if sandbox is not None else None)
 
 
 def _relative_note(path: Path) -> str:
@@ -97,13 +108,39 @@ class ConnectorInfo:
 
 
 class ConnectorRegistry:
-    """Named connectors; `path=None` keeps the registrations in memory only."""
+    """Named connectors; `path=None` keeps the registrations in memory only.
 
-    def __init__(self, path: Path | None = None) -> None:
+    With a sandbox, every connector is opened through it: at registration, and again when a
+    saved registration is reopened after a restart. A registration the sandbox no longer allows
+    (the roots or hosts were narrowed) stays saved and listed, is logged once here, and each use
+    of it is refused with PermissionDenied naming the rule, until the operator widens the
+    sandbox again or someone removes it: silently dropping it would lose its examples.
+    """
+
+    def __init__(self, path: Path | None = None, sandbox: ConnectorSandbox | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.sandbox = sandbox
         self._lock = threading.RLock()
         self._entries: dict[str, dict[str, Any]] = self._read()
         self._open: dict[str, Connector] = {}
+        for name, why in self.refused().items():
+            log.warning("connector %r is registered but not allowed by the sandbox (%s): its use is refused "
+                        "until the roots or hosts allow it, or it is removed", name, why)
+
+    def refused(self) -> dict[str, str]:
+        """Saved registrations the sandbox does not allow now, with the reason: checked without
+        connecting (a folder's files are checked when it is opened)."""
+        if self.sandbox is None:
+            return {}
+        out: dict[str, str] = {}
+        with self._lock:
+            entries = list(self._entries.items())
+        for name, entry in entries:
+            try:
+                _check_sandbox(entry["url"], self.sandbox)
+            except PermissionDenied as exc:
+                out[name] = str(exc)
+        return out
 
     def register(self, name: str, url: str, replace: bool = False) -> Connector:
         """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it.
@@ -113,7 +150,7 @@ class ConnectorRegistry:
             if name in self._entries and not replace:
                 raise _exists(name)
         try:
-            connector = open_connector(name, url)  # outside the lock: connecting can take seconds
+            connector = open_connector(name, url, self.sandbox)  # outside the lock: connecting can take seconds
         except InvalidArgument as exc:
             if exc.reason == "CONNECTOR_URL_INVALID" and exc.field is None:
                 exc.field = "url"  # here the URL is the caller's request field (RegisterConnector)
@@ -144,7 +181,7 @@ class ConnectorRegistry:
             if entry is None:
                 known = ", ".join(sorted(self._entries)) or "none"
                 raise _missing(name, f"; registered: {known}")
-            connector = open_connector(name, entry["url"])
+            connector = open_connector(name, entry["url"], self.sandbox)
             self._open[name] = connector
             return connector
 
@@ -221,6 +258,19 @@ class ConnectorRegistry:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _check_sandbox(url_or_path: str, sandbox: ConnectorSandbox) -> None:
+    """The sandbox's verdict on a URL or path, as open_connector would reach it, opening nothing."""
+    target = url_or_path.strip()
+    if "://" in target:
+        scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
+        if scheme in SCHEMES:
+            sandbox.check_url(target, SCHEMES[scheme])
+        elif scheme == "file":
+            sandbox.check_path(target[len("file://"):])
+        return
+    sandbox.check_path(target)
 
 
 def _check_name(name: str) -> None:

@@ -2,7 +2,8 @@
 
 The guard (guard.py) refuses anything but one SELECT; underneath it, every connection is opened
 read-only so that a guard bug still cannot write:
-- SQLite: the file is opened with the URI `mode=ro` and `PRAGMA query_only=ON`;
+- SQLite: the file is opened with the URI `mode=ro` and `PRAGMA query_only=ON`, and may attach
+  no other database;
 - PostgreSQL: `default_transaction_read_only=on` for the session, and each statement runs in a
   `READ ONLY` transaction with `SET LOCAL statement_timeout`;
 - MariaDB/MySQL: `SET SESSION TRANSACTION READ ONLY`, each statement inside
@@ -158,6 +159,9 @@ class SqlConnector:
             def creator() -> sqlite3.Connection:
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
                 conn.execute("PRAGMA query_only=ON")
+                # no ATTACH of another file, whatever gets past the guard (extension loading is
+                # off already: Python never enables it unless asked)
+                conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
                 return conn
 
             # an explicit pool: "sqlite://" alone would make SQLAlchemy assume a per-thread memory DB
@@ -300,7 +304,10 @@ class SqlConnector:
             return DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit ({message})", reason="SQL_TIMEOUT")
         if sqlstate == "25006" or code in (1792, 1290) or "readonly database" in message:
             return ForbiddenQuery(f"the connection is read-only: {message}")
-        lost_pg = self.dialect == "postgres" and kind == "OperationalError" and (sqlstate or "08")[:2] in ("08", "57")
+        # psycopg raises subclasses (AdminShutdown for pg_terminate_backend, 57P01): match by class
+        # ancestry and SQLSTATE (08 connection exception, 57 operator intervention), not by name
+        operational = any(c.__name__ == "OperationalError" for c in type(e).__mro__)
+        lost_pg = self.dialect == "postgres" and operational and (sqlstate or "08")[:2] in ("08", "57")
         if lost_pg or code in (2003, 2006, 2013):
             return Unavailable(f"lost the connection to {self.url}: {message}", reason=UNAVAILABLE)
         label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(self.dialect, "MariaDB" if self._flavor == "mariadb" else "MySQL")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -68,11 +67,36 @@ def _parser() -> argparse.ArgumentParser:
     _add_scheduling_flags(serve, "")
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
+        "--log-format", choices=["text", "json"],
+        help="text (default), or json: one object per line with time, level, logger, message and request_id",
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve Prometheus metrics over HTTP on PORT, on the --host interface (default: off)",
+    )
+    serve.add_argument(
+        "--max-queued", type=int, metavar="N",
+        help="requests waiting for the engine before new ones get RESOURCE_EXHAUSTED (default 256)",
+    )
+    serve.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt (default: the model's context)")
+    serve.add_argument(
         "--chunk-kv-redis-url",
         metavar="URL",
         help="redis://host:port/db: share chunk KV for `ask` between replicas (default: memory and disk only)",
     )
     serve.add_argument("--chunk-kv-dir", type=Path, help="disk tier of chunk KV (default: <data dir>/chunk_kv)")
+    serve.add_argument(
+        "--connector-root", action="append", type=Path, metavar="DIR",
+        help="a folder connector files, folders and SQLite databases may come from (after symlinks); "
+        "repeatable (default: the data dir and the working directory)",
+    )
+    serve.add_argument(
+        "--connector-host", action="append", metavar="PATTERN",
+        help="host[:port] pattern (fnmatch: '*.corp.example', 'db1:5432', '[::1]:5432') a PostgreSQL or "
+        "MySQL connector may connect to; repeatable (default: 127.0.0.1, ::1, localhost)",
+    )
+
+    _add_serve_security_flags(serve)
 
     gen = sub.add_parser(
         "generate",
@@ -326,7 +350,88 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
     sql.add_argument("--timeout", type=float, help="give up after this many seconds")
     sql.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    keys = sub.add_parser(
+        "keys",
+        help="make API keys for `ragloom serve --api-keys FILE`",
+        description="Manage the API key file a server checks calls against (--api-keys FILE). The file holds\n"
+        "each key's name, SHA-256 and scopes, never the key itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_add = keys_sub.add_parser(
+        "add",
+        help="make a random key, print it once, and add its SHA-256 entry to the key file",
+        description="Make a random key named NAME with the given scopes, add its entry to the key file "
+        "(created if missing) and print the key: it is shown only this once. A running server loads the "
+        "new file on SIGHUP (kill -HUP PID).",
+    )
+    keys_add.add_argument("name", help="the key's name: who uses it (letters, digits, . _ : @ -)")
+    keys_add.add_argument(
+        "--scopes", required=True, metavar="LIST",
+        help="comma-separated: generate, retrieve, ask, tables, admin (admin: create/delete collections and connectors)",
+    )
+    keys_add.add_argument("--file", type=Path, help="the key file (default: api_keys from the settings, else <data dir>/api_keys.json)")
+    _add_config(keys_add)
+
+    # the client commands reach a server: each takes the same connection security flags
+    for name in ("generate", "ingest", "search", "collections", "ask", "connect", "connectors", "sql"):
+        _add_client_security_flags(sub.choices[name])
     return parser
+
+
+def _add_serve_security_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "transport security and API keys",
+        "Beyond loopback, serve refuses to start without both TLS and API keys, unless --insecure.",
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain) of the server: serve TLS")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca", type=Path, metavar="FILE",
+        help="PEM CA bundle: mTLS, clients without a certificate it signed are refused at the handshake",
+    )
+    group.add_argument(
+        "--api-keys", type=Path, metavar="FILE",
+        help='JSON/YAML key file {"keys": [{"name", "sha256", "scopes"}]} (see `ragloom keys add`): every call '
+        "needs a key with the call's scope; reloaded on SIGHUP",
+    )
+    group.add_argument(
+        "--rate-limit-per-s", type=float, metavar="R",
+        help="with --api-keys: calls per second each key may make; more get RESOURCE_EXHAUSTED (RATE_LIMITED) "
+        "with a retry delay. A key's own rate_per_s/burst in the key file wins. Default: no limit",
+    )
+    group.add_argument(
+        "--rate-limit-burst", type=int, metavar="N",
+        help="calls a key may make at once above its rate (default: the rate, at least 1)",
+    )
+    group.add_argument(
+        "--insecure", action="store_true", default=None,
+        help="listen beyond loopback without TLS and API keys (something else must protect the port)",
+    )
+    group.add_argument(
+        "--no-reflection", dest="reflection", action="store_false", default=None,
+        help="do not serve gRPC server reflection (it describes the API to any caller)",
+    )
+
+
+def _add_client_security_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection security")
+    group.add_argument("--tls", action="store_true", help="connect over TLS (implied by --ca, --cert, --key)")
+    group.add_argument("--ca", type=Path, metavar="PATH", help="PEM CA bundle that signed the server's certificate "
+                       "(default: the system's CAs)")
+    group.add_argument("--cert", type=Path, metavar="PATH", help="PEM client certificate, for servers that require mTLS")
+    group.add_argument("--key", type=Path, metavar="PATH", help="PEM private key of --cert")
+    group.add_argument(
+        "--api-key", metavar="KEY",
+        help="API key sent with every call (default: $RAGLOOM_API_KEY, which other users cannot see in `ps`)",
+    )
+
+
+def _connection(args: argparse.Namespace) -> dict[str, Any]:
+    """The Client keyword arguments of the connection security flags."""
+    return {"tls": True if args.tls else None, "root_certificates": args.ca, "client_cert": args.cert,
+            "client_key": args.key, "api_key": args.api_key}
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -349,12 +454,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         chunk_kv_redis_url=args.chunk_kv_redis_url,
         chunk_kv_disk_dir=args.chunk_kv_dir,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        api_keys=args.api_keys,
+        rate_limit_per_s=args.rate_limit_per_s,
+        rate_limit_burst=args.rate_limit_burst,
+        insecure=args.insecure,
+        reflection=args.reflection,
+        log_format=args.log_format,
+        metrics_port=args.metrics_port,
+        max_queued=args.max_queued,
+        max_prompt_tokens=args.max_prompt_tokens,
+        connector_roots=args.connector_root,
+        connector_hosts=args.connector_host,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ragloom.services import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 
@@ -433,7 +550,7 @@ def _cmd_generate_remote(args: argparse.Namespace) -> int:
     constraint: dict[str, Any] = _constraint_kwargs(args)
     if args.speculative:  # per request: the server's engine settings stay as they are
         constraint["speculative"] = args.speculative
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         if args.stream:
             s = client.stream(**_input(args), **_sampling(args), **constraint)  # type: ignore[arg-type]
             with s:
@@ -674,7 +791,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"ragloom: {note}", file=sys.stderr)
     if not docs:
         raise InvalidArgument("no documents to ingest")
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         if args.create:
             try:
                 client.create_collection(
@@ -731,7 +848,7 @@ def _snippet(text: str, width: int = 240) -> str:
 def _cmd_search(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         hits = client.search(
             args.collection, args.query, k=args.k, filter=_parse_filter(args.filter), oversample=args.oversample,
             group_by_document=args.group_by_document,
@@ -763,7 +880,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
     schema = _json_schema(args.json_schema) if args.json_schema is not None else None
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         s = client.stream_ask(
             args.question,
             collection=args.collection,
@@ -801,7 +918,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_collections(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         infos = client.list_collections()
     if not infos:
         print("no collections")
@@ -842,7 +959,7 @@ def _print_rows(columns: list[str], rows: list[list[Any]], limit: int = 50) -> N
 def _cmd_connect(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         info = client.register_connector(args.name, args.url, replace=args.replace)
     print(f"connected {info.name}: {info.dialect}, {info.tables} tables ({info.url})")
     return 0
@@ -851,7 +968,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 def _cmd_connectors(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         if args.name and args.remove:
             client.remove_connector(args.name)
             print(f"removed connector {args.name}")
@@ -885,7 +1002,7 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
 def _cmd_sql(args: argparse.Namespace) -> int:
     from ragloom.client import Client
 
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         if args.execute:
             r = client.execute_sql(args.name, args.question, max_rows=args.max_rows)
         else:
@@ -915,6 +1032,21 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from ragloom.config import load_settings
+    from ragloom.services.auth import add_key
+
+    settings = load_settings(args.config)
+    path = args.file or settings.api_keys or Path(settings.data_dir) / "api_keys.json"
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    key = add_key(path, args.name, scopes)
+    print(key)
+    print(f"added key {args.name!r} ({', '.join(scopes)}) to {path}; the key above is shown only once. "
+          f"Serve with --api-keys {path} (a running server reloads it on SIGHUP); clients send it with "
+          "--api-key, RAGLOOM_API_KEY or Client(api_key=...)", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {
     "serve": _cmd_serve,
     "generate": _cmd_generate,
@@ -926,6 +1058,7 @@ _COMMANDS = {
     "connect": _cmd_connect,
     "connectors": _cmd_connectors,
     "sql": _cmd_sql,
+    "keys": _cmd_keys,
 }
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -21,6 +23,20 @@ BUNDLED_LLM = "smollm2-135m-instruct"
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("RAGLOOM_DATA_DIR", Path.home() / ".cache" / "ragloom"))
+
+
+def _split_list(sep: str) -> Any:
+    """A list setting from the environment: a JSON list, or items separated by `sep`."""
+
+    def split(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(sep) if item.strip()]
+        return value
+
+    return split
 
 
 class EngineSettings(BaseSettings):
@@ -82,6 +98,19 @@ class EngineSettings(BaseSettings):
         4, ge=1, description="speculate only in steps where at most this many sequences decode: a batched "
         "step already shares each weight read, so drafts cost more there than they save",
     )
+    # -- admission and bounds (#21): work a request may bring, refused before it costs anything --
+    max_queued: int = Field(
+        256, ge=1, description="requests waiting for the engine (not yet running); beyond this, Generate, Ask "
+        "and Query get RESOURCE_EXHAUSTED (OVERLOADED) with a retry delay estimated from recent throughput",
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="longest prompt in tokens (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); "
+        "default: the model's context",
+    )
+    max_constraint_bytes: int = Field(
+        256 * 1024, ge=1, description="largest json_schema / lark_grammar / regex, or all choices together, "
+        "in UTF-8 bytes (INVALID_ARGUMENT on the field)",
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
 
 
@@ -97,6 +126,51 @@ class Settings(EngineSettings):
         None, description="SQLAlchemy URL for collections and documents; default: SQLite in data_dir"
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (time, level, logger, message, request_id)"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this port (on the gRPC host); "
+        "None = off",
+    )
+    search_max_k: int = Field(1000, ge=1, le=1000, description="largest k a Search may ask for (at most 1000)")
+    ask_max_k: int = Field(50, ge=1, description="most passages an Ask may retrieve (k)")
+    sql_max_rows: int = Field(100_000, ge=1, description="largest max_rows of Query and ExecuteSql")
+    sql_max_timeout_s: float = Field(300.0, gt=0, description="longest timeout_s of Query and ExecuteSql")
+
+    # -- transport security and API keys (services/auth.py) -------------------------------------
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the server: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: mTLS, clients must present a certificate it signed (needs tls_cert)"
+    )
+    api_keys: Path | None = Field(
+        None, description='JSON/YAML key file {"keys": [{"name", "sha256", "scopes"}]}: every call needs a key '
+        "(reloaded on SIGHUP)",
+    )
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="with api_keys: calls per second each key may make (a key's own rate_per_s "
+        "in the key file wins); unset = no limit"
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="calls a key may make at once above its rate; unset = max(1, the rate)"
+    )
+    insecure: bool = Field(
+        False, description="allow listening beyond loopback without TLS and API keys"
+    )
+    reflection: bool = Field(True, description="serve gRPC server reflection (describes the API to anyone)")
+
+    # -- connector sandbox (connectors/sandbox.py): what RegisterConnector may open --------------
+    connector_roots: Annotated[list[Path], NoDecode, BeforeValidator(_split_list(os.pathsep))] = Field(
+        default_factory=list, description="folders that connector files, folders and SQLite databases must "
+        "resolve under (after symlinks); empty = the data dir and the working directory. Env: a JSON list or "
+        "paths separated by os.pathsep",
+    )
+    connector_hosts: Annotated[list[str], NoDecode, BeforeValidator(_split_list(","))] = Field(
+        default_factory=list, description="host[:port] patterns (fnmatch; [ipv6]:port) that PostgreSQL and "
+        "MySQL connectors may connect to; empty = loopback only (127.0.0.1, ::1, localhost). Env: a JSON list "
+        "or comma-separated",
+    )
 
     # -- chunk KV for Ask (cache/chunk_kv.py): memory -> disk -> Redis --------------------------
     chunk_kv_memory_bytes: int = Field(

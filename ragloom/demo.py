@@ -46,6 +46,8 @@ class Demo:
     address: str
     model: str
     notes: list[str] = field(default_factory=list)
+    # a connector root of the server (--connector-root): its sandbox refuses files anywhere else
+    files: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def _sql(demo: Demo) -> None:
     import sqlite3
 
     c = demo.client
-    with tempfile.TemporaryDirectory(prefix="ragloom-demo-") as folder:
+    with tempfile.TemporaryDirectory(prefix="ragloom-demo-", dir=demo.files) as folder:
         db = Path(folder) / "shop.db"
         with sqlite3.connect(db) as conn:
             conn.executescript(SHOP_SQL.read_text())
@@ -248,9 +250,13 @@ def prepare_model() -> Path:
     return resolve_model(settings.model, settings.data_dir)
 
 
-def start_server(stderr_path: Path, timeout: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen[str], str, str]:
+def start_server(
+    stderr_path: Path, timeout: float = READY_TIMEOUT_S, connector_root: Path | None = None
+) -> tuple[subprocess.Popen[str], str, str]:
     """Start `ragloom serve --port 0` and wait for its ready line; returns (process, address, model)."""
     cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--device", "cpu"]
+    if connector_root is not None:
+        cmd += ["--connector-root", str(connector_root)]
     err = open(stderr_path, "w")  # noqa: SIM115 - the child owns it for its lifetime
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
     err.close()
@@ -312,8 +318,10 @@ def main() -> int:
             print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         print("starting `ragloom serve` ...")
+        files = Path(tmp) / "files"  # the demo's SQLite database goes here, the server's connector root
+        files.mkdir()
         try:
-            proc, address, model = start_server(stderr_path)
+            proc, address, model = start_server(stderr_path, connector_root=files)
         except DemoError as exc:
             print(f"demo: {exc}", file=sys.stderr)
             return 1
@@ -322,7 +330,7 @@ def main() -> int:
         try:
             with Client(address, timeout=120) as client:
                 wait_serving(client)
-                demo = Demo(client=client, address=address, model=model)
+                demo = Demo(client=client, address=address, model=model, files=files)
                 for i, step in enumerate(STEPS, 1):
                     print(f"\n== {i}. {step.title}")
                     step.run(demo)

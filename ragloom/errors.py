@@ -67,10 +67,30 @@ class SqlError(InvalidArgument):
     reason = "SQL_INVALID"
 
 
-class ForbiddenQuery(RagloomError):
+class PermissionDenied(RagloomError):
+    """The server's configuration does not let this caller do this: a connector path outside the
+    connector roots or a database host outside the allowed hosts (the default reason), SQL the
+    guard refuses (ForbiddenQuery), a missing scope."""
+
+    reason = "CONNECTOR_NOT_ALLOWED"
+
+
+class ForbiddenQuery(PermissionDenied):
     """SQL the guard refuses: anything but one read-only SELECT over allow-listed tables."""
 
     reason = "SQL_NOT_READ_ONLY"
+
+
+class ScopeMissing(PermissionDenied):
+    """The caller's API key is valid but lacks the scope the call needs (metadata "scope")."""
+
+    reason = "SCOPE_MISSING"
+
+
+class Unauthenticated(RagloomError):
+    """The server requires an API key and the call has none, or one the server does not know."""
+
+    reason = "API_KEY_INVALID"
 
 
 class NotFound(RagloomError):

@@ -36,8 +36,10 @@ from sqlalchemy import (
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from ragloom.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,10 @@ class Store:
         if url.startswith("sqlite"):
             # gRPC worker threads share the engine; SQLite serializes writers itself.
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            # a server that dropped our connections (restart, failover, pg_terminate_backend) must
+            # not fail the next call: a pooled connection is tested before use and replaced if dead
+            kwargs["pool_pre_ping"] = True
         engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(engine, "connect", _sqlite_pragmas)
@@ -147,13 +153,50 @@ class Store:
         self.schema = schema
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine, schema)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, class_=_Session, expire_on_commit=False)
 
     def session(self) -> Session:
         return self._sessions()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class _Session(Session):
+    """A session whose `with` block reports a lost database connection as Unavailable (UNAVAILABLE,
+    retryable) instead of an internal error. The pool has already dropped the dead connection, so a
+    retry gets a fresh one. A commit cut off in flight may or may not have been stored: upserts and
+    deletes are idempotent, so retrying them is safe."""
+
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        sqlite = self.bind is not None and self.bind.dialect.name == "sqlite"
+        try:
+            super().__exit__(type_, value, traceback)  # closing rolls back: it may find the connection gone
+        except DBAPIError as exc:
+            if not _lost_connection(exc, sqlite):
+                raise
+            if value is None:  # the block's work is done (a write committed in its begin() block)
+                log.info("collection store: the connection was gone when the session closed: %s", exc.orig)
+                return
+            if not isinstance(value, DBAPIError):
+                return  # the block's own exception goes on
+        if isinstance(value, DBAPIError) and _lost_connection(value, sqlite):
+            raise Unavailable(
+                f"lost the connection to the collection store: {str(value.orig).strip() or type(value.orig).__name__}",
+                reason="DATABASE_UNAVAILABLE", retry_after_s=1.0,
+            ) from value
+
+
+def _lost_connection(exc: DBAPIError, sqlite: bool) -> bool:
+    """A disconnect SQLAlchemy recognised, or (server databases only) a connection that could not be
+    made or was ended by the server: SQLSTATE class 08 (connection exception) or 57 (operator
+    intervention: admin shutdown, crash shutdown, cannot connect now)."""
+    if exc.connection_invalidated:
+        return True
+    if sqlite or not isinstance(exc, OperationalError):  # SQLite's OperationalErrors are SQL errors
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate is None or str(sqlstate)[:2] in ("08", "57")
 
 
 # Columns added after the first release, as (table, column, SQL type): a store created by an

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +32,10 @@ from ragloom.errors import GrammarError, InvalidArgument, NotFound
 from ragloom.generation.constrain.processor import Constraint
 from ragloom.generation.runner.engine import Output, Request
 from ragloom.generation.runner.params import SamplingParams
+from ragloom.services import auth
 from ragloom.services._proto import generation_pb2 as pb
 from ragloom.services._proto import generation_pb2_grpc as pb_grpc
+from ragloom.services.metrics import Metrics
 from ragloom.services.status import abort_on_failure, unary
 
 if TYPE_CHECKING:
@@ -135,7 +138,20 @@ def parse_json_schema(text: str, field: str = "json_schema") -> dict[str, Any] |
     return spec
 
 
-def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | None:
+def check_constraint_size(kind: str, spec: str | Sequence[str], limit: int, field: str | None = None) -> None:
+    """InvalidArgument on the field when a constraint's text (all choices together) is over
+    `limit` UTF-8 bytes (max_constraint_bytes): checked before parsing or compiling it."""
+    size = len(spec.encode()) if isinstance(spec, str) else sum(len(c.encode()) for c in spec)
+    if size > limit:
+        raise InvalidArgument(
+            f"{kind} is {size} bytes; this server compiles constraints of at most {limit} bytes "
+            "(max_constraint_bytes)",
+            field=field or kind,
+            metadata={"bytes": str(size), "max_constraint_bytes": str(limit)},
+        )
+
+
+def constraint_from_proto(msg: pb.GenerateRequest, max_bytes: int | None = None) -> tuple[str, Any, bool] | None:
     """(kind, spec, strict) for LLMEngine.compile_constraint, or None when unconstrained. The kind
     is also the request field it came from.
 
@@ -149,6 +165,8 @@ def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | No
         kind = "choices"
     if kind is None:
         return None
+    if max_bytes is not None:
+        check_constraint_size(kind, list(msg.choices) if kind == "choices" else getattr(msg, kind), max_bytes)
     strict = msg.strict if msg.HasField("strict") else True
     spec: Any
     if kind == "json_schema":
@@ -171,16 +189,23 @@ def constraint_from_proto(msg: pb.GenerateRequest) -> tuple[str, Any, bool] | No
     return kind, spec, strict
 
 
-async def compile_constraint(llm: LLMEngine, kind: str, spec: Any, *, strict: bool, field: str) -> Constraint:
+async def compile_constraint(
+    llm: LLMEngine, kind: str, spec: Any, *, strict: bool, field: str, metrics: Metrics | None = None
+) -> Constraint:
     """Compile in a worker thread: it can take seconds, and neither the event loop nor the engine
     thread waits for it. A spec the compiler refuses names `field`, the request field it came
-    from (the compiler knows what is wrong, not where it was in the request)."""
+    from (the compiler knows what is wrong, not where it was in the request). The time it took
+    goes to metrics' constraint compile histogram, failures included."""
+    started = time.perf_counter()
     try:
         return await asyncio.to_thread(llm.compile_constraint, kind, spec, strict=strict)
     except InvalidArgument as exc:
         if exc.field is None:
             exc.field = field
         raise
+    finally:
+        if metrics is not None:
+            metrics.compile_seconds.labels(kind).observe(time.perf_counter() - started)
 
 
 def usage_from_output(out: Output) -> pb.Usage:
@@ -199,9 +224,10 @@ def chunk_from_output(out: Output) -> pb.Chunk:
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, metrics: Metrics | None = None) -> None:
         self._engine = engine
         self._model_id: str = engine.engine.model_id
+        self._metrics = metrics or Metrics()
 
     # -- request translation -------------------------------------------------------------
 
@@ -225,16 +251,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 metadata={"model": msg.model},
             )
         # cheap checks first: a bad field is answered before a constraint is compiled
-        constraint_spec = constraint_from_proto(msg)
-        speculative = speculative_from_proto(msg.speculative)
-        token_ids = self._token_ids(msg)
         llm = self._engine.engine
+        constraint_spec = constraint_from_proto(msg, llm.settings.max_constraint_bytes)
+        speculative = speculative_from_proto(msg.speculative)
+        # tokenizing (or rendering a chat template) a long prompt takes long enough to stall every
+        # other call on the event loop: a worker thread does it
+        token_ids = await asyncio.to_thread(self._token_ids, msg)
         params = sampling_from_proto(msg.sampling)
         params.validate(llm.vocab_size)
         constraint: Constraint | None = None
         if constraint_spec is not None:
             kind, spec, strict = constraint_spec
-            constraint = await compile_constraint(llm, kind, spec, strict=strict, field=kind)
+            constraint = await compile_constraint(llm, kind, spec, strict=strict, field=kind, metrics=self._metrics)
         return Request(
             request_id=request_id,
             prompt_token_ids=token_ids,
@@ -248,16 +276,20 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async with abort_on_failure("Generate", context, request.request_id) as request_id:
+        # auth.owned: while it runs, only the caller's API key may abort this request
+        async with abort_on_failure("Generate", context, request.request_id) as request_id, auth.owned(request_id):
+            timer = self._metrics.timer("Generate")
             req = await self._to_request(request, request_id)
             warnings = list(req.constraint.warnings) if req.constraint is not None else []
             # aclosing: if gRPC cancels us while we are parked at a `yield`, closing this
             # generator closes the engine stream now (aborting the request), not at GC time.
             async with contextlib.aclosing(self._engine.generate(req)) as outputs:
                 async for out in outputs:
+                    timer.tokens(len(out.token_ids))
                     if out.text or out.token_ids:
                         yield pb.GenerateResponse(chunk=chunk_from_output(out))
                     if out.finished:
+                        timer.finished(out.prompt_tokens, out.completion_tokens)
                         yield pb.GenerateResponse(
                             complete=pb.Complete(
                                 finish_reason=finish_reason_to_proto(out.finish_reason),
@@ -274,7 +306,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         async def work() -> pb.AbortResponse:
             if not request.request_id:
                 raise InvalidArgument("request_id is empty: name the running request to abort", field="request_id")
-            found = self._engine.abort(request.request_id)
+            # another key's request answers as an unknown one would: its id is not revealed
+            found = auth.may_abort(request.request_id) and self._engine.abort(request.request_id)
             log.info("Abort %s: %s", request.request_id, "aborted" if found else "not running")
             return pb.AbortResponse(found=found)
 

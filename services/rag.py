@@ -41,15 +41,18 @@ from ragloom.cache.chunk_kv import ChunkKVStore
 from ragloom.cache.rag import DEFAULT_SYSTEM_PROMPT, AskPlan, PassageText, RagPipeline
 from ragloom.errors import InvalidArgument
 from ragloom.generation.constrain.processor import Constraint, GrammarProcessor
+from ragloom.services import auth
 from ragloom.services._proto import rag_pb2 as pb
 from ragloom.services._proto import rag_pb2_grpc as pb_grpc
 from ragloom.services.generation import (
+    check_constraint_size,
     chunk_from_output,
     compile_constraint,
     finish_reason_to_proto,
     parse_json_schema,
     sampling_from_proto,
 )
+from ragloom.services.metrics import Metrics
 from ragloom.services.status import abort_on_failure, unary
 from ragloom.structs import dict_to_struct, struct_to_dict
 
@@ -129,6 +132,8 @@ class RagServicer(pb_grpc.RagServiceServicer):
         *,
         default_mode: str = "blend",
         default_ratio: float = 0.15,
+        max_k: int = MAX_K,
+        metrics: Metrics | None = None,
     ) -> None:
         if default_mode not in MODES:
             raise InvalidArgument(f"ask mode must be one of {', '.join(MODES)}; got {default_mode!r}")
@@ -137,6 +142,8 @@ class RagServicer(pb_grpc.RagServiceServicer):
         self.pipeline = pipeline
         self.default_mode = default_mode
         self.default_ratio = default_ratio
+        self.max_k = max_k
+        self._metrics = metrics or Metrics()
 
     @property
     def store(self) -> ChunkKVStore:
@@ -160,8 +167,8 @@ class RagServicer(pb_grpc.RagServiceServicer):
         if not 0.0 <= ratio <= 1.0:  # also NaN
             raise InvalidArgument(f"recompute_ratio must be in [0, 1], got {ratio}", field="recompute_ratio")
         k = msg.k if msg.HasField("k") else DEFAULT_K
-        if not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"k must be in [1, {MAX_K}] (unset = {DEFAULT_K}), got {k}", field="k")
+        if not 1 <= k <= self.max_k:
+            raise InvalidArgument(f"k must be in [1, {self.max_k}] (unset = {DEFAULT_K}), got {k}", field="k")
         epic = msg.epic_tokens if msg.HasField("epic_tokens") else DEFAULT_EPIC_TOKENS
         if epic < 0:
             raise InvalidArgument(f"epic_tokens must be >= 0, got {epic}", field="epic_tokens")
@@ -170,9 +177,12 @@ class RagServicer(pb_grpc.RagServiceServicer):
     async def _constraint(self, msg: pb.AskRequest) -> Constraint | None:
         if not msg.HasField("json_schema"):
             return None
+        llm = self._engine.engine
+        check_constraint_size("json_schema", msg.json_schema, llm.settings.max_constraint_bytes)
         spec = parse_json_schema(msg.json_schema)
         strict = msg.strict if msg.HasField("strict") else True
-        return await compile_constraint(self._engine.engine, "json_schema", spec, strict=strict, field="json_schema")
+        return await compile_constraint(llm, "json_schema", spec, strict=strict, field="json_schema",
+                                        metrics=self._metrics)
 
     async def _plan(self, msg: pb.AskRequest, request_id: str) -> tuple[AskPlan, str, Constraint | None, list[Hit], list[int]]:
         """The plan, the mode in use, the constraint, the hits (in prompt order) and each passage's tokens."""
@@ -203,8 +213,10 @@ class RagServicer(pb_grpc.RagServiceServicer):
     # -- RPCs ----------------------------------------------------------------------------
 
     async def Ask(self, request: pb.AskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.AskResponse]:
-        async with abort_on_failure("Ask", context, request.request_id) as request_id:
+        # auth.owned: while it runs, only the caller's API key may abort this request (Generation's Abort)
+        async with abort_on_failure("Ask", context, request.request_id) as request_id, auth.owned(request_id):
             what = f"Ask {request_id}"
+            timer = self._metrics.timer("Ask")
             plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
             warnings = list(constraint.warnings) if constraint is not None else []
             if not plan.passages:
@@ -227,11 +239,13 @@ class RagServicer(pb_grpc.RagServiceServicer):
             texts: list[str] = []
             async with contextlib.aclosing(self._engine.generate(plan.request)) as outputs:
                 async for out in outputs:
+                    timer.tokens(len(out.token_ids))
                     if out.text or out.token_ids:
                         texts.append(out.text)
                         yield pb.AskResponse(chunk=chunk_from_output(out))
                     if out.finished:
                         usage = plan.usage
+                        timer.finished(out.prompt_tokens, out.completion_tokens)
                         if out.finish_reason != "abort" and not usage.done.is_set():
                             # set on the engine thread before the first token; only a race could get here
                             await asyncio.to_thread(usage.done.wait, 5.0)

@@ -6,12 +6,16 @@ header and in every error's google.rpc.RequestInfo, and (Generate, Ask) is what 
 
 from __future__ import annotations
 
+import contextvars
 import re
 import uuid
 
 from ragloom.errors import InvalidArgument
 
 HEADER = "x-request-id"
+# the id of the call this task (or a worker thread it started: asyncio.to_thread copies the
+# context) works for; set by status.abort_on_failure, read by the JSON log lines (services/logs.py)
+CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("ragloom_request_id", default="")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -29,10 +29,11 @@ import grpc
 import numpy as np
 
 from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, RagloomError
-from ragloom.retrieval.collections import CollectionInfo, CollectionManager, Document, Hit
+from ragloom.retrieval.collections import MAX_K, CollectionInfo, CollectionManager, Document, Hit
 from ragloom.retrieval.upsert import UpsertTransaction
 from ragloom.services._proto import retrieval_pb2 as pb
 from ragloom.services._proto import retrieval_pb2_grpc as pb_grpc
+from ragloom.services.metrics import Metrics
 from ragloom.services.status import abort_on_failure, unary
 from ragloom.structs import dict_to_struct, struct_to_dict
 
@@ -139,9 +140,18 @@ Precompute = Callable[[str, Sequence[str]], Awaitable[int]]
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
-    def __init__(self, collections: CollectionManager, precompute: Precompute | None = None) -> None:
+    def __init__(
+        self,
+        collections: CollectionManager,
+        precompute: Precompute | None = None,
+        *,
+        max_k: int = MAX_K,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._mgr = collections
         self._precompute = precompute
+        self.max_k = max_k  # Settings.search_max_k; the manager's own limit (MAX_K) still holds
+        self._metrics = metrics or Metrics()
 
     # -- collections -----------------------------------------------------------------------
 
@@ -291,15 +301,19 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
-            hits = await asyncio.to_thread(
-                self._mgr.search,
-                _required(request.collection, "collection"),
-                request.query,
-                k=request.k if request.HasField("k") else DEFAULT_K,
-                filter=struct_to_dict(request.filter) or None,
-                oversample=request.oversample if request.HasField("oversample") else None,
-                group_by_document=request.group_by_document,
-            )
+            k = request.k if request.HasField("k") else DEFAULT_K
+            if k > self.max_k:
+                raise InvalidArgument(f"k must be in [1, {self.max_k}], got {k}", field="k")
+            with self._metrics.search_seconds.time():
+                hits = await asyncio.to_thread(
+                    self._mgr.search,
+                    _required(request.collection, "collection"),
+                    request.query,
+                    k=k,
+                    filter=struct_to_dict(request.filter) or None,
+                    oversample=request.oversample if request.HasField("oversample") else None,
+                    group_by_document=request.group_by_document,
+                )
             return pb.SearchResponse(hits=[hit_to_proto(h) for h in hits])
 
         return await unary("Search", context, work, request.request_id)

@@ -27,9 +27,12 @@ from grpc_reflection.v1alpha import reflection
 from ragloom.config import Settings
 from ragloom.errors import InvalidArgument
 from ragloom.generation.constrain import deadline
+from ragloom.services import auth
 from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval_pb2_grpc, tables_pb2_grpc
+from ragloom.services.decoding import DecodeRequests
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
+from ragloom.services.metrics import Metrics, MetricsInterceptor
 from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
 from ragloom.services.rag import RagServicer
 from ragloom.services.reflection_docs import enable_documented_reflection
@@ -107,10 +110,18 @@ class RagloomServer:
     # the chunk-KV store build_server made (closed on stop); None when the caller gave one
     owned_chunk_store: ChunkKVStore | None = None
     registry: ConnectorRegistry | None = None  # closed (its connections) on stop
+    api_keys: auth.ApiKeys | None = None  # the keys the auth interceptor checks (--api-keys), reloadable
+    tls: bool = False  # served over TLS (mTLS when settings.tls_client_ca is set)
+    metrics: Metrics | None = None  # this server's Prometheus registry (services/metrics.py)
+    metrics_port: int | None = None  # where it is served over HTTP, when --metrics-port is set
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def reload_api_keys(self) -> bool:
+        """Re-read the API key file (SIGHUP); a bad file keeps the keys in use (logged)."""
+        return self.api_keys.reload() if self.api_keys is not None else False
 
     async def start(self) -> None:
         await self.server.start()
@@ -125,6 +136,8 @@ class RagloomServer:
         if cancelled := deadline.cancel_all("the server is shutting down"):
             log.info("stopped %d constraint compile(s) in progress", cancelled)
         await self.server.stop(grace)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.rag is not None:
             log.info("chunk KV store at shutdown: %s", _stats_line(self.rag.store.stats()))
         if self.owned_chunk_store is not None:
@@ -183,14 +196,26 @@ def build_server(
     server closes on stop. Call it on the event loop that will run the server: grpc.aio binds
     to the current loop.
     """
+    # refused before anything is built: exposure, unreadable TLS files, a bad key file
+    auth.check_exposure(settings)
+    credentials = auth.server_credentials(settings)
+    api_keys = auth.ApiKeys(settings.api_keys) if settings.api_keys is not None else None
+    metrics = Metrics()
     server = grpc.aio.server(
         options=server_options(settings),
         # beyond this, gRPC itself answers RESOURCE_EXHAUSTED (health checks count too)
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # DecodeRequests: undecodable requests get INVALID_ARGUMENT, not grpc.aio's UNKNOWN
+        # AuthInterceptor: after metrics (refused calls are counted), before decoding (an unknown
+        # caller's bytes are not parsed)
+        interceptors=[MetricsInterceptor(metrics), *([auth.AuthInterceptor(
+            api_keys, settings.rate_limit_per_s, settings.rate_limit_burst)] if api_keys else []),
+                      DecodeRequests()],
     )
     services: list[str] = []
     if engine is not None:
-        generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(engine), server)
+        metrics.watch_engine(engine)
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(engine, metrics), server)
         services.append(GENERATION_SERVICE)
     rag: RagServicer | None = None
     owned: ChunkKVStore | None = None
@@ -205,23 +230,35 @@ def build_server(
             RagPipeline(engine.engine, chunk_store),
             default_mode=settings.ask_mode,
             default_ratio=settings.ask_recompute_ratio,
+            max_k=settings.ask_max_k,
+            metrics=metrics,
         )
+        metrics.watch_chunk_store(chunk_store.stats)
         rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
         services.append(RAG_SERVICE)
     if collections is not None:
         precompute = rag.precompute if rag is not None else None
-        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(collections, precompute), server)
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
+            RetrievalServicer(collections, precompute, max_k=settings.search_max_k, metrics=metrics), server
+        )
         services.append(RETRIEVAL_SERVICE)
 
     registry: ConnectorRegistry | None = None
     if collections is not None:  # connectors live next to the collections' store, in data_dir
         from ragloom.connectors.registry import ConnectorRegistry
+        from ragloom.connectors.sandbox import ConnectorSandbox
         from ragloom.connectors.text2sql import Text2Sql
 
-        registry = ConnectorRegistry(Path(settings.data_dir) / "connectors.json")
+        sandbox = ConnectorSandbox.for_server(settings.data_dir, settings.connector_roots, settings.connector_hosts)
+        log.info("connector sandbox: %s", sandbox.describe())
+        registry = ConnectorRegistry(Path(settings.data_dir) / "connectors.json", sandbox)
         mgr = collections
         t2s = Text2Sql(engine.engine, embedder=lambda: mgr.embedder) if engine is not None else None
-        tables_pb2_grpc.add_TablesServiceServicer_to_server(TablesServicer(registry, engine, t2s), server)
+        tables_pb2_grpc.add_TablesServiceServicer_to_server(
+            TablesServicer(registry, engine, t2s, max_rows=settings.sql_max_rows,
+                           max_timeout_s=settings.sql_max_timeout_s, metrics=metrics),
+            server,
+        )
         services.append(TABLES_SERVICE)
 
     # the asyncio flavour: the sync HealthServicer would block the event loop in Watch.
@@ -230,10 +267,12 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     # reflection with the proto comments (services/reflection_docs.py): grpcurl describe shows the docs
-    enable_documented_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if settings.reflection:
+        enable_documented_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        target = f"{settings.host}:{settings.port}"
+        port = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
         if owned is not None:
             owned.close()
@@ -242,6 +281,16 @@ def build_server(
         if owned is not None:
             owned.close()
         raise _listen_error(settings.host, settings.port, "the port is probably in use")
+    metrics_port: int | None = None
+    if settings.metrics_port is not None:
+        # on the gRPC host: the interface the operator already chose to expose
+        try:
+            metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        except OSError as exc:
+            if owned is not None:
+                owned.close()
+            raise _listen_error(settings.host, settings.metrics_port, f"metrics port: {exc}") from exc
+        log.info("Prometheus metrics on http://%s:%d/metrics", settings.host, metrics_port)
     return RagloomServer(
         server=server,
         health=health_servicer,
@@ -253,6 +302,10 @@ def build_server(
         rag=rag,
         owned_chunk_store=owned,
         registry=registry,
+        metrics=metrics,
+        metrics_port=metrics_port,
+        api_keys=api_keys,
+        tls=credentials is not None,
     )
 
 
@@ -276,6 +329,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     from ragloom.retrieval.collections import CollectionManager
 
     check_port_free(settings.host, settings.port)  # a busy port is an error now, not after the model loads
+    auth.check_exposure(settings)  # so is listening unprotected beyond loopback
     log.info("loading model %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
     # loading blocks for seconds; keep the loop responsive to signals meanwhile
     llm = await asyncio.to_thread(LLMEngine, settings)
@@ -293,6 +347,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             settings.max_concurrent_rpcs,
             settings.max_message_bytes,
         )
+        log.info(
+            "transport: %s; API keys: %s; reflection: %s",
+            ("mTLS" if settings.tls_client_ca else "TLS") if srv.tls else "plaintext",
+            f"{len(srv.api_keys.ring.keys)} from {settings.api_keys} (SIGHUP reloads)" if srv.api_keys else "none",
+            "on" if settings.reflection else "off",
+        )
         # One machine-readable line on stdout: with --port 0 this is how callers learn the port.
         print(f"ragloom: serving {llm.model_id} on {srv.address}", flush=True)
         if ready is not None:
@@ -309,7 +369,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, sig)
         try:
-            await stop.wait()
+            with auth.reload_on_sighup(srv.api_keys):
+                await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -40,7 +40,8 @@ _NOT_RETRYABLE_REASONS = ("REQUEST_TOO_LARGE",)
 # Most specific first: grpc_code() takes the first class the exception is an instance of.
 _CODES: tuple[tuple[type[e.RagloomError], grpc.StatusCode], ...] = (
     (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),  # GrammarError, SqlError, ... too
-    (e.ForbiddenQuery, grpc.StatusCode.PERMISSION_DENIED),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),  # ForbiddenQuery too
+    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (e.NotFound, grpc.StatusCode.NOT_FOUND),
     (e.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -101,7 +102,8 @@ def status_proto(exc: e.RagloomError | None, code: grpc.StatusCode, message: str
 
 # The SDK's direction, refined by ErrorInfo.reason: classes a caller may want to catch by name
 _BY_REASON: dict[str, type[e.RagloomError]] = {
-    cls.reason: cls for cls in (e.GrammarError, e.SqlError, e.CompileTimeout, e.ModelError)
+    cls.reason: cls for cls in (e.GrammarError, e.SqlError, e.CompileTimeout, e.ModelError, e.ForbiddenQuery,
+                                e.ScopeMissing)
 }
 
 
@@ -171,6 +173,9 @@ async def abort_on_failure(rpc: str, context: grpc.aio.ServicerContext, request_
     rid = ""
     try:
         rid = request_ids.request_id(request_id)
+        # each RPC runs in its own task, so this names this call's log lines only (never reset:
+        # a stream's generator may be closed from another context, and the task ends with the call)
+        request_ids.CURRENT.set(rid)
         await context.send_initial_metadata(((request_ids.HEADER, rid),))
         yield rid
     except asyncio.CancelledError:

@@ -28,11 +28,12 @@ from ragloom.connectors.base import Connector, Schema
 from ragloom.connectors.grounding import ValueMatch
 from ragloom.connectors.text2sql import SqlAnswer, SqlTask, Text2Sql, Text2SqlOptions
 from ragloom.connectors.values import cell_value, type_kind
-from ragloom.errors import FailedPrecondition, InvalidArgument, RagloomError, SqlError
+from ragloom.errors import FailedPrecondition, ForbiddenQuery, InvalidArgument, RagloomError, SqlError
 from ragloom.generation.runner.engine import Request
 from ragloom.services._proto import tables_pb2 as pb
 from ragloom.services._proto import tables_pb2_grpc as pb_grpc
 from ragloom.services.generation import sampling_from_proto
+from ragloom.services.metrics import Metrics
 from ragloom.services.status import abort_on_failure, unary
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TablesService"].full_name  # "ragloom.v1.TablesService"
 
-# The proto's defaults and ranges (tables.proto: QueryRequest, ExecuteSqlRequest)
+# The proto's defaults and ranges (tables.proto: QueryRequest, ExecuteSqlRequest); the upper
+# bounds of max_rows and timeout_s are the server's settings (sql_max_rows, sql_max_timeout_s),
+# these by default
 DEFAULT_MAX_ROWS, MAX_ROWS = 1000, 100_000
 DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S = 30.0, 300.0
 DEFAULT_BATCH_ROWS, MAX_BATCH_ROWS = 256, 10_000
@@ -145,15 +148,17 @@ def schema_to_proto(schema: Schema) -> pb.DescribeSchemaResponse:
     )
 
 
-def _limits(request: pb.QueryRequest | pb.ExecuteSqlRequest) -> tuple[int, float, int]:
-    """max_rows, timeout_s and batch_rows: the request's where set (checked against the proto's
-    ranges, InvalidArgument naming the field), else the defaults."""
-    max_rows = request.max_rows if request.HasField("max_rows") else DEFAULT_MAX_ROWS
-    if not 1 <= max_rows <= MAX_ROWS:
-        raise InvalidArgument(f"max_rows must be in [1, {MAX_ROWS}], got {max_rows}", field="max_rows")
-    timeout_s = request.timeout_s if request.HasField("timeout_s") else DEFAULT_TIMEOUT_S
-    if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
-        raise InvalidArgument(f"timeout_s must be in (0, {MAX_TIMEOUT_S:g}], got {timeout_s}", field="timeout_s")
+def _limits(
+    request: pb.QueryRequest | pb.ExecuteSqlRequest, max_rows_limit: int = MAX_ROWS, timeout_limit_s: float = MAX_TIMEOUT_S
+) -> tuple[int, float, int]:
+    """max_rows, timeout_s and batch_rows: the request's where set (checked against the server's
+    bounds, InvalidArgument naming the field), else the defaults (never above the bounds)."""
+    max_rows = request.max_rows if request.HasField("max_rows") else min(DEFAULT_MAX_ROWS, max_rows_limit)
+    if not 1 <= max_rows <= max_rows_limit:
+        raise InvalidArgument(f"max_rows must be in [1, {max_rows_limit}], got {max_rows}", field="max_rows")
+    timeout_s = request.timeout_s if request.HasField("timeout_s") else min(DEFAULT_TIMEOUT_S, timeout_limit_s)
+    if not (math.isfinite(timeout_s) and 0 < timeout_s <= timeout_limit_s):
+        raise InvalidArgument(f"timeout_s must be in (0, {timeout_limit_s:g}], got {timeout_s}", field="timeout_s")
     batch_rows = request.batch_rows if request.HasField("batch_rows") else DEFAULT_BATCH_ROWS
     if not 1 <= batch_rows <= MAX_BATCH_ROWS:
         raise InvalidArgument(f"batch_rows must be in [1, {MAX_BATCH_ROWS}], got {batch_rows}", field="batch_rows")
@@ -168,10 +173,21 @@ def _sql_field(exc: SqlError, field: str = "sql") -> SqlError:
 
 
 class TablesServicer(pb_grpc.TablesServiceServicer):
-    def __init__(self, registry: ConnectorRegistry, engine: AsyncEngine | None, text2sql: Text2Sql | None) -> None:
+    def __init__(
+        self,
+        registry: ConnectorRegistry,
+        engine: AsyncEngine | None,
+        text2sql: Text2Sql | None,
+        *,
+        max_rows: int = MAX_ROWS,
+        max_timeout_s: float = MAX_TIMEOUT_S,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._registry = registry
         self._engine = engine
         self._t2s = text2sql
+        self.max_rows, self.max_timeout_s = max_rows, max_timeout_s
+        self._metrics = metrics or Metrics()
 
     def _info(self, info: ConnectorInfo) -> pb.ConnectorInfo:
         msg = pb.ConnectorInfo(name=info.name, url=info.url, dialect=DIALECTS.get(info.dialect, pb.SQL_DIALECT_UNSPECIFIED),
@@ -236,7 +252,7 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
     async def ExecuteSql(self, request: pb.ExecuteSqlRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecuteSqlResponse]:
         started = time.monotonic()
         async with abort_on_failure("ExecuteSql", context, request.request_id) as rid:
-            max_rows, timeout_s, batch = _limits(request)
+            max_rows, timeout_s, batch = _limits(request, self.max_rows, self.max_timeout_s)
             if not request.sql.strip():
                 raise InvalidArgument("sql is empty", field="sql")
             conn = await asyncio.to_thread(self._registry.get, request.connector)
@@ -244,6 +260,9 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
                 result = await asyncio.to_thread(conn.execute, request.sql, max_rows, timeout_s)
             except SqlError as exc:
                 raise _sql_field(exc) from None
+            except ForbiddenQuery as exc:
+                self._metrics.count_refusal(exc)
+                raise
             rows, kinds = await asyncio.to_thread(encode_rows, result.rows, len(result.columns))
             log.info("ExecuteSql %s on %r: %d rows%s", rid, request.connector, len(rows), " (truncated)" if result.truncated else "")
             yield pb.ExecuteSqlResponse(header=pb.QueryHeader(
@@ -293,7 +312,7 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
         before any work."""
         if self._engine is None or self._t2s is None:
             raise FailedPrecondition("this server runs without a model: Query needs one (ExecuteSql does not)")
-        max_rows, timeout_s, batch = _limits(request)
+        max_rows, timeout_s, batch = _limits(request, self.max_rows, self.max_timeout_s)
         mode = MODES.get(request.mode)
         if mode is None:
             raise InvalidArgument(f"mode {request.mode} is not a QueryMode", field="mode")

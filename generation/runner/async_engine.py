@@ -141,8 +141,9 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(_settle, future, result, None)
         elif isinstance(command, _Add):
             try:
+                self.engine.admit()  # the bounded queue (max_queued): OVERLOADED when full
                 self.engine.add_request(command.request)
-            except RagloomError as exc:  # raced with a limit that validate() could not see
+            except RagloomError as exc:  # a full queue, or a limit that validate() could not see
                 self._deliver(command.request.request_id, exc)
         else:
             out = self.engine.abort(command.request_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -170,6 +170,8 @@ class LLMEngine:
         self.recycling: TokenRecycling | None = None  # made by the first request that drafts trees
         self.failures: dict[str, Exception] = {}  # request id -> why it failed inside a step
         self._mask_pool: ThreadPoolExecutor | None = None  # constraint masks beside the forward pass
+        # when the latest requests finished: the throughput behind an OVERLOADED answer's retry delay
+        self._finished_at: deque[float] = deque(maxlen=64)
         log.info(
             "loaded %s (%s, %d layers) on %s/%s, weights %s, in %.1fs; KV cache %d tokens in %d blocks (%.0f MiB, %s)",
             self.model_id, cfg.architecture, cfg.num_layers, self.device, str(self.dtype).removeprefix("torch."),
@@ -260,6 +262,14 @@ class LLMEngine:
                 f"ask for at most {self.max_model_len - len(ids)} tokens",
                 field="sampling.max_tokens",
             )
+        limit = self.settings.max_prompt_tokens
+        if limit is not None and len(ids) > limit:
+            raise ResourceExhausted(
+                f"the prompt ({len(ids)} tokens) is longer than this server allows ({limit} tokens, "
+                "max_prompt_tokens)",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"prompt_tokens": str(len(ids)), "max_prompt_tokens": str(limit)},
+            )
         capacity = self.kv.num_blocks * self.kv.block_size
         if len(ids) + 1 > capacity:
             raise ResourceExhausted(
@@ -307,6 +317,29 @@ class LLMEngine:
         seq.finish_reason = "abort"
         self.scheduler.finish(seq)
         return self._output(seq, [], finished=True)
+
+    def admit(self) -> None:
+        """ResourceExhausted (OVERLOADED, with a retry delay) when max_queued requests are waiting
+        already. The server's front end (AsyncEngine) calls it on the engine thread, where the
+        queue's length is exact, before add_request; offline generate() queues without bound."""
+        queued = len(self.scheduler.waiting)
+        if queued >= self.settings.max_queued:
+            retry = self.retry_after_s(queued)
+            raise ResourceExhausted(
+                f"the engine is overloaded: {queued} requests are waiting (max_queued); retry in {retry:.1f}s",
+                reason="OVERLOADED",
+                metadata={"waiting": str(queued), "max_queued": str(self.settings.max_queued)},
+                retry_after_s=retry,
+            )
+
+    def retry_after_s(self, queued: int) -> float:
+        """How long until `queued` waiting requests have likely gone through, from the rate at which
+        the latest requests finished: at least 0.5 s (an immediate retry would meet the same
+        queue), at most 60 s; 1 s when too few have finished to tell a rate."""
+        done = self._finished_at
+        rate = (len(done) - 1) / (done[-1] - done[0]) if len(done) >= 2 and done[-1] > done[0] else 0.0
+        estimate = queued / rate if rate > 0 else 1.0
+        return float(min(60.0, max(0.5, estimate)))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
@@ -527,6 +560,7 @@ class LLMEngine:
         if finished:
             self._seqs.pop(seq.request_id, None)
             self.scheduler.finish(seq)
+            self._finished_at.append(time.monotonic())
         return self._output(seq, tokens, finished)
 
     def _add_token(self, seq: Sequence, token: int) -> None:

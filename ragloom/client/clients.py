@@ -15,6 +15,8 @@ class Client(Api, Blocking):
     """Blocking client. Thread-safe; reuse one per process."""
 
     def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if self._credentials is not None:
+            return grpc.secure_channel(address, self._credentials, options=options)
         return grpc.insecure_channel(address, options=options)
 
     def close(self) -> None:
@@ -31,6 +33,8 @@ class AsyncClient(Api, Asyncio):
     """asyncio client; create it inside the event loop that uses it."""
 
     def _open_channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(address, self._credentials, options=options)
         return grpc.aio.insecure_channel(address, options=options)
 
     async def close(self) -> None:

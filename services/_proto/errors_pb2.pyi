@@ -14,6 +14,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SQL_INVALID: _ClassVar[ErrorReason]
     CONNECTOR_URL_INVALID: _ClassVar[ErrorReason]
     SQL_NOT_READ_ONLY: _ClassVar[ErrorReason]
+    CONNECTOR_NOT_ALLOWED: _ClassVar[ErrorReason]
+    SCOPE_MISSING: _ClassVar[ErrorReason]
+    API_KEY_INVALID: _ClassVar[ErrorReason]
     MODEL_NOT_FOUND: _ClassVar[ErrorReason]
     COLLECTION_NOT_FOUND: _ClassVar[ErrorReason]
     CONNECTOR_NOT_FOUND: _ClassVar[ErrorReason]
@@ -24,6 +27,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALREADY_EXISTS: _ClassVar[ErrorReason]
     OVERLOADED: _ClassVar[ErrorReason]
     REQUEST_TOO_LARGE: _ClassVar[ErrorReason]
+    RATE_LIMITED: _ClassVar[ErrorReason]
     DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
     CONSTRAINT_COMPILE_TIMEOUT: _ClassVar[ErrorReason]
     SQL_TIMEOUT: _ClassVar[ErrorReason]
@@ -42,6 +46,9 @@ GRAMMAR_INVALID: ErrorReason
 SQL_INVALID: ErrorReason
 CONNECTOR_URL_INVALID: ErrorReason
 SQL_NOT_READ_ONLY: ErrorReason
+CONNECTOR_NOT_ALLOWED: ErrorReason
+SCOPE_MISSING: ErrorReason
+API_KEY_INVALID: ErrorReason
 MODEL_NOT_FOUND: ErrorReason
 COLLECTION_NOT_FOUND: ErrorReason
 CONNECTOR_NOT_FOUND: ErrorReason
@@ -52,6 +59,7 @@ CONNECTOR_EXISTS: ErrorReason
 ALREADY_EXISTS: ErrorReason
 OVERLOADED: ErrorReason
 REQUEST_TOO_LARGE: ErrorReason
+RATE_LIMITED: ErrorReason
 DEADLINE_EXCEEDED: ErrorReason
 CONSTRAINT_COMPILE_TIMEOUT: ErrorReason
 SQL_TIMEOUT: ErrorReason

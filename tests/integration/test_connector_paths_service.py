@@ -52,7 +52,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         csv.writer(f).writerows([["id", "country"], [1, "FR"]])
     bg = BackgroundLoop()
     manager = CollectionManager(tmp / "collections")
-    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp / "server")
+    # the connector roots: the caller's directory, and this process's own (the default) for the
+    # relative paths a raw caller sends
+    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp / "server",
+                        connector_roots=[workdir, Path.cwd()])
     server = bg.run(start_server(settings, None, collections=manager))
     try:
         yield Served(server, tmp / "server", workdir)

@@ -80,7 +80,8 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     default data dir)."""
     tmp = tmp_path_factory.mktemp("node-client")
     manager = CollectionManager(tmp / "collections")
-    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp, chunk_kv_memory_bytes=64 << 20)
+    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp, chunk_kv_memory_bytes=64 << 20,
+                        connector_roots=[tmp_path_factory.getbasetemp()])  # `steps` puts its shop.db there
     try:
         engine = Settings(device="cpu", kv_cache_tokens=8192, max_num_seqs=4)
         with live_server(settings, engine, collections=manager) as served:

@@ -241,6 +241,7 @@ class Live:
 def _start_server(env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
     ragloom = Path(env["PATH"].split(os.pathsep)[0]) / "ragloom"
     cmd = [str(ragloom), "serve", "--port", "0", "--device", "cpu", "--log-level", "WARNING"]
+    cmd += ["--connector-root", str(ROOT)]  # the examples' files; the server runs in another directory
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     lines: queue.Queue[str | None] = queue.Queue()

@@ -117,7 +117,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("cells")
     bg = BackgroundLoop()
     manager = CollectionManager(tmp / "collections")
-    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp / "server")
+    settings = Settings(host="127.0.0.1", port=0, shutdown_grace_s=1.0, data_dir=tmp / "server",
+                        connector_roots=[tmp_path_factory.getbasetemp()])  # `typed` makes its SQLite file elsewhere
     server = bg.run(start_server(settings, None, collections=manager))
     try:
         yield Served(bg, server, tmp)

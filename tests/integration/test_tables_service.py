@@ -28,7 +28,14 @@ from sql_databases import MYSQL_URL, PG_URL, reachable
 
 from ragloom.client import Client, _error
 from ragloom.config import Settings
-from ragloom.errors import AlreadyExists, ForbiddenQuery, InvalidArgument, NotFound, RagloomError
+from ragloom.errors import (
+    AlreadyExists,
+    ForbiddenQuery,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RagloomError,
+)
 from ragloom.generation.runner import async_engine
 from ragloom.generation.runner.engine import LLMEngine
 from ragloom.retrieval.collections import CollectionManager
@@ -276,7 +283,7 @@ def test_question_cannot_talk_the_model_into_writing(client: Client) -> None:
     assert _count_rows(client, "shop") == before
 
 
-def test_bad_input_gets_clear_status_codes(client: Client) -> None:
+def test_bad_input_gets_clear_status_codes(served: Served, client: Client) -> None:
     with pytest.raises(NotFound, match="nope") as missing:
         client.sql("nope", QUESTION)
     assert missing.value.reason == "CONNECTOR_NOT_FOUND" and missing.value.metadata["connector"] == "nope"
@@ -296,6 +303,8 @@ def test_bad_input_gets_clear_status_codes(client: Client) -> None:
     with pytest.raises(InvalidArgument):
         client.register_connector("bad", "oracle://scott:tiger@host/db")
     with pytest.raises(NotFound):
+        client.register_connector("missing", f"sqlite:///{served.tmp}/no/such/file.db")
+    with pytest.raises(PermissionDenied):  # outside the connector roots: refused before looking
         client.register_connector("missing", "sqlite:////no/such/file.db")
     assert client.health() == "SERVING"
 

@@ -24,7 +24,7 @@ def test_first_demo_run_shows_the_conversion_progress(
     monkeypatch.delenv("RAGLOOM_MODEL", raising=False)
     cached_at_server_start: list[bool] = []
 
-    def fake_start_server(stderr_path: Path, timeout: float = 0) -> tuple[subprocess.Popen[str], str, str]:
+    def fake_start_server(stderr_path: Path, timeout: float = 0, **_: object) -> tuple[subprocess.Popen[str], str, str]:
         cached_at_server_start.append({m.name: m.cached for m in list_models(data_dir)}[BUNDLED_LLM])
         raise demo.DemoError("stopped here by the test")
 

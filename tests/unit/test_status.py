@@ -27,6 +27,7 @@ def test_errors_module_knows_no_transport() -> None:
         (e.SqlError("x"), grpc.StatusCode.INVALID_ARGUMENT),
         (e.UnsupportedKeyword("uniqueItems", "x"), grpc.StatusCode.INVALID_ARGUMENT),
         (e.ForbiddenQuery("x"), grpc.StatusCode.PERMISSION_DENIED),
+        (e.PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
         (e.NotFound("x"), grpc.StatusCode.NOT_FOUND),
         (e.AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
         (e.ResourceExhausted("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -45,7 +46,7 @@ def test_each_error_has_its_code(exc: BaseException, code: grpc.StatusCode) -> N
 
 
 def test_status_comes_back_as_the_same_class() -> None:
-    for cls in (e.InvalidArgument, e.ForbiddenQuery, e.NotFound, e.AlreadyExists, e.ResourceExhausted,
+    for cls in (e.InvalidArgument, e.PermissionDenied, e.NotFound, e.AlreadyExists, e.ResourceExhausted,
                 e.DeadlineExceeded, e.Unavailable, e.FailedPrecondition, e.Cancelled, e.Unimplemented):
         back = error_from_status(grpc_code(cls("m")), "m")
         assert type(back) is cls and str(back) == "m"
@@ -144,6 +145,9 @@ def test_sdk_raises_the_class_named_by_the_reason() -> None:
     timeout = _round_trip(e.CompileTimeout("too slow", metadata={"part": "automata"}))
     assert type(timeout) is e.CompileTimeout and timeout.metadata["part"] == "automata"
     assert type(_round_trip(e.ForbiddenQuery("DROP"))) is e.ForbiddenQuery
+    denied = _round_trip(e.PermissionDenied("outside the roots", metadata={"rule": "connector_roots"}))
+    assert type(denied) is e.PermissionDenied and denied.reason == "CONNECTOR_NOT_ALLOWED"
+    assert denied.metadata["rule"] == "connector_roots"
 
 
 def test_grpc_own_refusals_get_a_reason() -> None:

@@ -1,0 +1,330 @@
+#!/usr/bin/env python
+"""Open-loop load on a real `ragloom serve`: generate, search, ask and execute_sql at 0.5x, 1x and
+2x each workload's measured capacity (issue 21, deliverable 6).
+
+The server runs as a subprocess on the bundled model with the admission limits an operator would
+set for it (--max-queued for the engine's waiting queue, max_concurrent_rpcs for gRPC), a
+collection of real text and the bundled SQLite shop database. Per workload:
+
+1. capacity: a closed loop of --workers concurrent callers for --capacity-s seconds; completed
+   calls per second is the capacity;
+2. for each factor in --factors: Poisson arrivals (seeded) at factor x capacity for --phase-s
+   seconds, each call started on time whatever the earlier ones are doing (open loop), with a
+   --deadline-s deadline. The server's resident memory is sampled every 0.2 s.
+
+Reported per workload and factor: offered and completed rates, p50/p99 latency of the calls that
+succeeded, the status codes seen, and the server's peak RSS. The checks of the issue: at 2x the
+excess is refused with RESOURCE_EXHAUSTED, the admitted calls' p99 stays within 2x of their p99 at
+1x, memory stays bounded, and the server is alive at the end. There is no peer here: this measures
+ragloom against its own capacity.
+
+    python benchmarks/load.py                 # ~6 min on 2 cores
+    python benchmarks/load.py --quick         # ~2 min smoke run
+    python benchmarks/load.py --workloads search,execute_sql --factors 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from results_io import REPO, RESULTS, write_results
+
+from ragloom.client import Client
+from ragloom.services._proto import generation_pb2 as gen
+from ragloom.services._proto import generation_pb2_grpc as gen_grpc
+from ragloom.services._proto import rag_pb2 as rag
+from ragloom.services._proto import rag_pb2_grpc as rag_grpc
+from ragloom.services._proto import retrieval_pb2 as ret
+from ragloom.services._proto import retrieval_pb2_grpc as ret_grpc
+from ragloom.services._proto import tables_pb2 as tab
+from ragloom.services._proto import tables_pb2_grpc as tab_grpc
+
+SHOP_DB = REPO / "examples" / "shop.db"
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+QUESTIONS = ("What do rivers carry to the sea?", "Which city has the tallest tower?", "How do vaccines work?",
+             "What is the capital of France?", "Why is the sky blue?", "What causes tides?")
+QUERIES = ("protein folding in cells", "vaccine immune response", "climate and ocean currents", "gene expression",
+           "tallest building", "river delta sediment")
+SQL = ("SELECT count(*) FROM orders", "SELECT country, count(*) FROM customers GROUP BY country",
+       "SELECT p.name, sum(o.quantity) FROM orders o JOIN products p ON p.id = o.product_id GROUP BY p.name")
+
+
+def documents(limit: int) -> list[dict[str, Any]]:
+    """SciFact abstracts when the shared data is there, else short generated texts."""
+    corpus = SCIFACT / "corpus.jsonl"
+    if corpus.exists():
+        out = []
+        with corpus.open() as f:
+            for line in f:
+                row = json.loads(line)
+                out.append({"id": str(row["_id"]), "text": f"{row.get('title', '')}. {row.get('text', '')}"[:2000]})
+                if len(out) == limit:
+                    break
+        return out
+    topics = ("rivers", "cities", "vaccines", "oceans", "genes", "towers")
+    return [{"id": f"doc{i}", "text": f"Document {i} is about {topics[i % 6]} and how they change over time."}
+            for i in range(limit)]
+
+
+@dataclass
+class Phase:
+    workload: str
+    factor: float  # of capacity; 0 = the capacity run itself (closed loop)
+    offered_per_s: float
+    seconds: float
+    statuses: dict[str, int]
+    completed_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    peak_rss_mb: float
+
+
+@dataclass
+class Sampler:
+    pid: int
+    peak: float = 0.0
+    samples: list[float] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        proc = psutil.Process(self.pid)
+        while not stop.is_set():
+            rss = proc.memory_info().rss / 2**20
+            self.peak = max(self.peak, rss)
+            self.samples.append(rss)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+Call = Callable[[int], Awaitable[None]]
+
+
+def calls(channel: grpc.aio.Channel, deadline_s: float, max_tokens: int) -> dict[str, Call]:
+    g, r, a, t = (gen_grpc.GenerationServiceStub(channel), ret_grpc.RetrievalServiceStub(channel),
+                  rag_grpc.RagServiceStub(channel), tab_grpc.TablesServiceStub(channel))
+    sampling = gen.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+    async def generate(i: int) -> None:
+        msg = gen.ChatMessage(role=gen.ROLE_USER, content=QUESTIONS[i % len(QUESTIONS)] + f" ({i})")
+        async for _ in g.Generate(gen.GenerateRequest(messages=[msg], sampling=sampling), timeout=deadline_s):
+            pass
+
+    async def search(i: int) -> None:
+        await r.Search(ret.SearchRequest(collection="load", query=QUERIES[i % len(QUERIES)], k=5), timeout=deadline_s)
+
+    async def ask(i: int) -> None:
+        req = rag.AskRequest(question=QUESTIONS[i % len(QUESTIONS)], collection="load", k=3, sampling=sampling)
+        async for _ in a.Ask(req, timeout=deadline_s):
+            pass
+
+    async def execute_sql(i: int) -> None:
+        async for _ in t.ExecuteSql(tab.ExecuteSqlRequest(connector="shop", sql=SQL[i % len(SQL)]), timeout=deadline_s):
+            pass
+
+    return {"generate": generate, "search": search, "ask": ask, "execute_sql": execute_sql}
+
+
+async def _timed(call: Call, i: int, statuses: Counter[str], latencies: list[float]) -> None:
+    start = time.perf_counter()
+    try:
+        await call(i)
+    except grpc.aio.AioRpcError as exc:
+        statuses[exc.code().name] += 1
+        return
+    statuses["OK"] += 1
+    latencies.append((time.perf_counter() - start) * 1000)
+
+
+async def closed_loop(call: Call, workers: int, seconds: float) -> tuple[Counter[str], list[float], float]:
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while time.perf_counter() < end:
+            await _timed(call, next(counter), statuses, latencies)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return statuses, latencies, time.perf_counter() - start
+
+
+async def open_loop(call: Call, rate: float, seconds: float, seed: int) -> tuple[Counter[str], list[float], float]:
+    rng = random.Random(seed)
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    at, i = 0.0, 0
+    while True:
+        at += rng.expovariate(rate)
+        if at > seconds:
+            break
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_timed(call, i, statuses, latencies)))
+        i += 1
+    await asyncio.gather(*tasks)
+    return statuses, latencies, time.perf_counter() - start
+
+
+def start_server(data_dir: Path, max_queued: int, max_rpcs: int) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "RAGLOOM_MAX_CONCURRENT_RPCS": str(max_rpcs)}
+    cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
+           "--max-queued", str(max_queued), "--connector-root", str(data_dir), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"server exited with {proc.wait()} before serving")
+        if "serving" in line and " on " in line:
+            address = line.rsplit(" on ", 1)[1].strip()
+            # keep reading its output, so that it never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, address
+    raise SystemExit("server did not start within 300 s")
+
+
+async def run(args: argparse.Namespace, address: str, pid: int) -> list[Phase]:
+    phases: list[Phase] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        table = calls(channel, args.deadline_s, args.max_tokens)
+        for name in args.workloads:
+            call = table[name]
+            await closed_loop(call, 1, 2.0)  # warm-up
+            stop = asyncio.Event()
+            sampler = Sampler(pid)
+            sampling = asyncio.create_task(sampler.run(stop))
+            statuses, latencies, took = await closed_loop(call, args.workers, args.capacity_s)
+            stop.set()
+            await sampling
+            capacity = statuses["OK"] / took
+            phases.append(Phase(name, 0.0, 0.0, took, dict(statuses), capacity, _pct(latencies, 0.5),
+                                _pct(latencies, 0.99), sampler.peak))
+            print(f"{name}: capacity {capacity:.2f}/s with {args.workers} callers", flush=True)
+            for k, factor in enumerate(args.factors):
+                stop = asyncio.Event()
+                sampler = Sampler(pid)
+                sampling = asyncio.create_task(sampler.run(stop))
+                statuses, latencies, took = await open_loop(call, factor * capacity, args.phase_s, seed=k)
+                stop.set()
+                await sampling
+                phases.append(Phase(name, factor, factor * capacity, took, dict(statuses), statuses["OK"] / took,
+                                    _pct(latencies, 0.5), _pct(latencies, 0.99), sampler.peak))
+                print(f"  {factor:g}x: {dict(statuses)} p99 {phases[-1].p99_ms}", flush=True)
+    return phases
+
+
+def checks(phases: list[Phase]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(p.workload for p in phases):
+        at = {p.factor: p for p in phases if p.workload == name}
+        one, two = at.get(1.0), at.get(2.0)
+        if one is None or two is None:
+            continue
+        total = sum(two.statuses.values())
+        refused = two.statuses.get("RESOURCE_EXHAUSTED", 0)
+        undefined = sum(v for k, v in two.statuses.items() if k not in ("OK", "RESOURCE_EXHAUSTED"))
+        ratio = (two.p99_ms / one.p99_ms) if one.p99_ms and two.p99_ms else None
+        out[name] = {
+            "refused_share_at_2x": refused / total if total else 0.0,
+            "other_failures_at_2x": undefined,
+            "p99_ratio_2x_over_1x": ratio,
+            "p99_within_2x": ratio is not None and ratio <= 2.0,
+            "peak_rss_mb": max(p.peak_rss_mb for p in phases if p.workload == name),
+        }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="generate,search,ask,execute_sql")
+    parser.add_argument("--factors", default="0.5,1,2")
+    parser.add_argument("--workers", type=int, default=4, help="closed-loop callers measuring capacity")
+    parser.add_argument("--capacity-s", type=float, default=15.0)
+    parser.add_argument("--phase-s", type=float, default=20.0)
+    parser.add_argument("--deadline-s", type=float, default=30.0)
+    parser.add_argument("--max-tokens", type=int, default=24, help="generate/ask tokens per call")
+    parser.add_argument("--max-queued", type=int, default=4, help="the server's engine waiting-queue bound")
+    parser.add_argument("--max-rpcs", type=int, default=16, help="the server's max_concurrent_rpcs")
+    parser.add_argument("--docs", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "load-cpu.json")
+    args = parser.parse_args()
+    args.workloads = args.workloads.split(",")
+    args.factors = [float(f) for f in args.factors.split(",")]
+    if args.quick:
+        args.capacity_s, args.phase_s, args.docs = 6.0, 8.0, 50
+
+    tmp = Path(tempfile.mkdtemp(prefix="ragloom-load-"))
+    shutil.copy(SHOP_DB, tmp / "shop.db")
+    proc, address = start_server(tmp, args.max_queued, args.max_rpcs)
+    try:
+        with Client(address, timeout=600) as c:
+            c.create_collection("load")
+            c.upsert("load", documents(args.docs))
+            c.register_connector("shop", f"sqlite:///{tmp / 'shop.db'}")
+        rss_start = psutil.Process(proc.pid).memory_info().rss / 2**20
+        phases = asyncio.run(run(args, address, proc.pid))
+        alive = proc.poll() is None
+        with Client(address, timeout=30) as c:
+            c.search("load", "still serving", k=1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{'workload':<12} {'load':>5} {'offered/s':>9} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}  statuses")
+    for p in phases:
+        load = "cap" if p.factor == 0 else f"{p.factor:g}x"
+        fmt = (lambda v: f"{v:8.0f}" if v is not None else "       -")  # noqa: E731
+        print(f"{p.workload:<12} {load:>5} {p.offered_per_s:9.2f} {p.completed_per_s:7.2f} {fmt(p.p50_ms)} "
+              f"{fmt(p.p99_ms)} {p.peak_rss_mb:7.0f}  {p.statuses}")
+    verdict = checks(phases)
+    print("\nchecks at 2x:", json.dumps(verdict, indent=1))
+    print(f"server alive at the end: {alive}; RSS at start {rss_start:.0f} MB")
+    write_results(args.out, {
+        "benchmark": "load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": {"cpus": os.cpu_count(), "machine": os.uname().machine},
+        "command": " ".join(sys.argv), "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "phases": [asdict(p) for p in phases], "checks": verdict, "alive": alive, "rss_start_mb": rss_start,
+    })
+    print(f"wrote {args.out}")
+    return 0 if alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
