@@ -41,7 +41,18 @@ def open_connector(name: str, url_or_path: str, sandbox: ConnectorSandbox | None
 
     With a sandbox (the server's: sandbox.py), paths and hosts outside it are PermissionDenied,
     checked before anything is opened or even looked at; None trusts the caller (in-process use).
+    A path the filesystem refuses to look at (a name too long, a NUL byte) is InvalidArgument.
     """
+    try:
+        return _open_connector(name, url_or_path, sandbox)
+    except (OSError, ValueError) as exc:
+        shown = url_or_path if len(url_or_path) <= 80 else url_or_path[:77] + "..."
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidArgument(f"cannot use {redact_url(shown)!r} as a connector: {why}",
+                              reason="CONNECTOR_URL_INVALID", field="url") from None
+
+
+def _open_connector(name: str, url_or_path: str, sandbox: ConnectorSandbox | None) -> Connector:
     target = url_or_path.strip()
     if "://" in target:
         scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
@@ -52,7 +63,7 @@ def open_connector(name: str, url_or_path: str, sandbox: ConnectorSandbox | None
                 _check_sqlite_file(target)
             return SqlConnector(name, target)
         if scheme == "file":
-            return open_connector(name, target[len("file://"):], sandbox)
+            return _open_connector(name, target[len("file://"):], sandbox)
         supported = ", ".join(f"{s}://" for s in SCHEMES)
         raise InvalidArgument(
             f"unsupported URL scheme {scheme!r} in {redact_url(target)}; supported: {supported}, "

@@ -26,8 +26,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
-    return _plain(json_format.MessageToDict(msg))
+def struct_to_dict(msg: struct_pb2.Struct, what: str = "metadata") -> dict[str, Any]:
+    """The Struct as a dict; InvalidArgument naming `what` (the request field) when it holds what
+    JSON cannot (NaN or infinite numbers)."""
+    try:
+        return _plain(json_format.MessageToDict(msg))  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not JSON: {exc}", field=what) from exc
 
 
 def dict_to_struct(value: Mapping[str, Any] | None, what: str = "metadata") -> struct_pb2.Struct:

@@ -192,7 +192,7 @@ class RagServicer(pb_grpc.RagServiceServicer):
         params.validate(llm.vocab_size)
         constraint = await self._constraint(msg)
         hits = await asyncio.to_thread(
-            self._mgr.search, msg.collection, msg.question, k=k, filter=struct_to_dict(msg.filter) or None
+            self._mgr.search, msg.collection, msg.question, k=k, filter=struct_to_dict(msg.filter, "filter") or None
         )
         passages = [PassageText(h.id, h.text, float(h.score), dict(h.metadata)) for h in hits]
         processors = [GrammarProcessor(constraint, llm.tokenizer)] if constraint is not None else None

@@ -106,7 +106,8 @@ def hit_to_proto(hit: Hit) -> pb.Hit:
 
 def documents_from_proto(msgs: Sequence[pb.Document]) -> tuple[list[Document], np.ndarray | None]:
     """Documents of one UpsertRequest, plus their vectors when the batch carries them."""
-    docs = [Document(id=m.id, text=m.text, metadata=struct_to_dict(m.metadata)) for m in msgs]
+    docs = [Document(id=m.id, text=m.text, metadata=struct_to_dict(m.metadata, f"documents[{i}].metadata"))
+            for i, m in enumerate(msgs)]
     with_vectors = sum(1 for m in msgs if m.vector)
     if with_vectors == 0:
         return docs, None
@@ -164,7 +165,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 if request.HasField(name):
                     options[name] = getattr(request, name)
             if request.HasField("metadata"):
-                options["metadata"] = struct_to_dict(request.metadata)
+                options["metadata"] = struct_to_dict(request.metadata, "metadata")
             info = await asyncio.to_thread(self._mgr.create_collection, request.name, **options)
             log.info("created collection %r (index=%s, dim=%s)", info.name, info.index_requested, info.dim)
             return pb.CreateCollectionResponse(collection=info_to_proto(info))
@@ -310,7 +311,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     _required(request.collection, "collection"),
                     request.query,
                     k=k,
-                    filter=struct_to_dict(request.filter) or None,
+                    filter=struct_to_dict(request.filter, "filter") or None,
                     oversample=request.oversample if request.HasField("oversample") else None,
                     group_by_document=request.group_by_document,
                 )

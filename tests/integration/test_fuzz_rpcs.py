@@ -245,7 +245,7 @@ def test_every_input_gets_a_defined_status(served: LiveServer, method: descripto
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS, ids=_IDS)
 def test_long_random_fuzz(served: LiveServer, method: descriptor.MethodDescriptor) -> None:
-    _fuzz(served, method, examples=int(os.environ.get("RAGLOOM_FUZZ_EXAMPLES", "150")), derandomize=False)
+    _fuzz(served, method, examples=int(os.environ.get("RAGLOOM_FUZZ_EXAMPLES", "300")), derandomize=False)
 
 
 def test_a_request_too_deep_to_decode_is_invalid_argument(served: LiveServer) -> None:

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -66,7 +67,14 @@ def test_metrics_after_calls(served: LiveServer, client: Client) -> None:
     with pytest.raises(InvalidArgument):
         client.generate("", max_tokens=2)
     client.loads()
+    # a call is counted once its handler has finished, which can be just after the client has its
+    # answer: scrape until the last call shows
+    deadline = time.monotonic() + 10
     samples = _scrape(served)
+    while not any(x.labels.get("method") == "GetLoads" for x in samples.get("ragloom_requests_total", [])) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+        samples = _scrape(served)
 
     assert _value(samples, "ragloom_requests_total", service=GEN, method="Generate", code="OK") == ok_before + 2
     assert _value(samples, "ragloom_requests_total", service=GEN, method="Generate", code="INVALID_ARGUMENT") >= 1

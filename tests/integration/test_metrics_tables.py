@@ -4,6 +4,7 @@ SQL refusals by rule, scraped over HTTP; and the configurable Search k bound."""
 from __future__ import annotations
 
 import sqlite3
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,17 @@ def _value(samples: list[Any], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def _samples_once_counted(server: RagloomServer, **last_call: str) -> list[Any]:
+    """The samples once the last call (its labels) is counted: the interceptor counts a call when
+    its handler has finished, which can be just after the client already has the call's status."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = _samples(server)
+        if _value(samples, "ragloom_requests_total", **last_call) >= 1 or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
 def test_sql_requests_and_refusals(served: tuple[RagloomServer, Path]) -> None:
     server, data = served
     data.mkdir(parents=True, exist_ok=True)
@@ -61,8 +73,8 @@ def test_sql_requests_and_refusals(served: tuple[RagloomServer, Path]) -> None:
         with pytest.raises(InvalidArgument) as info:
             client.execute_sql("shop", "SELECT 1", max_rows=100_001)  # over the default sql_max_rows
         assert info.value.field == "max_rows"
-    samples = _samples(server)
     service = "ragloom.v1.TablesService"
+    samples = _samples_once_counted(server, service=service, method="ExecuteSql", code="INVALID_ARGUMENT")
     assert _value(samples, "ragloom_requests_total", service=service, method="ExecuteSql", code="OK") == 1
     assert _value(samples, "ragloom_requests_total", service=service, method="ExecuteSql", code="PERMISSION_DENIED") == 1
     assert _value(samples, "ragloom_requests_total", service=service, method="ExecuteSql", code="INVALID_ARGUMENT") == 1
@@ -81,7 +93,8 @@ def test_search_latency_and_k_bound(served: tuple[RagloomServer, Path]) -> None:
         with pytest.raises(InvalidArgument) as info:
             client.search("notes", "capital", k=6)  # search_max_k=5
         assert info.value.field == "k"
-    samples = _samples(server)
+    samples = _samples_once_counted(server, service="ragloom.v1.RetrievalService", method="Search",
+                                    code="INVALID_ARGUMENT")
     assert _value(samples, "ragloom_search_duration_seconds_count") == 1
     assert _value(samples, "ragloom_requests_total", service="ragloom.v1.RetrievalService", method="Search",
                   code="INVALID_ARGUMENT") == 1

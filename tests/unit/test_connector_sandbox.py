@@ -361,3 +361,15 @@ def test_parentheses_inside_strings_and_comments_still_pass() -> None:
            f"WHERE a <> 'it''s {noisy}' AND a <> $${noisy}$$")
     checked = guard(sql, "postgres", schema, 5)
     assert checked.tables == ["t"] and checked.sql.endswith("LIMIT 5")
+
+
+def test_a_path_the_filesystem_refuses_is_invalid_argument(tmp_path: Path) -> None:
+    """Found by the RPC fuzzer: a 70,000-character path raised OSError (ENAMETOOLONG) -> INTERNAL."""
+    from ragloom.connectors.registry import open_connector
+    from ragloom.connectors.sandbox import ConnectorSandbox
+    from ragloom.errors import InvalidArgument
+
+    for bad in ("a" * 70_000, str(tmp_path / ("b" * 300)), "nul\x00byte.csv"):
+        with pytest.raises(InvalidArgument) as info:
+            open_connector("x", bad, ConnectorSandbox([tmp_path, Path.cwd()]))
+        assert info.value.reason == "CONNECTOR_URL_INVALID" and info.value.field == "url"

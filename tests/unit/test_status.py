@@ -156,3 +156,16 @@ def test_grpc_own_refusals_get_a_reason() -> None:
     assert (busy.reason, busy.retry_after_s) == ("OVERLOADED", 1.0)
     big = error_from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (5 vs. 4)")
     assert (big.reason, big.retry_after_s) == ("REQUEST_TOO_LARGE", None)
+
+
+def test_a_struct_json_cannot_hold_is_invalid_argument() -> None:
+    """Found by the RPC fuzzer: a NaN in a Search filter failed in MessageToDict -> INTERNAL."""
+    from google.protobuf import struct_pb2
+
+    from ragloom.structs import struct_to_dict
+
+    s = struct_pb2.Struct()
+    s.update({"year": float("nan")})
+    with pytest.raises(e.InvalidArgument) as info:
+        struct_to_dict(s, "filter")
+    assert info.value.field == "filter"
