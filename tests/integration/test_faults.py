@@ -189,6 +189,7 @@ def _kill_mid_ingest(data: Path, rounds: int, docs_per_call: int) -> dict[str, A
             "committed_lost": 0, "stored_after": sum(counts.values())}
 
 
+@pytest.mark.slow  # ~25 s with its server start; `make test` stays under 15 min
 def test_kill_during_ingest_keeps_store_and_index_consistent(tmp_path: Path) -> None:
     _figures("kill-9 ingest", **_kill_mid_ingest(tmp_path / "data", rounds=1, docs_per_call=300))
 

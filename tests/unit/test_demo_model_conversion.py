@@ -16,6 +16,7 @@ from ragloom import demo
 from ragloom.models import BUNDLED_LLM, bundled_gguf_path, list_models
 
 
+@pytest.mark.slow  # ~40 s: converts the bundled model afresh; `make test` stays under 15 min
 def test_first_demo_run_shows_the_conversion_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
