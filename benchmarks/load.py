@@ -31,12 +31,14 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+import urllib.request
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ from typing import Any
 
 import grpc
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from results_io import REPO, RESULTS, write_results
 
 from ragloom.client import Client
@@ -95,6 +98,12 @@ class Phase:
     p50_ms: float | None
     p99_ms: float | None
     peak_rss_mb: float
+    # as the server counted them (its /metrics, this phase's difference): the status codes of the
+    # calls its handlers ran (grpc's own max_concurrent_rpcs refusals never reach a handler), their
+    # mean duration, and the p99 read off the duration histogram's buckets (coarse)
+    server_statuses: dict[str, int] = field(default_factory=dict)
+    server_mean_ms: float | None = None
+    server_p99_ms: float | None = None
 
 
 @dataclass
@@ -150,12 +159,17 @@ def calls(channel: grpc.aio.Channel, deadline_s: float, max_tokens: int) -> dict
     return {"generate": generate, "search": search, "ask": ask, "execute_sql": execute_sql}
 
 
+ERRORS: defaultdict[str, list[str]] = defaultdict(list)  # the first details of each failure code the callers saw
+
+
 async def _timed(call: Call, i: int, statuses: Counter[str], latencies: list[float]) -> None:
     start = time.perf_counter()
     try:
         await call(i)
     except grpc.aio.AioRpcError as exc:
         statuses[exc.code().name] += 1
+        if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED and len(ERRORS[exc.code().name]) < 3:
+            ERRORS[exc.code().name].append(exc.details() or "")
         return
     statuses["OK"] += 1
     latencies.append((time.perf_counter() - start) * 1000)
@@ -196,10 +210,67 @@ async def open_loop(call: Call, rate: float, seconds: float, seed: int) -> tuple
     return statuses, latencies, time.perf_counter() - start
 
 
-def start_server(data_dir: Path, max_queued: int, max_rpcs: int) -> tuple[subprocess.Popen[str], str]:
+METHODS = {"generate": "Generate", "search": "Search", "ask": "Ask", "execute_sql": "ExecuteSql"}
+
+
+@dataclass
+class Scrape:
+    statuses: Counter[str]
+    seconds: float  # the duration histogram's sum
+    buckets: list[tuple[float, float]]  # (upper bound, cumulative count)
+
+
+def scrape(port: int, method: str) -> Scrape:
+    """The server's request counters and duration histogram of one method."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    statuses: Counter[str] = Counter()
+    seconds, buckets = 0.0, []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("method") != method:
+                continue
+            if sample.name == "ragloom_requests_total":
+                statuses[sample.labels["code"]] += int(sample.value)
+            elif sample.name == "ragloom_request_duration_seconds_sum":
+                seconds = sample.value
+            elif sample.name == "ragloom_request_duration_seconds_bucket":
+                buckets.append((float(sample.labels["le"]), sample.value))
+    return Scrape(statuses, seconds, sorted(buckets))
+
+
+def server_side(before: Scrape, after: Scrape) -> tuple[dict[str, int], float | None, float | None]:
+    """A phase's server-side status counts, mean duration (ms) and bucket-estimated p99 (ms)."""
+    statuses = {k: v - before.statuses.get(k, 0) for k, v in after.statuses.items() if v - before.statuses.get(k, 0)}
+    total = sum(statuses.values())
+    if not total:
+        return statuses, None, None
+    mean = (after.seconds - before.seconds) / total * 1000
+    old = dict(before.buckets)
+    counts = [(le, cum - old.get(le, 0.0)) for le, cum in after.buckets]
+    lower, p99 = 0.0, None
+    for le, cum in counts:  # linear within the first bucket that holds the 99th percentile
+        if cum >= 0.99 * total:
+            below = next((c for b, c in reversed(counts) if b < le), 0.0)
+            inside = cum - below
+            frac = (0.99 * total - below) / inside if inside else 1.0
+            p99 = (lower + frac * (le - lower)) * 1000 if le != float("inf") else lower * 1000
+            break
+        lower = le
+    return statuses, mean, p99
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(data_dir: Path, max_queued: int, max_rpcs: int, metrics_port: int) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "RAGLOOM_MAX_CONCURRENT_RPCS": str(max_rpcs)}
     cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-           "--max-queued", str(max_queued), "--connector-root", str(data_dir), "--log-level", "WARNING"]
+           "--max-queued", str(max_queued), "--connector-root", str(data_dir), "--log-level", "WARNING",
+           "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     deadline = time.time() + 300
@@ -215,7 +286,7 @@ def start_server(data_dir: Path, max_queued: int, max_rpcs: int) -> tuple[subpro
     raise SystemExit("server did not start within 300 s")
 
 
-async def run(args: argparse.Namespace, address: str, pid: int) -> list[Phase]:
+async def run(args: argparse.Namespace, address: str, pid: int, metrics_port: int) -> list[Phase]:
     phases: list[Phase] = []
     async with grpc.aio.insecure_channel(address) as channel:
         table = calls(channel, args.deadline_s, args.max_tokens)
@@ -236,12 +307,17 @@ async def run(args: argparse.Namespace, address: str, pid: int) -> list[Phase]:
                 stop = asyncio.Event()
                 sampler = Sampler(pid)
                 sampling = asyncio.create_task(sampler.run(stop))
+                before = await asyncio.to_thread(scrape, metrics_port, METHODS[name])
                 statuses, latencies, took = await open_loop(call, factor * capacity, args.phase_s, seed=k)
                 stop.set()
                 await sampling
+                await asyncio.sleep(0.5)  # the interceptor counts a call just after its last message
+                after = await asyncio.to_thread(scrape, metrics_port, METHODS[name])
                 phases.append(Phase(name, factor, factor * capacity, took, dict(statuses), statuses["OK"] / took,
-                                    _pct(latencies, 0.5), _pct(latencies, 0.99), sampler.peak))
-                print(f"  {factor:g}x: {dict(statuses)} p99 {phases[-1].p99_ms}", flush=True)
+                                    _pct(latencies, 0.5), _pct(latencies, 0.99), sampler.peak,
+                                    *server_side(before, after)))
+                print(f"  {factor:g}x: {dict(statuses)} p99 {phases[-1].p99_ms}; server: {phases[-1].server_statuses}"
+                      f" p99 {phases[-1].server_p99_ms}", flush=True)
     return phases
 
 
@@ -256,7 +332,10 @@ def checks(phases: list[Phase]) -> dict[str, dict[str, Any]]:
         refused = two.statuses.get("RESOURCE_EXHAUSTED", 0)
         undefined = sum(v for k, v in two.statuses.items() if k not in ("OK", "RESOURCE_EXHAUSTED"))
         ratio = (two.p99_ms / one.p99_ms) if one.p99_ms and two.p99_ms else None
+        server_ratio = (two.server_p99_ms / one.server_p99_ms) if one.server_p99_ms and two.server_p99_ms else None
         out[name] = {
+            "server_failures_at_2x": sum(v for k, v in two.server_statuses.items() if k not in ("OK", "RESOURCE_EXHAUSTED")),
+            "server_p99_ratio_2x_over_1x": server_ratio,
             "refused_share_at_2x": refused / total if total else 0.0,
             "other_failures_at_2x": undefined,
             "p99_ratio_2x_over_1x": ratio,
@@ -288,14 +367,15 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="ragloom-load-"))
     shutil.copy(SHOP_DB, tmp / "shop.db")
-    proc, address = start_server(tmp, args.max_queued, args.max_rpcs)
+    metrics_port = free_port()
+    proc, address = start_server(tmp, args.max_queued, args.max_rpcs, metrics_port)
     try:
         with Client(address, timeout=600) as c:
             c.create_collection("load")
             c.upsert("load", documents(args.docs))
             c.register_connector("shop", f"sqlite:///{tmp / 'shop.db'}")
         rss_start = psutil.Process(proc.pid).memory_info().rss / 2**20
-        phases = asyncio.run(run(args, address, proc.pid))
+        phases = asyncio.run(run(args, address, proc.pid, metrics_port))
         alive = proc.poll() is None
         with Client(address, timeout=30) as c:
             c.search("load", "still serving", k=1)
@@ -307,15 +387,18 @@ def main() -> int:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{'workload':<12} {'load':>5} {'offered/s':>9} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}  statuses")
+    print(f"\n{'workload':<12} {'load':>5} {'offered/s':>9} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'srv p99':>8} "
+          f"{'RSS MB':>7}  statuses (callers | server)")
     for p in phases:
         load = "cap" if p.factor == 0 else f"{p.factor:g}x"
         fmt = (lambda v: f"{v:8.0f}" if v is not None else "       -")  # noqa: E731
         print(f"{p.workload:<12} {load:>5} {p.offered_per_s:9.2f} {p.completed_per_s:7.2f} {fmt(p.p50_ms)} "
-              f"{fmt(p.p99_ms)} {p.peak_rss_mb:7.0f}  {p.statuses}")
+              f"{fmt(p.p99_ms)} {fmt(p.server_p99_ms)} {p.peak_rss_mb:7.0f}  {p.statuses} | {p.server_statuses}")
     verdict = checks(phases)
     print("\nchecks at 2x:", json.dumps(verdict, indent=1))
     print(f"server alive at the end: {alive}; RSS at start {rss_start:.0f} MB")
+    if ERRORS:
+        print("other failures, first details:", dict(ERRORS))
     write_results(args.out, {
         "benchmark": "load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "hardware": {"cpus": os.cpu_count(), "machine": os.uname().machine},

@@ -1,4 +1,5 @@
-"""The Connector protocol and the plain data it returns: a schema and a result set.
+"""The Connector protocol and the plain data it returns: a schema, a result set and
+the rows of a running statement.
 
 A connector is one database (or a folder of files) registered under a name. It introspects its
 schema once (tables, columns, keys, samples, row counts) and executes guarded SQL on a read-only
@@ -7,8 +8,12 @@ connection. Everything above it (text-to-SQL, the Tables service) only sees thes
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ragloom.errors import DeadlineExceeded
 
 # sqlglot dialect names; MariaDB and MySQL share "mysql", files are queried through DuckDB
 Dialect = str  # "sqlite" | "postgres" | "mysql" | "duckdb"
@@ -75,14 +80,73 @@ class ResultSet:
     column_types: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Fetched:
-    """What one statement returned, before the guard's bookkeeping is added (see ResultSet)."""
+class Rows:
+    """One statement's result, read in batches while its read-only transaction stays open.
 
-    columns: list[str]
-    column_types: list[str]
-    rows: list[tuple[Any, ...]]
-    truncated: bool
+    Streaming keeps one batch in memory and lets the first rows leave before the last are read.
+    The connector hands in `read` (up to n driver rows; driver errors already translated into
+    ours) and `release` (roll back, give the connection back). One deadline covers the statement
+    and every later read, so a slow reader cannot hold a transaction open past timeout_s. Close
+    it (or use it as a context manager) when not reading to the end.
+    """
+
+    def __init__(
+        self,
+        sql: str,
+        columns: list[str],
+        column_types: list[str],
+        tables: list[str],
+        read: Callable[[int], list[tuple[Any, ...]]],
+        release: Callable[[], None],
+        max_rows: int,
+        timeout_s: float,
+        deadline: float,
+    ) -> None:
+        self.sql, self.columns, self.column_types, self.tables = sql, columns, column_types, tables
+        self._read, self._release = read, release
+        self.max_rows, self.timeout_s, self.deadline = max_rows, timeout_s, deadline
+        self.count = 0  # rows handed out so far
+        self.truncated = False  # more rows existed than max_rows (known once read to the end)
+        self.closed = False
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        """Up to n more rows; [] once the result (or max_rows) is exhausted, which also closes it."""
+        if self.closed:
+            return []
+        try:
+            if time.monotonic() > self.deadline:
+                raise DeadlineExceeded(f"query exceeded the {self.timeout_s:g}s time limit while its rows were read",
+                                       reason="SQL_TIMEOUT")
+            want = min(n, self.max_rows - self.count)
+            rows = [tuple(r) for r in self._read(want)] if want > 0 else []
+            self.count += len(rows)
+            if len(rows) < want:
+                self.close()
+            elif self.count >= self.max_rows:
+                self.truncated = bool(self._read(1))  # the guard's LIMIT is max_rows + 1
+                self.close()
+            return rows
+        except BaseException:
+            self.close()
+            raise
+
+    def result(self) -> ResultSet:
+        """Everything left, read to the end and closed."""
+        rows: list[tuple[Any, ...]] = []
+        while not self.closed:
+            rows.extend(self.fetch(1024))
+        return ResultSet(self.sql, self.columns, rows, self.truncated, self.tables, self.column_types)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def __enter__(self) -> Rows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Connector(Protocol):
@@ -94,8 +158,13 @@ class Connector(Protocol):
         """Tables, columns, keys, a few sample values and row counts; cached until refresh."""
         ...
 
+    def open(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> Rows:
+        """Guard `sql` (guard.py), then start it read-only with a time limit; its rows (at most
+        max_rows) are read from the returned Rows."""
+        ...
+
     def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
-        """Guard `sql` (guard.py), then run it read-only with a time limit; at most max_rows rows."""
+        """open() read to the end."""
         ...
 
     def close(self) -> None: ...

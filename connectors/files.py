@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from ragloom.connectors.base import Column, Fetched, ResultSet, Schema, Table
+from ragloom.connectors.base import Column, ResultSet, Rows, Schema, Table
 from ragloom.connectors.guard import guard
 from ragloom.connectors.values import clip_error, column_samples
 from ragloom.errors import DeadlineExceeded, InvalidArgument, NotFound, SqlError
@@ -63,12 +65,14 @@ class FileConnector:
             old.close()
         return self._schema
 
-    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+    def open(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> Rows:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
         checked = guard(sql, self.dialect, self._schema, max_rows, self.qualifiers)
-        got = self._run(checked.run_sql, max_rows, timeout_s)
-        return ResultSet(checked.sql, got.columns, got.rows, got.truncated, checked.tables, got.column_types)
+        return self._open(checked.run_sql, max_rows, timeout_s, shown=checked.sql, tables=checked.tables)
+
+    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+        return self.open(sql, max_rows, timeout_s).result()
 
     def close(self) -> None:
         with self._lock:
@@ -153,33 +157,53 @@ class FileConnector:
 
     # ---- running ----
 
-    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Fetched:
-        """Run one statement without the guard, in a rolled-back transaction, interrupted at timeout_s."""
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> ResultSet:
+        """Run one statement without the guard, read to the end (introspection, tests)."""
+        return self._open(sql, max_rows, timeout_s).result()
+
+    def _open(self, sql: str, max_rows: int, timeout_s: float, shown: str | None = None,
+              tables: list[str] | None = None) -> Rows:
+        """Start one statement without the guard, in a transaction that closing the Rows rolls
+        back; a timer interrupts it at timeout_s, reads included."""
         with self._lock:
             cur = self._con.cursor()  # its own connection to the same database: safe across threads
         timer = threading.Timer(timeout_s, cur.interrupt)
         timer.start()
-        try:
-            cur.begin()
-            cur.execute(sql)
-            columns = [d[0] for d in cur.description or []]
-            # DuckDB types every result column, expressions included ("DECIMAL(10,2)", "INTEGER[]");
-            # a bare NULL literal has the type "NULL", which says nothing
-            types = [t if (t := str(d[1])) != '"NULL"' and t != "NULL" else "" for d in cur.description or []]
-            fetched = cur.fetchmany(max_rows + 1) if cur.description else []
-        except duckdb.InterruptException:
-            raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit", reason="SQL_TIMEOUT") from None
-        except duckdb.Error as e:
-            raise SqlError(clip_error(f"DuckDB error: {e}")) from None
-        finally:
+        deadline = time.monotonic() + timeout_s
+
+        def release() -> None:
             timer.cancel()
             try:
                 cur.rollback()
             except duckdb.Error:
                 pass  # no transaction left to roll back (the statement failed)
             cur.close()
-        rows = [tuple(r) for r in fetched[:max_rows]]
-        return Fetched(columns, types, rows, len(fetched) > max_rows)
+
+        def read(n: int) -> list[Any]:
+            try:
+                return cur.fetchmany(n) if cur.description else []
+            except duckdb.InterruptException:
+                raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit", reason="SQL_TIMEOUT") from None
+            except duckdb.Error as e:
+                raise SqlError(clip_error(f"DuckDB error: {e}")) from None
+
+        try:
+            try:
+                cur.begin()
+                cur.execute(sql)
+            except duckdb.InterruptException:
+                raise DeadlineExceeded(f"query exceeded the {timeout_s:g}s time limit", reason="SQL_TIMEOUT") from None
+            except duckdb.Error as e:
+                raise SqlError(clip_error(f"DuckDB error: {e}")) from None
+            columns = [d[0] for d in cur.description or []]
+            # DuckDB types every result column, expressions included ("DECIMAL(10,2)", "INTEGER[]");
+            # a bare NULL literal has the type "NULL", which says nothing
+            types = [t if (t := str(d[1])) != '"NULL"' and t != "NULL" else "" for d in cur.description or []]
+        except BaseException:
+            release()
+            raise
+        return Rows(shown if shown is not None else sql, columns, types, tables or [], read, release, max_rows,
+                    timeout_s, deadline)
 
 
 def _table_name(stem: str, taken: list[str]) -> str:

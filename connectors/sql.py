@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
-from ragloom.connectors.base import Column, Fetched, ForeignKey, ResultSet, Schema, Table
+from ragloom.connectors.base import Column, ForeignKey, ResultSet, Rows, Schema, Table
 from ragloom.connectors.guard import guard
 from ragloom.connectors.values import clip_error, column_samples, redact_url, scrub
 from ragloom.errors import (
@@ -105,12 +105,14 @@ class SqlConnector:
                 self._schema = Schema(self.name, self.dialect, self._introspect())
             return self._schema
 
-    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+    def open(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> Rows:
         if max_rows < 1 or timeout_s <= 0:
             raise InvalidArgument(f"max_rows must be >= 1 and timeout_s > 0 (got {max_rows}, {timeout_s})")
         checked = guard(sql, self.dialect, self.schema(), max_rows, self.qualifiers)
-        got = self._run(checked.run_sql, max_rows, timeout_s)
-        return ResultSet(checked.sql, got.columns, got.rows, got.truncated, checked.tables, got.column_types)
+        return self._open(checked.run_sql, max_rows, timeout_s, shown=checked.sql, tables=checked.tables, stream=True)
+
+    def execute(self, sql: str, max_rows: int = 1000, timeout_s: float = 30.0) -> ResultSet:
+        return self.open(sql, max_rows, timeout_s).result()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -210,39 +212,71 @@ class SqlConnector:
             self._flavor = "mariadb" if "mariadb" in str(row[1]).lower() else "mysql"
         return str(row[0])
 
-    def _run(self, sql: str, max_rows: int, timeout_s: float) -> Fetched:
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> ResultSet:
         """Run one statement read-only under a time limit, always rolled back; no guard here.
 
-        Callers: execute() after the guard, introspection with statements built here, and tests
-        that prove the connection itself refuses writes.
+        Callers: introspection with statements built here, and tests that prove the connection
+        itself refuses writes.
         """
+        return self._open(sql, max_rows, timeout_s).result()
+
+    def _open(self, sql: str, max_rows: int, timeout_s: float, shown: str | None = None,
+              tables: list[str] | None = None, stream: bool = False) -> Rows:
+        """Start one statement in a read-only, time-limited transaction that closing the Rows
+        rolls back. stream=True reads rows from the server as they are fetched: a server-side
+        cursor on PostgreSQL, an unbuffered one on MariaDB/MySQL (SQLite always steps lazily).
+        Those hold only a SELECT, which is all the guard lets through."""
         deadline = time.monotonic() + timeout_s
         try:
             raw = self._engine.raw_connection()
         except Exception as e:  # noqa: BLE001
             raise Unavailable(f"cannot connect to {self.url}: {self._message(e)}", reason=UNAVAILABLE) from None
-        try:
-            cur = raw.cursor()
-            cleanup = self._begin(raw.driver_connection, cur, timeout_s, deadline)
+        cleanup: Callable[[], None] = lambda: None  # noqa: E731
+        cur: Any = None
+
+        def release() -> None:
             try:
-                cur.execute(sql)
-                columns = [d[0] for d in cur.description or []]
-                types = self._result_types(cur)
-                fetched = cur.fetchmany(max_rows + 1) if cur.description else []
-            finally:
                 cleanup()
-            rows = [tuple(r) for r in fetched[:max_rows]]
-            return Fetched(columns, types, rows, len(fetched) > max_rows)
-        except RagloomError:
-            raise
-        except Exception as e:  # noqa: BLE001 - translated into our hierarchy just below
-            raise self._translate(e, timeout_s, deadline) from None
-        finally:
-            try:
+                if cur is not None:
+                    cur.close()  # an unbuffered MySQL cursor reads what is left (at most the guard's LIMIT)
                 raw.rollback()
             except Exception:  # noqa: BLE001 - a broken connection must not stay in the pool
                 raw.invalidate()
             raw.close()
+
+        def read(n: int) -> list[Any]:
+            try:
+                return list(cur.fetchmany(n)) if cur.description else []
+            except RagloomError:
+                raise
+            except Exception as e:  # noqa: BLE001 - translated into our hierarchy
+                raise self._translate(e, timeout_s, deadline) from None
+
+        try:
+            plain = raw.cursor()
+            cleanup = self._begin(raw.driver_connection, plain, timeout_s, deadline)
+            cur = self._cursor(raw, plain) if stream else plain
+            cur.execute(sql)
+            columns = [d[0] for d in cur.description or []]
+            types = self._result_types(cur)
+        except BaseException as e:
+            release()
+            if isinstance(e, RagloomError) or not isinstance(e, Exception):
+                raise
+            raise self._translate(e, timeout_s, deadline) from None
+        return Rows(shown if shown is not None else sql, columns, types, tables or [], read, release, max_rows,
+                    timeout_s, deadline)
+
+    def _cursor(self, raw: Any, plain: Any) -> Any:
+        """The cursor a streamed statement runs on (see _open)."""
+        if self.dialect == "postgres":
+            # one statement per transaction at a time, so one name serves every connection
+            return raw.driver_connection.cursor(name="ragloom_rows")
+        if self.dialect == "mysql":
+            import pymysql.cursors
+
+            return raw.driver_connection.cursor(pymysql.cursors.SSCursor)
+        return plain
 
     def _begin(self, driver: Any, cur: Any, timeout_s: float, deadline: float) -> Callable[[], None]:
         """Start the read-only, time-limited transaction; returns what undoes per-run settings."""

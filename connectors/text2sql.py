@@ -32,7 +32,7 @@ import numpy as np
 import sqlglot
 from sqlglot import exp
 
-from ragloom.connectors.base import Connector, Schema
+from ragloom.connectors.base import Connector, Rows, Schema
 from ragloom.connectors.grounding import ValueMatch, grounding_lines, value_index
 from ragloom.connectors.guard import guard
 from ragloom.connectors.schema import SchemaLinker, schema_ddl, serialize_rows
@@ -70,6 +70,9 @@ class Text2SqlOptions:
     # the other sampling settings of every generation (top_p, seed, stop, ...); max_tokens and
     # temperature above replace its own. None: SamplingParams' defaults
     sampling: SamplingParams | None = None
+    # Set (the Tables service does): the answer holds only the first this many rows and keeps
+    # the statement open in SqlAnswer.more for the caller to stream the rest. None: all rows.
+    first_rows: int | None = None
 
     def validate(self) -> None:
         # field paths as in QueryRequest, which carries these settings
@@ -112,6 +115,9 @@ class SqlAnswer:
     failed_sql: list[str] = field(default_factory=list)  # the attempts not answered with, for the caller to see
     grounded_values: list[str] = field(default_factory=list)  # "table.column = 'value'" shown in the prompt
     examples: list[str] = field(default_factory=list)  # questions of the solved examples put in the prompt
+    # with Text2SqlOptions.first_rows: the statement's remaining rows, open until read or closed
+    more: Rows | None = None
+    refused: list[ForbiddenQuery] = field(default_factory=list)  # the guard's refusals, for the server's metrics
 
 
 @dataclass
@@ -277,12 +283,24 @@ class Text2Sql:
         try:
             checked = guard(sql, task.schema.dialect, task.schema, opts.max_rows, getattr(task.connector, "qualifiers", None))
             ans.sql, ans.valid = checked.sql, True  # as it runs (LIMIT, one line), also if the database refuses it
-            result = task.connector.execute(sql, max_rows=opts.max_rows, timeout_s=opts.timeout_s)
-            ans.columns, ans.rows, ans.truncated, ans.tables = result.columns, result.rows, result.truncated, result.tables
-            ans.column_types = result.column_types
-            ans.sql = result.sql
+            rows = task.connector.open(sql, max_rows=opts.max_rows, timeout_s=opts.timeout_s)
+            try:
+                if opts.first_rows is None:
+                    ans.rows = rows.result().rows
+                else:
+                    # errors surface in the first read (PostgreSQL and unbuffered MySQL run the
+                    # statement as rows are fetched), so a correction round still sees them
+                    ans.rows = rows.fetch(opts.first_rows)
+            except BaseException:
+                rows.close()
+                raise
+            ans.columns, ans.truncated, ans.tables, ans.column_types = rows.columns, rows.truncated, rows.tables, rows.column_types
+            ans.sql = rows.sql
+            ans.more = None if rows.closed else rows
         except (SqlError, ForbiddenQuery, RagloomError) as exc:
             ans.error = str(exc)
+            if isinstance(exc, ForbiddenQuery):
+                ans.refused.append(exc)
             if opts.self_correct and ans.attempts == 1:
                 task.scope = _from_tables(sql, task.schema) if job.constraint is not None and "column" in ans.error else None
                 task.messages = task.messages + [

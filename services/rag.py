@@ -217,7 +217,10 @@ class RagServicer(pb_grpc.RagServiceServicer):
         async with abort_on_failure("Ask", context, request.request_id) as request_id, auth.owned(request_id):
             what = f"Ask {request_id}"
             timer = self._metrics.timer("Ask")
-            plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
+            # past max_queued an Ask is refused here, before its retrieval and chunk-KV work
+            with self._engine.reservation() as place:
+                plan, mode, constraint, hits, sizes = await self._plan(request, request_id)
+                place.release()  # from here the request waits in the engine's own queue
             warnings = list(constraint.warnings) if constraint is not None else []
             if not plan.passages:
                 warnings.append(f"no passages of collection {request.collection!r} matched; answered without context")

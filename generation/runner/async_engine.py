@@ -7,10 +7,11 @@ outputs from per-request asyncio queues that the thread fills with call_soon_thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,6 +43,18 @@ class EngineFailure(RagloomError):
     """The step loop raised; every request in flight at that moment fails with this."""
 
 
+class Reservation:
+    """One place held in the engine's queue (AsyncEngine.reservation)."""
+
+    def __init__(self, owner: AsyncEngine) -> None:
+        self._owner: AsyncEngine | None = owner
+
+    def release(self) -> None:
+        if self._owner is not None:
+            self._owner._reserved -= 1
+            self._owner = None
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
@@ -51,6 +64,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._loads = engine.loads()
+        self._reserved = 0  # places held by reservation(); only touched on the event loop
 
     async def start(self) -> None:
         if self._thread is not None:
@@ -93,6 +107,26 @@ class AsyncEngine:
         future: asyncio.Future[T] = self._loop.create_future()
         self._commands.put(_Call(fn, future))
         return await future
+
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[Reservation]:
+        """A place in the engine's queue held across a request's pre-work (Ask's retrieval and
+        chunk-KV loading), so that past max_queued the request is refused before that work
+        rather than after it, which under overload would only slow the requests admitted.
+
+        Judged on the event loop from the last step's waiting count plus the places held now;
+        admit() still decides exactly when the request is added. Release it just before
+        generate() (the request then waits in the queue itself); leaving the block releases it.
+        """
+        held = self._reserved + self._loads.waiting
+        if held >= self.engine.settings.max_queued:
+            raise self.engine.overloaded(held)
+        ticket = Reservation(self)
+        self._reserved += 1
+        try:
+            yield ticket
+        finally:
+            ticket.release()
 
     async def generate(self, request: Request) -> AsyncIterator[Output]:
         """Outputs of one request as they are produced. Validation errors raise before the first

@@ -324,13 +324,17 @@ class LLMEngine:
         queue's length is exact, before add_request; offline generate() queues without bound."""
         queued = len(self.scheduler.waiting)
         if queued >= self.settings.max_queued:
-            retry = self.retry_after_s(queued)
-            raise ResourceExhausted(
-                f"the engine is overloaded: {queued} requests are waiting (max_queued); retry in {retry:.1f}s",
-                reason="OVERLOADED",
-                metadata={"waiting": str(queued), "max_queued": str(self.settings.max_queued)},
-                retry_after_s=retry,
-            )
+            raise self.overloaded(queued)
+
+    def overloaded(self, queued: int) -> ResourceExhausted:
+        """The error of a request refused because `queued` requests are waiting already."""
+        retry = self.retry_after_s(queued)
+        return ResourceExhausted(
+            f"the engine is overloaded: {queued} requests are waiting (max_queued); retry in {retry:.1f}s",
+            reason="OVERLOADED",
+            metadata={"waiting": str(queued), "max_queued": str(self.settings.max_queued)},
+            retry_after_s=retry,
+        )
 
     def retry_after_s(self, queued: int) -> float:
         """How long until `queued` waiting requests have likely gone through, from the rate at which

@@ -164,9 +164,11 @@ class _QueryState:
             self.rows.extend(row_from(r) for r in msg.rows.rows)
         elif kind == "complete":
             c, h = msg.complete, self.header or tpb.QueryHeader()
+            # the complete message's kinds are judged over every row (the header's over the first batch)
+            columns = c.columns or h.columns
             self.result = SqlResult(
                 sql=c.sql, columns=[col.name for col in h.columns], rows=self.rows,
-                column_types=[result_column_from(col) for col in h.columns], tables=list(h.tables),
+                column_types=[result_column_from(col) for col in columns], tables=list(h.tables),
                 linked_tables=list(h.linked_tables),
                 grounded_values=[grounded_value_from(g) for g in h.grounded_values], truncated=c.truncated, attempts=c.attempts, valid=c.valid,
                 error=c.error or None, mode=enum_text(tpb.QueryMode, c.mode, "QUERY_MODE_") or "sql", answer=c.answer,

@@ -353,7 +353,7 @@ class QueryUsage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class QueryComplete(_message.Message):
-    __slots__ = ("sql", "row_count", "truncated", "attempts", "valid", "error", "mode", "answer", "failed_sql", "usage")
+    __slots__ = ("sql", "row_count", "truncated", "attempts", "valid", "error", "mode", "answer", "failed_sql", "usage", "columns")
     SQL_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +364,7 @@ class QueryComplete(_message.Message):
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     FAILED_SQL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     sql: str
     row_count: int
     truncated: bool
@@ -374,7 +375,8 @@ class QueryComplete(_message.Message):
     answer: str
     failed_sql: _containers.RepeatedScalarFieldContainer[str]
     usage: QueryUsage
-    def __init__(self, sql: _Optional[str] = ..., row_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., attempts: _Optional[int] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., mode: _Optional[_Union[QueryMode, str]] = ..., answer: _Optional[str] = ..., failed_sql: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[QueryUsage, _Mapping]] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, sql: _Optional[str] = ..., row_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., attempts: _Optional[int] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., mode: _Optional[_Union[QueryMode, str]] = ..., answer: _Optional[str] = ..., failed_sql: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[QueryUsage, _Mapping]] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
     __slots__ = ("header", "rows", "complete")

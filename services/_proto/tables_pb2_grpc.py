@@ -150,8 +150,9 @@ class TablesServiceServicer:
 
     def Query(self, request, context):
         """Answers a question in plain language. Server-streaming: one `header`, then `rows` batches,
-        then one `complete`. A model that fails to write working SQL (after its correction round)
-        is not an RPC error: QueryComplete.error says why, and .sql shows what it tried.
+        then one `complete`; rows are read from the database as they are sent. A model that fails
+        to write working SQL (after its correction round) is not an RPC error: QueryComplete.error
+        says why, and .sql shows what it tried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +161,8 @@ class TablesServiceServicer:
     def ExecuteSql(self, request, context):
         """Runs caller-written SQL, guarded exactly like generated SQL. Server-streaming, as Query:
         one `header`, `rows` batches, one `complete`. Unlike Query, SQL that fails is an RPC error
-        (SQL_INVALID, SQL_NOT_READ_ONLY, SQL_TIMEOUT).
+        (SQL_INVALID, SQL_NOT_READ_ONLY, SQL_TIMEOUT); one that fails while its later rows are read
+        (the time limit covers the reading too) ends the stream with that error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,7 +8,9 @@ RAGLOOM_TEST_MYSQL_URL), each test module in a schema / database of its own that
 from __future__ import annotations
 
 import json
+import sqlite3
 import stat
+import time
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -130,6 +132,52 @@ def test_timeout_is_deadline_exceeded(conn):
     assert conn.execute("SELECT count(*) FROM orders").rows == [(5,)]  # the connection is still usable
 
 
+def test_rows_stream_in_batches_and_give_the_connection_back(conn):
+    with conn.open("SELECT id FROM orders ORDER BY id", max_rows=4) as rows:
+        assert rows.columns == ["id"] and not rows.closed and rows.tables == ["orders"]
+        assert rows.fetch(3) == [(1,), (2,), (3,)] and not rows.closed
+        assert rows.fetch(3) == [(4,)]  # max_rows reached: one more row exists, so truncated
+        assert rows.closed and rows.truncated and rows.count == 4
+        assert rows.fetch(3) == []
+    whole = conn.open("SELECT id FROM orders ORDER BY id").result()
+    assert len(whole.rows) == 5 and not whole.truncated
+    # readers that stop early, many more than the pool holds, leave nothing behind
+    for _ in range(12):
+        early = conn.open("SELECT id, status FROM orders ORDER BY id")
+        assert early.fetch(1) == [(1, "paid")]
+        early.close()
+    assert conn.execute("SELECT count(*) FROM orders").rows == [(5,)]
+
+
+def test_a_slow_reader_meets_the_deadline(conn):
+    rows = conn.open("SELECT id FROM orders ORDER BY id", timeout_s=0.3)
+    assert rows.fetch(1) == [(1,)]
+    time.sleep(0.4)
+    with pytest.raises(DeadlineExceeded, match="time limit while its rows were read"):
+        rows.fetch(1)
+    assert rows.closed
+    assert conn.execute("SELECT count(*) FROM orders").rows == [(5,)]
+
+
+def test_an_error_in_a_later_row_ends_the_stream(tmp_path):
+    path = tmp_path / "n.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE n (id INTEGER PRIMARY KEY, v TEXT)")
+        c.executemany("INSERT INTO n VALUES (?, ?)", [(1, "[1]"), (2, "[2]"), (3, "[3]"), (4, "not json")])
+    connector = SqlConnector("n", f"sqlite:///{path}")
+    try:
+        # SQLite steps as rows are fetched (Python's cursor one row ahead): json() fails on the
+        # fourth row, after the first two were handed out
+        rows = connector.open("SELECT json(v) FROM n ORDER BY id")
+        assert rows.fetch(1) == [("[1]",)] and rows.fetch(1) == [("[2]",)]
+        with pytest.raises(SqlError, match="malformed JSON"):
+            rows.fetch(1)
+        assert rows.closed
+        assert connector.execute("SELECT count(*) FROM n").rows == [(4,)]
+    finally:
+        connector.close()
+
+
 def test_unknown_names_and_database_errors(db, conn):
     with pytest.raises(SqlError, match="unknown table 'invoices'.*customers, orders"):
         conn.execute("SELECT * FROM invoices")
@@ -226,6 +274,14 @@ def test_file_connector(tmp_path, frame, suffix):
     day, day_type = (date(2023, 4, 4), "DATE") if suffix == ".csv" else (datetime(2023, 4, 4), "TIMESTAMP")
     assert result.rows[1][2] == day and type(result.rows[1][2]) is type(day) and result.truncated
     assert result.column_types[:2] == ["VARCHAR", "DOUBLE"] and result.column_types[2].startswith(day_type)
+    with connector.open("SELECT year FROM weather_data_2024 ORDER BY year", max_rows=3) as rows:
+        assert rows.fetch(2) == [(2020,), (2021,)] and rows.fetch(2) == [(2022,)] and rows.truncated
+    slow = connector.open("SELECT city FROM weather_data_2024", timeout_s=0.2)
+    assert len(slow.fetch(1)) == 1
+    time.sleep(0.3)
+    with pytest.raises(DeadlineExceeded):
+        slow.fetch(1)
+    assert slow.closed and connector.execute("SELECT count(*) FROM weather_data_2024").rows == [(4,)]
     connector.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from background_loop import BackgroundLoop
 from sql_databases import ShopDb, any_database
 
@@ -249,6 +251,46 @@ def test_limits_defaults_and_ranges(typed: Typed, stub: pb_grpc.TablesServiceStu
     with pytest.raises(InvalidArgument) as err:
         client.execute_sql(typed.connector, "SELECT 1", max_rows=0)  # the SDK sends 0: it is not "unset"
     assert err.value.field == "max_rows"
+
+
+def test_rows_stream_while_they_are_read(typed: Typed, stub: pb_grpc.TablesServiceStub, client: Client) -> None:
+    # the kinds of the header are the first batch's; the complete message's are over every row
+    mixed = "SELECT id, CASE WHEN id = 1 THEN big ELSE 'two' END AS v FROM typed ORDER BY id"
+    if typed.dialect == "sqlite":  # dynamically typed: one column holds an int, then a text
+        msgs = _execute(stub, connector=typed.connector, sql=mixed, batch_rows=1)
+        assert [m.WhichOneof("response") for m in msgs] == ["header", "rows", "rows", "complete"]
+        assert [c.kind for c in msgs[0].header.columns] == [pb.CELL_KIND_INT, pb.CELL_KIND_INT]
+        assert [c.kind for c in msgs[-1].complete.columns] == [pb.CELL_KIND_INT, pb.CELL_KIND_UNSPECIFIED]
+        r = client.execute_sql(typed.connector, mixed)
+        assert r.rows == [[1, BIG], [2, "two"]] and [c.kind for c in r.column_types] == ["int", ""]
+    if typed.dialect != "postgres":
+        return
+    # 1024 rows of 50 kB: far more than the transport buffers, so the server must wait for this
+    # reader, and while it waits its statement is a server-side cursor open in its transaction
+    wide = "SELECT t0.id, repeat('x', 50000) AS pad FROM " + ", ".join(f"typed t{i}" for i in range(10))
+    pattern = '%"ragloom_rows"%'  # DECLARE, then FETCH FORWARD ...; the rollback ends it
+    call = stub.ExecuteSql(pb.ExecuteSqlRequest(connector=typed.connector, sql=wide, max_rows=5000, batch_rows=1),
+                           timeout=60)
+    assert next(call).WhichOneof("response") == "header" and len(next(call).rows.rows) == 1
+
+    def open_cursors() -> int:
+        with typed.db.admin.connect() as c:
+            return int(c.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE :p"
+                                         " AND state IN ('active', 'idle in transaction')"), {"p": pattern}).scalar_one())
+
+    assert open_cursors() == 1
+    rest = list(call)
+    assert rest[-1].complete.row_count == 1024 and not rest[-1].complete.truncated
+    assert open_cursors() == 0
+    call = stub.ExecuteSql(pb.ExecuteSqlRequest(connector=typed.connector, sql=wide, max_rows=5000, batch_rows=1),
+                           timeout=60)
+    assert next(call).WhichOneof("response") == "header"
+    assert open_cursors() == 1
+    call.cancel()  # a reader that goes away: the statement is closed and its connection given back
+    deadline = time.monotonic() + 10
+    while open_cursors() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_cursors() == 0
 
 
 def _raise_from(stub: pb_grpc.TablesServiceStub, connector: str, **fields: Any) -> None:

@@ -121,6 +121,38 @@ def test_async_engine_answers_overloaded_for_the_request_over_the_bound(small_qu
     assert second.retry_after_s is not None and second.retry_after_s >= 0.5
 
 
+def test_reservations_refuse_before_the_pre_work(small_queue: LLMEngine) -> None:
+    """Ask holds a place across its retrieval: with max_queued=1, a second Ask arriving while the
+    first one's place is held is refused at once, and the place comes back on release or on
+    leaving the block (also when the pre-work raises)."""
+    engine = small_queue
+
+    async def scenario() -> None:
+        front = AsyncEngine(engine)
+        await front.start()
+        try:
+            with front.reservation() as place:
+                with pytest.raises(ResourceExhausted) as info:
+                    with front.reservation():
+                        pass
+                assert info.value.reason == "OVERLOADED" and info.value.metadata["waiting"] == "1"
+                place.release()
+                place.release()  # releasing twice gives back one place only
+                with front.reservation():
+                    pass
+            with pytest.raises(ValueError):
+                with front.reservation():
+                    raise ValueError("retrieval failed")
+            with front.reservation() as place:  # every place came back
+                place.release()
+                outs = [out async for out in front.generate(_request(engine, "reserved"))]
+                assert outs[-1].finished
+        finally:
+            await front.shutdown()
+
+    asyncio.run(scenario())
+
+
 def test_max_prompt_tokens(engine: LLMEngine) -> None:
     saved = engine.settings.max_prompt_tokens
     engine.settings.max_prompt_tokens = 4

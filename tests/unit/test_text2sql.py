@@ -129,6 +129,22 @@ def test_self_correction_round_sees_the_error(engine, embedder, shop) -> None:  
     assert task.job is None and task.answer.attempts == 2 and task.answer.failed_sql == ["SELECT nope FROM orders"]
 
 
+def test_first_rows_keeps_the_rest_open_for_the_caller(engine, embedder, shop) -> None:  # noqa: ANN001
+    t2s = Text2Sql(engine, embedder=embedder)
+    whole = shop.execute("SELECT id FROM orders ORDER BY id").rows
+    assert len(whole) > 3
+    task = t2s.start(shop, "List the orders.", Text2SqlOptions(max_tokens=32, first_rows=2, link=False))
+    t2s.feed(task, "SELECT id FROM orders ORDER BY id", 8)  # as if the model had written this
+    ans = task.answer
+    assert task.job is None and ans is not None and ans.error is None and ans.rows == whole[:2]
+    assert ans.more is not None and not ans.more.closed
+    assert ans.more.fetch(1000) == whole[2:] and ans.more.closed and not ans.more.truncated
+    # a result that fits the first read leaves nothing open
+    task = t2s.start(shop, "The first order.", Text2SqlOptions(max_tokens=32, first_rows=2, link=False))
+    t2s.feed(task, "SELECT id FROM orders ORDER BY id LIMIT 1", 8)
+    assert task.answer is not None and task.answer.rows == whole[:1] and task.answer.more is None
+
+
 def test_bad_options_are_refused(engine, embedder, shop) -> None:  # noqa: ANN001
     t2s = Text2Sql(engine, embedder=embedder)
     with pytest.raises(InvalidArgument, match="mode"):
@@ -180,6 +196,17 @@ def test_a_correction_the_guard_refuses_keeps_the_first_query(engine, embedder, 
     assert task.job is None and ans.attempts == 2
     assert ans.sql.startswith(first) and ans.valid and ans.error is not None and "UNION" in ans.error.upper()
     assert ans.failed_sql == ["SELECT nope FROM customers"]
+
+
+def test_refusals_are_kept_for_the_metrics(engine, embedder, shop) -> None:  # noqa: ANN001
+    from ragloom.services.metrics import sql_rule
+
+    t2s = Text2Sql(engine, embedder=embedder)
+    task = t2s.start(shop, "Remove every customer.", Text2SqlOptions(max_tokens=32, self_correct=False))
+    t2s.feed(task, "DELETE FROM customers", 5)
+    ans = task.answer
+    assert ans is not None and ans.error is not None and [sql_rule(e) for e in ans.refused] == ["statement"]
+    assert shop.execute("SELECT count(*) FROM customers").rows[0][0] > 0
 
 
 def test_few_shot_examples_are_in_the_prompt_and_the_answer(engine, embedder, shop) -> None:  # noqa: ANN001
