@@ -73,5 +73,11 @@ api-release: $(TOOLS_STAMP)
 serve: $(STAMP)
 	$(BIN)/ragloom serve
 
+# deploy/ (Dockerfiles, Kubernetes manifests, Envoy and nginx configs), offline: Kubernetes schemas,
+# Envoy's API, `nginx -t` (installs nginx-light with apt-get when missing), Dockerfile syntax
+.PHONY: deploy-validate
+deploy-validate: $(STAMP)
+	bash deploy/validate.sh
+
 clean:
 	rm -rf $(VENV) .ragloom

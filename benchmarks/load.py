@@ -21,12 +21,19 @@ ragloom against its own capacity.
     python benchmarks/load.py                 # ~6 min on 2 cores
     python benchmarks/load.py --quick         # ~2 min smoke run
     python benchmarks/load.py --workloads search,execute_sql --factors 1,2
+    python benchmarks/load.py --replicas 2 --workloads search,ask   # through nginx over 2 replicas
+
+With --replicas N the load goes through nginx (deploy/nginx-proxy.sh) to N replicas sharing a
+throw-away PostgreSQL database and a Redis chunk-KV tier, as in tests/integration/test_replicas.py.
+On 2 cores, N replicas share the same CPUs: compare 1 and 2 replicas for what the proxy and the
+shared store cost, not for scaling (benchmarks/README.md models scaling to N machines).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -39,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,14 +115,14 @@ class Phase:
 
 @dataclass
 class Sampler:
-    pid: int
+    pids: list[int]  # the servers' processes: their resident memory together
     peak: float = 0.0
     samples: list[float] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
-        proc = psutil.Process(self.pid)
+        procs = [psutil.Process(pid) for pid in self.pids]
         while not stop.is_set():
-            rss = proc.memory_info().rss / 2**20
+            rss = sum(p.memory_info().rss for p in procs) / 2**20
             self.peak = max(self.peak, rss)
             self.samples.append(rss)
             try:
@@ -220,23 +227,24 @@ class Scrape:
     buckets: list[tuple[float, float]]  # (upper bound, cumulative count)
 
 
-def scrape(port: int, method: str) -> Scrape:
-    """The server's request counters and duration histogram of one method."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+def scrape(ports: list[int], method: str) -> Scrape:
+    """The servers' request counters and duration histogram of one method, added up."""
     statuses: Counter[str] = Counter()
-    seconds, buckets = 0.0, []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("method") != method:
-                continue
-            if sample.name == "ragloom_requests_total":
-                statuses[sample.labels["code"]] += int(sample.value)
-            elif sample.name == "ragloom_request_duration_seconds_sum":
-                seconds = sample.value
-            elif sample.name == "ragloom_request_duration_seconds_bucket":
-                buckets.append((float(sample.labels["le"]), sample.value))
-    return Scrape(statuses, seconds, sorted(buckets))
+    seconds, buckets = 0.0, Counter[float]()
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("method") != method:
+                    continue
+                if sample.name == "ragloom_requests_total":
+                    statuses[sample.labels["code"]] += int(sample.value)
+                elif sample.name == "ragloom_request_duration_seconds_sum":
+                    seconds += sample.value
+                elif sample.name == "ragloom_request_duration_seconds_bucket":
+                    buckets[float(sample.labels["le"])] += sample.value
+    return Scrape(statuses, seconds, sorted(buckets.items()))
 
 
 def server_side(before: Scrape, after: Scrape) -> tuple[dict[str, int], float | None, float | None]:
@@ -266,35 +274,90 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(data_dir: Path, max_queued: int, max_rpcs: int, metrics_port: int) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "RAGLOOM_MAX_CONCURRENT_RPCS": str(max_rpcs)}
+@dataclass
+class Deployment:
+    """Where the load goes (one server, or a proxy over replicas) and what to watch."""
+
+    address: str
+    pids: list[int]
+    metrics_ports: list[int]
+    alive: Callable[[], bool]
+    describe: str
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """The admission limits an operator sets (see the module's docstring)."""
+    return {"RAGLOOM_MAX_CONCURRENT_RPCS": str(args.max_rpcs), "RAGLOOM_MAX_QUEUED": str(args.max_queued),
+            "RAGLOOM_MAX_NUM_SEQS": str(args.max_num_seqs)}
+
+
+@contextlib.contextmanager
+def one_server(args: argparse.Namespace, data_dir: Path) -> Iterator[Deployment]:
+    """One `ragloom serve` on its own SQLite store, called directly."""
+    metrics_port = free_port()
     cmd = [sys.executable, "-m", "ragloom.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-           "--max-queued", str(max_queued), "--connector-root", str(data_dir), "--log-level", "WARNING",
-           "--metrics-port", str(metrics_port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+           "--connector-root", str(data_dir), "--log-level", "WARNING", "--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **server_env(args)})
     assert proc.stdout is not None
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"server exited with {proc.wait()} before serving")
-        if "serving" in line and " on " in line:
-            address = line.rsplit(" on ", 1)[1].strip()
-            # keep reading its output, so that it never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, address
-    raise SystemExit("server did not start within 300 s")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"server exited with {proc.wait()} before serving")
+            if "serving" in line and " on " in line:
+                address = line.rsplit(" on ", 1)[1].strip()
+                # keep reading its output, so that it never blocks on a full pipe
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                break
+        else:
+            raise SystemExit("server did not start within 300 s")
+        yield Deployment(address, [proc.pid], [metrics_port], lambda: proc.poll() is None, "one server, SQLite store")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
-async def run(args: argparse.Namespace, address: str, pid: int, metrics_port: int) -> list[Phase]:
+@contextlib.contextmanager
+def replicas_behind_proxy(args: argparse.Namespace, root: Path) -> Iterator[Deployment]:
+    """--replicas N: N `ragloom serve` sharing a throw-away PostgreSQL database and Redis prefix,
+    behind nginx (deploy/nginx-proxy.sh): the helpers of tests/integration/test_replicas.py."""
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from replicas import Proxy, Replica, nginx_available, shared_state, wait_serving
+
+    if (why := nginx_available()) is not None:
+        raise SystemExit(f"--replicas needs nginx: {why}")
+    with shared_state(root) as shared:
+        replicas = [Replica(f"r{i}", shared, env=server_env(args)) for i in range(args.replicas)]
+        proxy = Proxy([r.address for r in replicas], root / "nginx")
+        try:
+            for r in replicas:
+                r.start(wait=False)
+            for r in replicas:
+                wait_serving(r.address)
+            proxy.start()
+            alive = lambda: all(r.proc is not None and r.proc.poll() is None for r in replicas)  # noqa: E731
+            yield Deployment(proxy.address, [r.proc.pid for r in replicas if r.proc], [r.metrics_port for r in replicas],
+                             alive, f"{args.replicas} replica(s) over PostgreSQL + Redis behind nginx")
+        finally:
+            proxy.stop()
+            for r in replicas:
+                r.stop()
+
+
+async def run(args: argparse.Namespace, target: Deployment) -> list[Phase]:
     phases: list[Phase] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(target.address) as channel:
         table = calls(channel, args.deadline_s, args.max_tokens)
         for name in args.workloads:
             call = table[name]
             await closed_loop(call, 1, 2.0)  # warm-up
             stop = asyncio.Event()
-            sampler = Sampler(pid)
+            sampler = Sampler(target.pids)
             sampling = asyncio.create_task(sampler.run(stop))
             statuses, latencies, took = await closed_loop(call, args.workers, args.capacity_s)
             stop.set()
@@ -305,14 +368,14 @@ async def run(args: argparse.Namespace, address: str, pid: int, metrics_port: in
             print(f"{name}: capacity {capacity:.2f}/s with {args.workers} callers", flush=True)
             for k, factor in enumerate(args.factors):
                 stop = asyncio.Event()
-                sampler = Sampler(pid)
+                sampler = Sampler(target.pids)
                 sampling = asyncio.create_task(sampler.run(stop))
-                before = await asyncio.to_thread(scrape, metrics_port, METHODS[name])
+                before = await asyncio.to_thread(scrape, target.metrics_ports, METHODS[name])
                 statuses, latencies, took = await open_loop(call, factor * capacity, args.phase_s, seed=k)
                 stop.set()
                 await sampling
                 await asyncio.sleep(0.5)  # the interceptor counts a call just after its last message
-                after = await asyncio.to_thread(scrape, metrics_port, METHODS[name])
+                after = await asyncio.to_thread(scrape, target.metrics_ports, METHODS[name])
                 phases.append(Phase(name, factor, factor * capacity, took, dict(statuses), statuses["OK"] / took,
                                     _pct(latencies, 0.5), _pct(latencies, 0.99), sampler.peak,
                                     *server_side(before, after)))
@@ -356,6 +419,11 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24, help="generate/ask tokens per call")
     parser.add_argument("--max-queued", type=int, default=4, help="the server's engine waiting-queue bound")
     parser.add_argument("--max-rpcs", type=int, default=16, help="the server's max_concurrent_rpcs")
+    parser.add_argument("--max-num-seqs", type=int, default=4,
+                        help="the server's running-sequence bound (beyond it requests wait in the queue)")
+    parser.add_argument("--replicas", type=int, default=0,
+                        help="N > 0: N replicas over PostgreSQL and Redis behind nginx (deploy/nginx-proxy.sh); "
+                             "0: one server on SQLite, called directly")
     parser.add_argument("--docs", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS / "load-cpu.json")
@@ -367,24 +435,20 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="ragloom-load-"))
     shutil.copy(SHOP_DB, tmp / "shop.db")
-    metrics_port = free_port()
-    proc, address = start_server(tmp, args.max_queued, args.max_rpcs, metrics_port)
+    deploy = replicas_behind_proxy(args, tmp) if args.replicas else one_server(args, tmp)
     try:
-        with Client(address, timeout=600) as c:
-            c.create_collection("load")
-            c.upsert("load", documents(args.docs))
-            c.register_connector("shop", f"sqlite:///{tmp / 'shop.db'}")
-        rss_start = psutil.Process(proc.pid).memory_info().rss / 2**20
-        phases = asyncio.run(run(args, address, proc.pid, metrics_port))
-        alive = proc.poll() is None
-        with Client(address, timeout=30) as c:
-            c.search("load", "still serving", k=1)
+        with deploy as target:
+            print(f"load on {target.describe} at {target.address}", flush=True)
+            with Client(target.address, timeout=600) as c:
+                c.create_collection("load")
+                c.upsert("load", documents(args.docs))
+                c.register_connector("shop", f"sqlite:///{tmp / 'shop.db'}")
+            rss_start = sum(psutil.Process(pid).memory_info().rss for pid in target.pids) / 2**20
+            phases = asyncio.run(run(args, target))
+            alive = target.alive()
+            with Client(target.address, timeout=30) as c:
+                c.search("load", "still serving", k=1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n{'workload':<12} {'load':>5} {'offered/s':>9} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'srv p99':>8} "

@@ -1,8 +1,9 @@
 """Opening connectors by URL or path, and the named registrations the Tables service serves.
 
-Registrations (name -> URL, plus solved few-shot examples) persist in one JSON file. The URLs in
-it may hold passwords, so the file is private (0600) and written atomically: a crash never leaves
-half a file, and no reader sees one. Connectors are opened lazily on first use and kept open.
+Registrations (name -> URL, plus solved few-shot examples) persist through a backend: one JSON
+file in the data dir (JsonFileBackend, a single server), or the shared collection store
+(registry_store.py, replicas over PostgreSQL, URLs encrypted). Connectors are opened lazily on
+first use and kept open while their registration names the same URL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -27,7 +28,7 @@ from ragloom.connectors.guard import guard
 from ragloom.connectors.sandbox import ConnectorSandbox
 from ragloom.connectors.sql import SCHEMES, SqlConnector
 from ragloom.connectors.values import redact_url
-from ragloom.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from ragloom.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -118,139 +119,114 @@ class ConnectorInfo:
     examples: int  # solved few-shot examples registered with it
 
 
-class ConnectorRegistry:
-    """Named connectors; `path=None` keeps the registrations in memory only.
+@dataclass(frozen=True)
+class StoredConnector:
+    """One registration as a backend holds it."""
 
-    With a sandbox, every connector is opened through it: at registration, and again when a
-    saved registration is reopened after a restart. A registration the sandbox no longer allows
-    (the roots or hosts were narrowed) stays saved and listed, is logged once here, and each use
-    of it is refused with PermissionDenied naming the rule, until the operator widens the
-    sandbox again or someone removes it: silently dropping it would lose its examples.
-    """
+    name: str
+    url: str | None  # None: this process cannot read it (`problem` says why)
+    shown_url: str  # password redacted
+    dialect: str
+    examples: int
+    problem: str | None = None
 
-    def __init__(self, path: Path | None = None, sandbox: ConnectorSandbox | None = None) -> None:
+
+class RegistryBackend(Protocol):
+    """Where registrations live. Each call is one atomic step on one entry, so that several
+    processes can share a backend (registry_store.py); nothing is cached here."""
+
+    def entries(self) -> builtins.list[StoredConnector]:
+        """Every registration, sorted by name."""
+        ...
+
+    def entry(self, name: str) -> StoredConnector | None: ...
+
+    def check_url(self, name: str, url: str) -> None:
+        """Raise when `url` cannot be kept here (before anything is opened)."""
+        ...
+
+    def put(self, name: str, url: str, replace: bool) -> bool:
+        """Store name -> url, keeping its examples; False (and nothing changed) when it exists and
+        not replace."""
+        ...
+
+    def delete(self, name: str) -> bool: ...
+
+    def append_example(self, name: str, question: str, sql: str) -> bool:
+        """False when there is no such registration."""
+        ...
+
+    def examples(self, name: str) -> builtins.list[dict[str, str]] | None: ...
+
+    def describe(self) -> str: ...
+
+
+class JsonFileBackend:
+    """Registrations in one JSON file (or in memory only, path=None), as in every release so far.
+
+    The URLs in it may hold passwords, so the file is private (0600) and written atomically: a
+    crash never leaves half a file, and no reader sees one. One process owns the file: it is read
+    once, and the copy in memory is the truth while it runs."""
+
+    def __init__(self, path: Path | None) -> None:
         self.path = Path(path) if path is not None else None
-        self.sandbox = sandbox
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = self._read()
-        self._open: dict[str, Connector] = {}
-        for name, why in self.refused().items():
-            log.warning("connector %r is registered but not allowed by the sandbox (%s): its use is refused "
-                        "until the roots or hosts allow it, or it is removed", name, why)
 
-    def refused(self) -> dict[str, str]:
-        """Saved registrations the sandbox does not allow now, with the reason: checked without
-        connecting (a folder's files are checked when it is opened)."""
-        if self.sandbox is None:
-            return {}
-        out: dict[str, str] = {}
+    def entries(self) -> builtins.list[StoredConnector]:
         with self._lock:
-            entries = list(self._entries.items())
-        for name, entry in entries:
-            try:
-                _check_sandbox(entry["url"], self.sandbox)
-            except PermissionDenied as exc:
-                out[name] = str(exc)
-        return out
+            return [self._stored(name, e) for name, e in sorted(self._entries.items())]
 
-    def register(self, name: str, url: str, replace: bool = False) -> Connector:
-        """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it.
-        With replace, an existing registration's examples are kept."""
-        _check_name(name)
+    def entry(self, name: str) -> StoredConnector | None:
+        with self._lock:
+            e = self._entries.get(name)
+            return self._stored(name, e) if e is not None else None
+
+    def check_url(self, name: str, url: str) -> None:
+        return None  # the file is private: anything may be kept in it
+
+    def put(self, name: str, url: str, replace: bool) -> bool:
         with self._lock:
             if name in self._entries and not replace:
-                raise _exists(name)
-        try:
-            connector = open_connector(name, url, self.sandbox)  # outside the lock: connecting can take seconds
-        except InvalidArgument as exc:
-            if exc.reason == "CONNECTOR_URL_INVALID" and exc.field is None:
-                exc.field = "url"  # here the URL is the caller's request field (RegisterConnector)
-            raise
-        try:
-            connector.schema()
-        except Exception:
-            connector.close()
-            raise
-        with self._lock:
-            if name in self._entries and not replace:
-                connector.close()
-                raise _exists(name)
-            old = self._open.pop(name, None)
-            examples = self._entries.get(name, {}).get("examples", []) if replace else []
+                return False
+            examples = self._entries.get(name, {}).get("examples", [])
             self._entries[name] = {"url": url, "examples": examples}
-            self._open[name] = connector
             self._write()
-        if old is not None:
-            old.close()
-        return connector
+            return True
 
-    def get(self, name: str) -> Connector:
+    def delete(self, name: str) -> bool:
         with self._lock:
-            if name in self._open:
-                return self._open[name]
-            entry = self._entries.get(name)
-            if entry is None:
-                known = ", ".join(sorted(self._entries)) or "none"
-                raise _missing(name, f"; registered: {known}")
-            connector = open_connector(name, entry["url"], self.sandbox)
-            self._open[name] = connector
-            return connector
+            if self._entries.pop(name, None) is None:
+                return False
+            self._write()
+            return True
 
-    def list(self) -> list[ConnectorInfo]:
-        with self._lock:
-            return [
-                ConnectorInfo(name, redact_url(e["url"]), dialect_of(e["url"]), len(e.get("examples", [])))
-                for name, e in sorted(self._entries.items())
-            ]
-
-    def remove(self, name: str) -> None:
+    def append_example(self, name: str, question: str, sql: str) -> bool:
         with self._lock:
             if name not in self._entries:
-                raise _missing(name)
-            del self._entries[name]
-            connector = self._open.pop(name, None)
+                return False
+            self._entries[name].setdefault("examples", []).append({"question": question, "sql": sql})
             self._write()
-        if connector is not None:
-            connector.close()
+            return True
 
-    def add_example(self, name: str, question: str, sql: str) -> None:
-        """A solved example for few-shot prompts; its SQL must pass the guard on this connector."""
-        for field, text in (("question", question), ("sql", sql)):
-            if not text.strip():
-                raise InvalidArgument(f"an example needs both a question and its SQL: {field} is empty", field=field)
-        connector = self.get(name)
-        guard(sql, connector.dialect, connector.schema(), 1, getattr(connector, "qualifiers", None))
+    def examples(self, name: str) -> builtins.list[dict[str, str]] | None:
         with self._lock:
             if name not in self._entries:
-                raise _missing(name)
-            self._entries[name].setdefault("examples", []).append({"question": question.strip(), "sql": sql.strip()})
-            self._write()
-
-    def examples(self, name: str) -> builtins.list[dict[str, str]]:
-        with self._lock:
-            if name not in self._entries:
-                raise _missing(name)
+                return None
             return [dict(e) for e in self._entries[name].get("examples", [])]
 
-    def close(self) -> None:
-        with self._lock:
-            opened, self._open = list(self._open.values()), {}
-        for connector in opened:
-            connector.close()
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else "memory only"
 
-    # ---- persistence ----
+    @staticmethod
+    def _stored(name: str, entry: dict[str, Any]) -> StoredConnector:
+        url = entry["url"]
+        return StoredConnector(name, url, redact_url(url), dialect_of(url), len(entry.get("examples", [])))
 
     def _read(self) -> dict[str, dict[str, Any]]:
         if self.path is None or not self.path.exists():
             return {}
-        try:
-            data = json.loads(self.path.read_text())
-            entries = data["connectors"]
-            if not isinstance(entries, dict):
-                raise TypeError("connectors is not an object")
-        except (ValueError, KeyError, TypeError):
-            raise InvalidArgument(f"{self.path} is not a connector registry file") from None
-        return entries
+        return read_registry_file(self.path)
 
     def _write(self) -> None:
         """Write to a private temporary file beside the target, then rename over it (atomic)."""
@@ -269,6 +245,156 @@ class ConnectorRegistry:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def read_registry_file(path: Path) -> dict[str, dict[str, Any]]:
+    """A connectors.json file's registrations: {name: {"url": ..., "examples": [...]}}."""
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = data["connectors"]
+        if not isinstance(entries, dict):
+            raise TypeError("connectors is not an object")
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument(f"{path} is not a connector registry file") from None
+    return entries
+
+
+class ConnectorRegistry:
+    """Named connectors, kept by a backend: a JSON file (`path`; None keeps them in memory only),
+    or a store that several server replicas share (`backend=`, see registry_store.py).
+
+    Every call asks the backend afresh, so that what another replica registered, replaced or
+    removed counts here at once; a connector opened earlier is reused only while its
+    registration still names the URL it was opened with.
+
+    With a sandbox, every connector is opened through it: at registration, and again when a
+    saved registration is reopened after a restart. A registration the sandbox no longer allows
+    (the roots or hosts were narrowed) stays saved and listed, is logged once here, and each use
+    of it is refused with PermissionDenied naming the rule, until the operator widens the
+    sandbox again or someone removes it: silently dropping it would lose its examples.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        sandbox: ConnectorSandbox | None = None,
+        *,
+        backend: RegistryBackend | None = None,
+    ) -> None:
+        if backend is not None and path is not None:
+            raise ValueError("give a path or a backend, not both")
+        self.path = Path(path) if path is not None else None
+        self.sandbox = sandbox
+        self.backend: RegistryBackend = backend if backend is not None else JsonFileBackend(self.path)
+        self._lock = threading.RLock()
+        self._open: dict[str, tuple[str, Connector]] = {}  # name -> (the URL it was opened with, it)
+        for name, why in self.refused().items():
+            log.warning("connector %r is registered but not allowed by the sandbox (%s): its use is refused "
+                        "until the roots or hosts allow it, or it is removed", name, why)
+
+    def refused(self) -> dict[str, str]:
+        """Saved registrations the sandbox does not allow now, with the reason: checked without
+        connecting (a folder's files are checked when it is opened). Registrations this process
+        cannot read (a URL encrypted under another key) are not judged: their use fails anyway."""
+        if self.sandbox is None:
+            return {}
+        out: dict[str, str] = {}
+        for entry in self.backend.entries():
+            if entry.url is None:
+                continue
+            try:
+                _check_sandbox(entry.url, self.sandbox)
+            except PermissionDenied as exc:
+                out[entry.name] = str(exc)
+        return out
+
+    def register(self, name: str, url: str, replace: bool = False) -> Connector:
+        """Open `url`, read its schema (so a bad URL fails now, not at the first question), save it.
+        With replace, an existing registration's examples are kept."""
+        _check_name(name)
+        if not replace and self.backend.entry(name) is not None:
+            raise _exists(name)
+        self.backend.check_url(name, url)  # e.g. a password and no key to encrypt it: before connecting
+        try:
+            connector = open_connector(name, url, self.sandbox)  # outside the lock: connecting can take seconds
+        except InvalidArgument as exc:
+            if exc.reason == "CONNECTOR_URL_INVALID" and exc.field is None:
+                exc.field = "url"  # here the URL is the caller's request field (RegisterConnector)
+            raise
+        try:
+            connector.schema()
+            # the backend decides atomically: of two registering one name at once, one gets here
+            stored = self.backend.put(name, url, replace)
+        except BaseException:
+            connector.close()
+            raise
+        if not stored:
+            connector.close()
+            raise _exists(name)
+        with self._lock:
+            old = self._open.pop(name, None)
+            self._open[name] = (url, connector)
+        if old is not None:
+            old[1].close()
+        return connector
+
+    def get(self, name: str) -> Connector:
+        entry = self.backend.entry(name)
+        if entry is None:
+            self._forget(name)  # removed, maybe by another replica: its connections go too
+            known = ", ".join(e.name for e in self.backend.entries()) or "none"
+            raise _missing(name, f"; registered: {known}")
+        if entry.url is None:
+            raise FailedPrecondition(entry.problem or f"connector {name!r} cannot be read here",
+                                     metadata={"connector": name})
+        with self._lock:
+            held = self._open.get(name)
+            if held is not None and held[0] == entry.url:
+                return held[1]
+            # not open yet, or opened under a URL since replaced (by another replica, say)
+            connector = open_connector(name, entry.url, self.sandbox)
+            self._open[name] = (entry.url, connector)
+        if held is not None:
+            held[1].close()
+        return connector
+
+    def list(self) -> builtins.list[ConnectorInfo]:
+        return [ConnectorInfo(e.name, e.shown_url, e.dialect, e.examples) for e in self.backend.entries()]
+
+    def remove(self, name: str) -> None:
+        if not self.backend.delete(name):
+            self._forget(name)
+            raise _missing(name)
+        self._forget(name)
+
+    def add_example(self, name: str, question: str, sql: str) -> None:
+        """A solved example for few-shot prompts; its SQL must pass the guard on this connector."""
+        for field, text in (("question", question), ("sql", sql)):
+            if not text.strip():
+                raise InvalidArgument(f"an example needs both a question and its SQL: {field} is empty", field=field)
+        connector = self.get(name)
+        guard(sql, connector.dialect, connector.schema(), 1, getattr(connector, "qualifiers", None))
+        if not self.backend.append_example(name, question.strip(), sql.strip()):
+            raise _missing(name)
+
+    def examples(self, name: str) -> builtins.list[dict[str, str]]:
+        found = self.backend.examples(name)
+        if found is None:
+            raise _missing(name)
+        return found
+
+    def close(self) -> None:
+        """Close the open connectors; the backend stays as it is (a shared store is its owner's)."""
+        with self._lock:
+            opened, self._open = [c for _, c in self._open.values()], {}
+        for connector in opened:
+            connector.close()
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            held = self._open.pop(name, None)
+        if held is not None:
+            held[1].close()
 
 
 def _check_sandbox(url_or_path: str, sandbox: ConnectorSandbox) -> None:

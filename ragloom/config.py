@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -124,6 +124,11 @@ class Settings(EngineSettings):
     shutdown_grace_s: float = Field(5.0, ge=0)
     store_url: str | None = Field(
         None, description="SQLAlchemy URL for collections and documents; default: SQLite in data_dir"
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="encrypts the connector URLs (passwords) kept in a shared store (store_url set): a "
+        "Fernet key, or any passphrase (its SHA-256 becomes the key); every replica needs the same one. "
+        "Env RAGLOOM_SECRET_KEY or the config file; never a flag (command lines are visible to all users)",
     )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(

@@ -180,6 +180,19 @@ class CollectionManager:
         idx.save(row.version)
         return idx
 
+    def warm(self) -> int:
+        """Bring every collection's index up to the store's version (loaded, or rebuilt from the
+        stored vectors); how many collections there are. Searches check the version anyway, so
+        this only moves the catching up before a replica reports ready."""
+        with self.store.session() as s:
+            names = list(s.scalars(select(CollectionRow.name)).all())
+        for name in names:
+            with self._lock(name), self.store.session() as s:
+                row = s.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none()
+                if row is not None:  # else deleted meanwhile
+                    self._index(row)
+        return len(names)
+
     def rebuild_index(self, name: str) -> None:
         """Throw the index files away and rebuild them from the stored vectors."""
         with self._lock(name):

@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,18 @@ class RagloomServer:
         return self.api_keys.reload() if self.api_keys is not None else False
 
     async def start(self) -> None:
+        """Start serving; health says NOT_SERVING until every collection's index has caught up
+        with the store (a replica behind a load balancer gets traffic only once its searches
+        need no rebuild), then SERVING."""
+        for name in self.health_services:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.collections is not None:
+            started = time.monotonic()
+            warmed = await asyncio.to_thread(self.collections.warm)
+            if warmed:
+                log.info("indexes of %d collection(s) caught up with the store in %.1fs", warmed,
+                         time.monotonic() - started)
         for name in self.health_services:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -251,7 +263,14 @@ def build_server(
 
         sandbox = ConnectorSandbox.for_server(settings.data_dir, settings.connector_roots, settings.connector_hosts)
         log.info("connector sandbox: %s", sandbox.describe())
-        registry = ConnectorRegistry(Path(settings.data_dir) / "connectors.json", sandbox)
+        json_file = Path(settings.data_dir) / "connectors.json"
+        if settings.store_url:  # replicas share the store: the registry lives there, so all see one
+            from ragloom.connectors.registry_store import open_shared_registry
+
+            key = settings.secret_key.get_secret_value() if settings.secret_key is not None else None
+            registry = open_shared_registry(collections.store, sandbox, key, legacy_file=json_file)
+        else:
+            registry = ConnectorRegistry(json_file, sandbox)
         mgr = collections
         t2s = Text2Sql(engine.engine, embedder=lambda: mgr.embedder) if engine is not None else None
         tables_pb2_grpc.add_TablesServiceServicer_to_server(

@@ -129,6 +129,11 @@ def error_from_status(
             req = error_details_pb2.RequestInfo()
             packed.Unpack(req)
             request_id = req.request_id
+    if code == grpc.StatusCode.INTERNAL and details is None and "RST_STREAM" in message:
+        # a stream reset below gRPC, not a server's INTERNAL (ours always carries details): a
+        # proxy that lost its replica mid-call, or a dropped connection. Like UNAVAILABLE, the
+        # call may or may not have run: retry it when it is idempotent.
+        code = grpc.StatusCode.UNAVAILABLE
     cls = _ERRORS.get(code, e.RagloomError)
     refined = _BY_REASON.get(info.reason) if info is not None else None
     if refined is not None and grpc_code(refined("")) is code:

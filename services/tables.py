@@ -30,7 +30,14 @@ from ragloom.connectors.base import Connector, Rows, Schema
 from ragloom.connectors.grounding import ValueMatch
 from ragloom.connectors.text2sql import SqlAnswer, SqlTask, Text2Sql, Text2SqlOptions
 from ragloom.connectors.values import cell_value, type_kind
-from ragloom.errors import FailedPrecondition, ForbiddenQuery, InvalidArgument, RagloomError, SqlError
+from ragloom.errors import (
+    FailedPrecondition,
+    ForbiddenQuery,
+    InvalidArgument,
+    NotFound,
+    RagloomError,
+    SqlError,
+)
 from ragloom.generation.runner.engine import Request
 from ragloom.services._proto import tables_pb2 as pb
 from ragloom.services._proto import tables_pb2_grpc as pb_grpc
@@ -230,7 +237,11 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
             if not request.url.strip():
                 raise InvalidArgument("url is empty: give a database URL or a file/folder path", field="url")
             await asyncio.to_thread(self._registry.register, request.name, request.url, request.replace)
-            (info,) = await asyncio.to_thread(self._infos, request.name)
+            infos = await asyncio.to_thread(self._infos, request.name)
+            if not infos:  # a shared registry: another replica removed it in between
+                raise NotFound(f"connector {request.name!r} was removed right after it was registered",
+                               reason="CONNECTOR_NOT_FOUND", metadata={"connector": request.name})
+            info = infos[0]
             log.info("registered connector %r (%s, %d tables)", info.name, pb.SqlDialect.Name(info.dialect), info.tables)
             return pb.RegisterConnectorResponse(connector=info)
 
@@ -263,7 +274,8 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
                 await asyncio.to_thread(self._registry.add_example, request.connector, request.question, request.sql)
             except SqlError as exc:
                 raise _sql_field(exc) from None
-            return pb.AddExampleResponse(examples=len(self._registry.examples(request.connector)))
+            examples = await asyncio.to_thread(self._registry.examples, request.connector)  # a store query
+            return pb.AddExampleResponse(examples=len(examples))
 
         return await unary("AddExample", context, work, request.request_id)
 

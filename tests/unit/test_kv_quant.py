@@ -143,6 +143,9 @@ def test_in_place_decode_equals_gathered_attention_with_equalized_keys(
     from ragloom.generation.runner.model import attend, attend_runs
 
     monkeypatch.setattr(model, "INT_SCORES_MIN_TOKENS", int_scores_from)
+    # seeded: over random draws the query's int8 rounding puts the error above 2% about once in
+    # 25 (median 1%), which made this test fail by chance
+    torch.manual_seed(0)
     scale = torch.rand(LAYERS, HEADS, DIM) + 0.5
     kv = KVCache(LAYERS, 8, 4, HEADS, DIM, torch.float32, CPU, "int8", scale)
     table: list[int] = []

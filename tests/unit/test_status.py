@@ -158,6 +158,14 @@ def test_grpc_own_refusals_get_a_reason() -> None:
     assert (big.reason, big.retry_after_s) == ("REQUEST_TOO_LARGE", None)
 
 
+def test_a_stream_reset_below_grpc_is_unavailable() -> None:
+    # nginx resets the client's stream (HTTP/2 INTERNAL_ERROR) when its replica dies mid-call
+    reset = error_from_status(grpc.StatusCode.INTERNAL, "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))")
+    assert isinstance(reset, e.Unavailable) and reset.code == "UNAVAILABLE"
+    bug = error_from_status(grpc.StatusCode.INTERNAL, "internal error in Search; see server log")
+    assert type(bug) is e.RagloomError and bug.reason == "INTERNAL"
+
+
 def test_a_struct_json_cannot_hold_is_invalid_argument() -> None:
     """Found by the RPC fuzzer: a NaN in a Search filter failed in MessageToDict -> INTERNAL."""
     from google.protobuf import struct_pb2
