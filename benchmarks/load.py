@@ -111,6 +111,9 @@ class Phase:
     server_statuses: dict[str, int] = field(default_factory=dict)
     server_mean_ms: float | None = None
     server_p99_ms: float | None = None
+    # how late the load generator's own event loop ran (p99 of its 0.2 s wake-ups): when this is
+    # large, calls were late leaving the generator, and the callers' latencies include that
+    client_lag_p99_ms: float | None = None
 
 
 @dataclass
@@ -118,16 +121,20 @@ class Sampler:
     pids: list[int]  # the servers' processes: their resident memory together
     peak: float = 0.0
     samples: list[float] = field(default_factory=list)
+    lags_ms: list[float] = field(default_factory=list)  # this (client) loop's lateness per wake-up
 
     async def run(self, stop: asyncio.Event) -> None:
         procs = [psutil.Process(pid) for pid in self.pids]
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             rss = sum(p.memory_info().rss for p in procs) / 2**20
             self.peak = max(self.peak, rss)
             self.samples.append(rss)
+            due = loop.time() + 0.2
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except TimeoutError:
+                self.lags_ms.append(max(0.0, loop.time() - due) * 1000)
                 pass
 
 
@@ -287,8 +294,11 @@ class Deployment:
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     """The admission limits an operator sets (see the module's docstring)."""
-    return {"RAGLOOM_MAX_CONCURRENT_RPCS": str(args.max_rpcs), "RAGLOOM_MAX_QUEUED": str(args.max_queued),
-            "RAGLOOM_MAX_NUM_SEQS": str(args.max_num_seqs)}
+    env = {"RAGLOOM_MAX_CONCURRENT_RPCS": str(args.max_rpcs), "RAGLOOM_MAX_QUEUED": str(args.max_queued),
+           "RAGLOOM_MAX_NUM_SEQS": str(args.max_num_seqs)}
+    if args.max_loop_lag_s:
+        env["RAGLOOM_MAX_LOOP_LAG_S"] = str(args.max_loop_lag_s)
+    return env
 
 
 @contextlib.contextmanager
@@ -378,9 +388,10 @@ async def run(args: argparse.Namespace, target: Deployment) -> list[Phase]:
                 after = await asyncio.to_thread(scrape, target.metrics_ports, METHODS[name])
                 phases.append(Phase(name, factor, factor * capacity, took, dict(statuses), statuses["OK"] / took,
                                     _pct(latencies, 0.5), _pct(latencies, 0.99), sampler.peak,
-                                    *server_side(before, after)))
+                                    *server_side(before, after), _pct(sampler.lags_ms, 0.99)))
                 print(f"  {factor:g}x: {dict(statuses)} p99 {phases[-1].p99_ms}; server: {phases[-1].server_statuses}"
-                      f" p99 {phases[-1].server_p99_ms}", flush=True)
+                      f" p99 {phases[-1].server_p99_ms}; generator loop lag p99 {phases[-1].client_lag_p99_ms}",
+                      flush=True)
     return phases
 
 
@@ -421,6 +432,8 @@ def main() -> int:
     parser.add_argument("--max-rpcs", type=int, default=16, help="the server's max_concurrent_rpcs")
     parser.add_argument("--max-num-seqs", type=int, default=4,
                         help="the server's running-sequence bound (beyond it requests wait in the queue)")
+    parser.add_argument("--max-loop-lag-s", type=float, default=0.0,
+                        help="the server's --max-loop-lag-s (0: off): shed calls while its event loop runs late")
     parser.add_argument("--replicas", type=int, default=0,
                         help="N > 0: N replicas over PostgreSQL and Redis behind nginx (deploy/nginx-proxy.sh); "
                              "0: one server on SQLite, called directly")

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt (default: the model's context)")
     serve.add_argument(
+        "--max-loop-lag-s", type=float, metavar="S",
+        help="shed new calls (RESOURCE_EXHAUSTED) while the event loop runs more than S seconds late (default: off)",
+    )
+    serve.add_argument(
         "--chunk-kv-redis-url",
         metavar="URL",
         help="redis://host:port/db: share chunk KV for `ask` between replicas (default: memory and disk only)",
@@ -465,6 +469,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         metrics_port=args.metrics_port,
         max_queued=args.max_queued,
+        max_loop_lag_s=args.max_loop_lag_s,
         max_prompt_tokens=args.max_prompt_tokens,
         connector_roots=args.connector_root,
         connector_hosts=args.connector_host,

@@ -120,6 +120,10 @@ class Settings(EngineSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     max_concurrent_rpcs: int = Field(64, ge=1, description="beyond this, callers get RESOURCE_EXHAUSTED")
+    max_loop_lag_s: float | None = Field(
+        None, gt=0, description="while the server's event loop runs more than this many seconds late, new calls "
+        "get RESOURCE_EXHAUSTED (OVERLOADED) at once instead of waiting in gRPC's queue; None = off",
+    )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(5.0, ge=0)
     store_url: str | None = Field(

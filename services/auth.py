@@ -264,7 +264,7 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-def _refusing(handler: grpc.RpcMethodHandler, exc: Exception, method: str) -> grpc.RpcMethodHandler:
+def refusing(handler: grpc.RpcMethodHandler, exc: Exception, method: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that ends the call with exc's status."""
     failure = failure_status(exc, method.rsplit("/", 1)[-1])
 
@@ -339,13 +339,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rpc = method.rsplit("/", 1)[-1]
         if key is None:
             what = "no API key" if token is None else "an unknown API key"
-            return _refusing(handler, Unauthenticated(
+            return refusing(handler, Unauthenticated(
                 f"{rpc} needs an API key, and the call has {what}: send it as "
                 "`authorization: Bearer <key>` metadata (the SDK's api_key=, RAGLOOM_API_KEY, the CLI's --api-key)"
             ), method)
         scope = METHOD_SCOPES.get(method, "admin")
         if scope != ANY_KEY and scope not in key.scopes:
-            return _refusing(handler, ScopeMissing(
+            return refusing(handler, ScopeMissing(
                 f"{rpc} needs the {scope!r} scope, which API key {key.name!r} lacks "
                 f"(it has: {', '.join(sorted(key.scopes)) or 'none'})",
                 metadata={"scope": scope, "key": key.name},
@@ -353,7 +353,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rate = key.rate_per_s if key.rate_per_s is not None else self.rate_per_s
         wait = self.limits.check(key.name, rate, key.burst if key.burst is not None else self.burst)
         if wait > 0:
-            return _refusing(handler, ResourceExhausted(
+            return refusing(handler, ResourceExhausted(
                 f"API key {key.name!r} is over its rate limit of {rate:g} calls/s; retry in {wait:.2f} s",
                 reason="RATE_LIMITED", retry_after_s=wait, metadata={"key": key.name},
             ), method)

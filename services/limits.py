@@ -4,14 +4,23 @@ servicer. A key's own `rate_per_s`/`burst` in the key file win over the server's
 (--rate-limit-per-s, --rate-limit-burst); no rate means no limit. Without API keys there are no
 identities to limit: the engine's bounded queue (--max-queued) and gRPC's max_concurrent_rpcs
 bound the load instead.
+
+Load shedding on the event loop's lateness (LoopLag, ShedWhenLate; --max-loop-lag-s, off by
+default): the one bound that sees calls still waiting in gRPC's queue for the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import grpc
+
+from ragloom.errors import ResourceExhausted
 
 
 @dataclass
@@ -56,3 +65,58 @@ class RateLimits:
             if bucket is None or bucket.rate != rate or bucket.burst != size:
                 bucket = self._buckets[name] = TokenBucket(rate, size, stamp=now)
             return bucket.take(now)
+
+
+class LoopLag:
+    """How late the server's event loop runs a timer: how long a call that reaches Python now has
+    waited behind the work already queued there. gRPC's max_concurrent_rpcs only counts calls
+    that have reached Python, so on a saturated loop new calls wait in gRPC's own queue, unseen
+    by any limit; this is the signal to shed them (ShedWhenLate)."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.lag_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ragloom-loop-lag")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.lag_s = max(0.0, loop.time() - due)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class ShedWhenLate(grpc.aio.ServerInterceptor):
+    """Refuses ragloom.v1 calls with RESOURCE_EXHAUSTED (OVERLOADED, with a retry delay) while the
+    event loop runs more than max_lag_s late (--max-loop-lag-s): a refusal costs the loop far less
+    than a call, so the loop catches up and the calls it admits wait at most about max_lag_s
+    before their handler starts. Health checks always pass."""
+
+    def __init__(self, lag: LoopLag, max_lag_s: float, prefix: str = "/ragloom.") -> None:
+        self._lag, self._max, self._prefix = lag, max_lag_s, prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        lag = self._lag.lag_s
+        if handler is None or lag <= self._max or not method.startswith(self._prefix):
+            return handler
+        from ragloom.services.auth import refusing  # auth imports this module
+
+        return refusing(handler, ResourceExhausted(
+            f"the server is overloaded: its event loop runs {lag * 1000:.0f} ms late "
+            f"(max_loop_lag_s {self._max:g}); retry later",
+            reason="OVERLOADED", metadata={"loop_lag_ms": f"{lag * 1000:.0f}"}, retry_after_s=max(0.5, 2 * lag),
+        ), method)

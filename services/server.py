@@ -33,6 +33,7 @@ from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval
 from ragloom.services.decoding import DecodeRequests
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
+from ragloom.services.limits import LoopLag, ShedWhenLate
 from ragloom.services.metrics import Metrics, MetricsInterceptor
 from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
 from ragloom.services.rag import RagServicer
@@ -115,6 +116,7 @@ class RagloomServer:
     tls: bool = False  # served over TLS (mTLS when settings.tls_client_ca is set)
     metrics: Metrics | None = None  # this server's Prometheus registry (services/metrics.py)
     metrics_port: int | None = None  # where it is served over HTTP, when --metrics-port is set
+    loop_lag: LoopLag | None = None  # the event loop's lateness, watched for --max-loop-lag-s
 
     @property
     def address(self) -> str:
@@ -131,6 +133,8 @@ class RagloomServer:
         for name in self.health_services:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
         if self.collections is not None:
             started = time.monotonic()
             warmed = await asyncio.to_thread(self.collections.warm)
@@ -148,6 +152,8 @@ class RagloomServer:
         if cancelled := deadline.cancel_all("the server is shutting down"):
             log.info("stopped %d constraint compile(s) in progress", cancelled)
         await self.server.stop(grace)
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         if self.metrics is not None:
             self.metrics.close()
         if self.rag is not None:
@@ -213,6 +219,7 @@ def build_server(
     credentials = auth.server_credentials(settings)
     api_keys = auth.ApiKeys(settings.api_keys) if settings.api_keys is not None else None
     metrics = Metrics()
+    loop_lag = LoopLag() if settings.max_loop_lag_s is not None else None
     server = grpc.aio.server(
         options=server_options(settings),
         # beyond this, gRPC itself answers RESOURCE_EXHAUSTED (health checks count too)
@@ -220,8 +227,11 @@ def build_server(
         # DecodeRequests: undecodable requests get INVALID_ARGUMENT, not grpc.aio's UNKNOWN
         # AuthInterceptor: after metrics (refused calls are counted), before decoding (an unknown
         # caller's bytes are not parsed)
-        interceptors=[MetricsInterceptor(metrics), *([auth.AuthInterceptor(
-            api_keys, settings.rate_limit_per_s, settings.rate_limit_burst)] if api_keys else []),
+        # ShedWhenLate: first after metrics, so that a shed call costs the loop as little as can be
+        interceptors=[MetricsInterceptor(metrics),
+                      *([ShedWhenLate(loop_lag, settings.max_loop_lag_s)] if loop_lag and settings.max_loop_lag_s else []),
+                      *([auth.AuthInterceptor(api_keys, settings.rate_limit_per_s, settings.rate_limit_burst)]
+                        if api_keys else []),
                       DecodeRequests()],
     )
     services: list[str] = []
@@ -323,6 +333,7 @@ def build_server(
         registry=registry,
         metrics=metrics,
         metrics_port=metrics_port,
+        loop_lag=loop_lag,
         api_keys=api_keys,
         tls=credentials is not None,
     )
