@@ -291,15 +291,15 @@ class TablesServicer(pb_grpc.TablesServiceServicer):
             with self._sql_errors():
                 rows = await asyncio.to_thread(conn.open, request.sql, max_rows, timeout_s)
             try:
-                with self._sql_errors():  # PostgreSQL and unbuffered MySQL run the statement as rows are fetched
-                    first = await asyncio.to_thread(rows.fetch, batch)
                 encoder = RowEncoder(len(rows.columns))
-                head = encoder.encode(first)
+                with self._sql_errors():  # PostgreSQL and unbuffered MySQL run the statement as rows are fetched
+                    head = await asyncio.to_thread(lambda: encoder.encode(rows.fetch(batch)))
                 yield pb.ExecuteSqlResponse(header=pb.QueryHeader(
                     sql=rows.sql, columns=header_columns(rows.columns, rows.column_types, encoder.kinds()),
                     tables=rows.tables, request_id=rid))
-                async for b in self._stream(rows, head, encoder, batch):
-                    yield pb.ExecuteSqlResponse(rows=b)
+                with self._sql_errors():  # a later read can fail too (or meet the time limit)
+                    async for b in self._stream(rows, head, encoder, batch):
+                        yield pb.ExecuteSqlResponse(rows=b)
             finally:
                 _close_later(rows)
             log.info("ExecuteSql %s on %r: %d rows%s", rid, request.connector, rows.count, " (truncated)" if rows.truncated else "")
