@@ -3,7 +3,8 @@
 2x each workload's measured capacity (issue 21, deliverable 6).
 
 The server runs as a subprocess on the bundled model with the admission limits an operator would
-set for it (--max-queued for the engine's waiting queue, max_concurrent_rpcs for gRPC), a
+set for it (--max-queued for the engine's waiting queue, max_concurrent_rpcs for gRPC,
+--max-sql-running and --max-sql-queued for ExecuteSql), a
 collection of real text and the bundled SQLite shop database. Per workload:
 
 1. capacity: a closed loop of --workers concurrent callers for --capacity-s seconds; completed
@@ -295,7 +296,8 @@ class Deployment:
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     """The admission limits an operator sets (see the module's docstring)."""
     env = {"RAGLOOM_MAX_CONCURRENT_RPCS": str(args.max_rpcs), "RAGLOOM_MAX_QUEUED": str(args.max_queued),
-           "RAGLOOM_MAX_NUM_SEQS": str(args.max_num_seqs)}
+           "RAGLOOM_MAX_NUM_SEQS": str(args.max_num_seqs), "RAGLOOM_MAX_SQL_RUNNING": str(args.max_sql_running),
+           "RAGLOOM_MAX_SQL_QUEUED": str(args.max_sql_queued)}
     if args.max_loop_lag_s:
         env["RAGLOOM_MAX_LOOP_LAG_S"] = str(args.max_loop_lag_s)
     return env
@@ -432,6 +434,8 @@ def main() -> int:
     parser.add_argument("--max-rpcs", type=int, default=16, help="the server's max_concurrent_rpcs")
     parser.add_argument("--max-num-seqs", type=int, default=4,
                         help="the server's running-sequence bound (beyond it requests wait in the queue)")
+    parser.add_argument("--max-sql-running", type=int, default=2, help="the server's ExecuteSql running slots")
+    parser.add_argument("--max-sql-queued", type=int, default=8, help="the server's ExecuteSql waiting calls")
     parser.add_argument("--max-loop-lag-s", type=float, default=0.0,
                         help="the server's --max-loop-lag-s (0: off): shed calls while its event loop runs late")
     parser.add_argument("--replicas", type=int, default=0,

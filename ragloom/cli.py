@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt (default: the model's context)")
     serve.add_argument(
+        "--max-sql-running", type=int, metavar="N",
+        help="ExecuteSql statements running at once (default 4; about the server's cores)",
+    )
+    serve.add_argument(
+        "--max-sql-queued", type=int, metavar="N",
+        help="ExecuteSql calls waiting for a running slot before new ones get RESOURCE_EXHAUSTED (default 32)",
+    )
+    serve.add_argument(
         "--max-loop-lag-s", type=float, metavar="S",
         help="shed new calls (RESOURCE_EXHAUSTED) while the event loop runs more than S seconds late (default: off)",
     )
@@ -470,6 +478,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         max_queued=args.max_queued,
         max_loop_lag_s=args.max_loop_lag_s,
+        max_sql_running=args.max_sql_running,
+        max_sql_queued=args.max_sql_queued,
         max_prompt_tokens=args.max_prompt_tokens,
         connector_roots=args.connector_root,
         connector_hosts=args.connector_host,

@@ -124,6 +124,14 @@ class Settings(EngineSettings):
         None, gt=0, description="while the server's event loop runs more than this many seconds late, new calls "
         "get RESOURCE_EXHAUSTED (OVERLOADED) at once instead of waiting in gRPC's queue; None = off",
     )
+    max_sql_running: int = Field(
+        4, ge=1, description="ExecuteSql statements running at once; the guard's parse, the reads and the row "
+        "encoding share the server's interpreter with its event loop, so more than the cores only queues",
+    )
+    max_sql_queued: int = Field(
+        32, ge=0, description="ExecuteSql calls waiting for a running slot; beyond this, RESOURCE_EXHAUSTED "
+        "(OVERLOADED) with a retry delay, before the request is decoded",
+    )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(5.0, ge=0)
     store_url: str | None = Field(

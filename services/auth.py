@@ -21,7 +21,6 @@ import contextlib
 import contextvars
 import hashlib
 import hmac
-import inspect
 import ipaddress
 import json
 import logging
@@ -38,8 +37,8 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ragloom.errors import InvalidArgument, ResourceExhausted, ScopeMissing, Unauthenticated
+from ragloom.services.handlers import behaviour, rebuild, refusing, responses
 from ragloom.services.limits import RateLimits
-from ragloom.services.status import failure_status
 
 if TYPE_CHECKING:
     from ragloom.config import Settings
@@ -264,24 +263,10 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-def refusing(handler: grpc.RpcMethodHandler, exc: Exception, method: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends the call with exc's status."""
-    failure = failure_status(exc, method.rsplit("/", 1)[-1])
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(*failure)
-
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(*failure)
-        yield  # pragma: no cover  (abort raises; this makes the function an async generator)
-
-    return _rebuild(handler, unary, stream)
-
-
 def _as_key(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
     """`handler`, run with current_key() = name. The variable is set inside the call's own task
     (grpc.aio runs each call in one), so it needs no reset and no other call sees it."""
-    inner = _behaviour(handler)
+    inner = behaviour(handler)
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _current_key.set(name)
@@ -289,32 +274,10 @@ def _as_key(handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _current_key.set(name)
-        result = inner(request, context)
-        if inspect.isasyncgen(result):
-            async for message in result:
-                yield message
-        else:  # a handler that writes with context.write and returns
-            await result
+        async for message in responses(handler, request, context):
+            yield message
 
-    return _rebuild(handler, unary, stream)
-
-
-def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return (handler.unary_unary or handler.unary_stream or handler.stream_unary  # type: ignore[no-any-return]
-            or handler.stream_stream)
-
-
-def _rebuild(handler: grpc.RpcMethodHandler, unary: Callable[..., Awaitable[Any]],
-             stream: Callable[..., AsyncIterator[Any]]) -> grpc.RpcMethodHandler:
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+    return rebuild(handler, unary, stream)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -5,22 +5,33 @@ servicer. A key's own `rate_per_s`/`burst` in the key file win over the server's
 identities to limit: the engine's bounded queue (--max-queued) and gRPC's max_concurrent_rpcs
 bound the load instead.
 
+Bounded admission of one kind of call (Gate, AdmitCalls): ExecuteSql runs at most
+--max-sql-running statements at once with --max-sql-queued more waiting; a call beyond that is
+refused before its request is decoded. The bound is about the server's own process, not the
+database: every statement's guard (a sqlglot parse), its reads and its row encoding take turns
+with the event loop on one interpreter lock, and with more statements running at once than
+cores, the loop falls behind on accepting new calls. Those wait in gRPC's own queue, where no
+limit sees them, and their callers' latency grows without bound (benchmarks/README.md, load).
+
 Load shedding on the event loop's lateness (LoopLag, ShedWhenLate; --max-loop-lag-s, off by
-default): the one bound that sees calls still waiting in gRPC's queue for the loop.
+default): the other bound that sees calls still waiting in gRPC's queue for the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from ragloom.errors import ResourceExhausted
+from ragloom.services.handlers import behaviour, rebuild, refusing, responses
 
 
 @dataclass
@@ -113,10 +124,93 @@ class ShedWhenLate(grpc.aio.ServerInterceptor):
         lag = self._lag.lag_s
         if handler is None or lag <= self._max or not method.startswith(self._prefix):
             return handler
-        from ragloom.services.auth import refusing  # auth imports this module
-
         return refusing(handler, ResourceExhausted(
             f"the server is overloaded: its event loop runs {lag * 1000:.0f} ms late "
             f"(max_loop_lag_s {self._max:g}); retry later",
             reason="OVERLOADED", metadata={"loop_lag_ms": f"{lag * 1000:.0f}"}, retry_after_s=max(0.5, 2 * lag),
         ), method)
+
+
+class Gate:
+    """At most `running` calls inside at once and `queued` more waiting their turn (first come,
+    first served); a call that finds both full is refused. `hold_s` is a moving average of how
+    long a call stays inside, for the refusal's retry delay. `limits` names the settings, for
+    the refusal's message."""
+
+    def __init__(self, running: int, queued: int, limits: str = "") -> None:
+        if running < 1 or queued < 0:
+            raise ValueError(f"a gate needs running >= 1 and queued >= 0, not {running} and {queued}")
+        self.running, self.queued, self.limits = running, queued, limits
+        self.inside = 0
+        self.waiting = 0
+        self.hold_s = 0.0
+        self._slots: asyncio.Semaphore | None = None  # made on the serving loop, at first use
+
+    def full(self) -> bool:
+        return self.inside >= self.running and self.waiting >= self.queued
+
+    def retry_after_s(self) -> float:
+        """About when the calls ahead of a new one will have gone through."""
+        return min(10.0, max(0.05, self.hold_s * (self.waiting + self.inside) / self.running))
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.running)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()  # a caller that goes away while waiting takes no slot
+        finally:
+            self.waiting -= 1
+        self.inside += 1
+        entered = time.monotonic()
+        try:
+            yield
+        finally:
+            self.inside -= 1
+            self._slots.release()
+            self.hold_s += 0.1 * (time.monotonic() - entered - self.hold_s)
+
+
+class AdmitCalls(grpc.aio.ServerInterceptor):
+    """Runs each method that has a Gate through it: a call that finds the gate full gets
+    RESOURCE_EXHAUSTED (OVERLOADED, with a retry delay) before its request is decoded; the
+    others wait for a slot, in order, and hold it until their last response is sent."""
+
+    def __init__(self, gates: dict[str, Gate]) -> None:
+        self.gates = gates
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        gate = self.gates.get(method)
+        if handler is None or gate is None:
+            return handler
+        if gate.full():
+            name = method.rsplit("/", 1)[-1]
+            return refusing(handler, ResourceExhausted(
+                f"the server is busy: {gate.inside} {name} calls running and {gate.waiting} waiting, as many "
+                f"as it allows ({gate.limits or 'its limits'}); retry later",
+                reason="OVERLOADED", metadata={"running": str(gate.inside), "waiting": str(gate.waiting)},
+                retry_after_s=gate.retry_after_s(),
+            ), method)
+        return _through(handler, gate)
+
+
+def _through(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
+    inner = behaviour(handler)
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with gate.slot():
+            return await inner(request, context)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with gate.slot():
+            async for message in responses(handler, request, context):
+                yield message
+
+    return rebuild(handler, unary, stream)

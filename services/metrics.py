@@ -11,7 +11,9 @@ process; the global registry would mix them). What is counted where:
 - queue depth, running sequences, KV blocks, prefix-cache tokens and chunk-KV tier hits: read
   at scrape time from `AsyncEngine.loads()` and the chunk-KV store's stats() (cheap counters under
   a lock), so they cost nothing between scrapes;
-- search latency, SQL refusals by rule and constraint compile time: observed by the servicers.
+- search latency, SQL refusals by rule and constraint compile time: observed by the servicers;
+- calls running and waiting at a method's admission gate (ExecuteSql's --max-sql-running and
+  --max-sql-queued): read at scrape time from the gates.
 
 The exposition is served by prometheus_client's own HTTP server on a daemon thread, bound to the
 gRPC host (the same interface the operator chose to expose).
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from ragloom.generation.runner.async_engine import AsyncEngine
+    from ragloom.services.limits import Gate
 
 # latency buckets: a token is milliseconds, a first token or a search tens to hundreds of them
 _TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -113,6 +116,9 @@ class Metrics:
 
     def watch_chunk_store(self, stats: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_ChunkKVCollector(stats))
+
+    def watch_gates(self, gates: dict[str, Gate]) -> None:
+        self.registry.register(_GateCollector(gates))
 
     def count_refusal(self, exc: ForbiddenQuery) -> None:
         self.sql_refusals.labels(sql_rule(exc)).inc()
@@ -197,6 +203,22 @@ class _ChunkKVCollector(Collector):
             misses.add_metric([name, kind], float(tier.get("misses", 0)))
         yield hits
         yield misses
+
+
+class _GateCollector(Collector):
+    """Calls inside and waiting at each method's admission gate (services/limits.py)."""
+
+    def __init__(self, gates: dict[str, Gate]) -> None:
+        self._gates = gates
+
+    def collect(self) -> Iterable[Metric]:
+        calls = GaugeMetricFamily("ragloom_admitted_calls", "calls running or waiting at a method's admission gate",
+                                  labels=["method", "state"])
+        for path, gate in self._gates.items():
+            method = path.rsplit("/", 1)[-1]
+            calls.add_metric([method, "running"], float(gate.inside))
+            calls.add_metric([method, "waiting"], float(gate.waiting))
+        yield calls
 
 
 # -- requests by RPC and status: a server interceptor ----------------------------------------

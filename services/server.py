@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from ragloom.services._proto import generation_pb2_grpc, rag_pb2_grpc, retrieval
 from ragloom.services.decoding import DecodeRequests
 from ragloom.services.generation import SERVICE_NAME as GENERATION_SERVICE
 from ragloom.services.generation import GenerationServicer
-from ragloom.services.limits import LoopLag, ShedWhenLate
+from ragloom.services.limits import AdmitCalls, Gate, LoopLag, ShedWhenLate
 from ragloom.services.metrics import Metrics, MetricsInterceptor
 from ragloom.services.rag import SERVICE_NAME as RAG_SERVICE
 from ragloom.services.rag import RagServicer
@@ -117,6 +118,7 @@ class RagloomServer:
     metrics: Metrics | None = None  # this server's Prometheus registry (services/metrics.py)
     metrics_port: int | None = None  # where it is served over HTTP, when --metrics-port is set
     loop_lag: LoopLag | None = None  # the event loop's lateness, watched for --max-loop-lag-s
+    gates: dict[str, Gate] = field(default_factory=dict)  # admission of a method's calls, by method path
 
     @property
     def address(self) -> str:
@@ -220,6 +222,9 @@ def build_server(
     api_keys = auth.ApiKeys(settings.api_keys) if settings.api_keys is not None else None
     metrics = Metrics()
     loop_lag = LoopLag() if settings.max_loop_lag_s is not None else None
+    gates = {"/ragloom.v1.TablesService/ExecuteSql": Gate(
+        settings.max_sql_running, settings.max_sql_queued, "--max-sql-running, --max-sql-queued")}
+    metrics.watch_gates(gates)
     server = grpc.aio.server(
         options=server_options(settings),
         # beyond this, gRPC itself answers RESOURCE_EXHAUSTED (health checks count too)
@@ -228,10 +233,12 @@ def build_server(
         # AuthInterceptor: after metrics (refused calls are counted), before decoding (an unknown
         # caller's bytes are not parsed)
         # ShedWhenLate: first after metrics, so that a shed call costs the loop as little as can be
+        # AdmitCalls: after auth (an unknown caller takes no slot), before decoding (a refusal is cheap)
         interceptors=[MetricsInterceptor(metrics),
                       *([ShedWhenLate(loop_lag, settings.max_loop_lag_s)] if loop_lag and settings.max_loop_lag_s else []),
                       *([auth.AuthInterceptor(api_keys, settings.rate_limit_per_s, settings.rate_limit_burst)]
                         if api_keys else []),
+                      AdmitCalls(gates),
                       DecodeRequests()],
     )
     services: list[str] = []
@@ -334,6 +341,7 @@ def build_server(
         metrics=metrics,
         metrics_port=metrics_port,
         loop_lag=loop_lag,
+        gates=gates,
         api_keys=api_keys,
         tls=credentials is not None,
     )
@@ -370,6 +378,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         # opens the store and indexes; the embedding model itself loads on first use
         collections = await asyncio.to_thread(CollectionManager, settings.data_dir, settings.store_url)
         srv = await start_server(settings, engine, collections=collections)
+        # Everything loaded so far (weights' Python wrappers, tokenizer tables, sqlglot, the
+        # indexes' metadata) lives as long as the server: out of the collector's sight, a full
+        # collection under load took ~55 ms instead of 0.22-0.37 s here (vLLM's API server does
+        # the same).
+        gc.collect()
+        gc.freeze()
         log.info(
             "serving %s on %s (max_concurrent_rpcs=%d, max_message_bytes=%d)",
             llm.model_id,
