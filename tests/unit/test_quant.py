@@ -4,6 +4,7 @@ device, the model on packed weights, the --weights setting and the packed cache.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,19 @@ def test_cpu_dispatch():
     assert quant.choose_kernel("int4", CPU, 960, 576) == Kernel("int4-cpu", torch.bfloat16)
     assert quant.choose_kernel("int8", CPU, 960, 576) == Kernel("int8-cpu", torch.bfloat16)
     assert quant.choose_kernel("float32", CPU, 960, 576) == Kernel("dense", torch.float32)
+
+
+def test_dense_prefill_is_bf16_only_where_the_cpu_has_native_bf16():
+    """oneDNN's own probe says yes on plain AVX-512, where bf16 is emulated and a prefill-sized
+    matmul is 4x slower than float32: the dense path must follow the CPU's flags instead."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(cpuinfo.read_text().split())
+    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    quant.cpu_bf16_supported.cache_clear()
+    assert quant.cpu_bf16_supported() == native
+    assert quant.dense_dtype() == (torch.bfloat16 if native else torch.float32)
 
 
 @pytest.mark.parametrize("fmt", ["int4", "int8"])
