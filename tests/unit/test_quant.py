@@ -183,7 +183,7 @@ def test_dense_prefill_is_bf16_only_where_the_cpu_has_native_bf16():
 
 
 @pytest.mark.parametrize("fmt", ["int4", "int8"])
-def test_large_batches_run_dense_on_the_dequantized_weight(fmt):
+def test_large_batches_run_dense_on_the_dequantized_weight(fmt, monkeypatch):
     """From DENSE_ROWS rows on, a CPU int linear runs F.linear on its dequantized weight (the int
     kernels lose to a dense matmul at prefill sizes); both paths compute the same product."""
     src = synthetic(T.Q4_K, 96, 512)
@@ -200,6 +200,13 @@ def test_large_batches_run_dense_on_the_dequantized_weight(fmt):
     exact = rows @ w.T
     assert (dense - exact).abs().max() <= 1e-2 * exact.abs().max()  # float32 here, bf16 on bf16 CPUs
     assert (per_row - exact).abs().max() <= 2e-2 * exact.abs().max()
+    # Row blocks of the weight (96 rows in blocks of 16, or of 40 with a shorter last one) and the
+    # whole weight at once give the same product, in float32 to float32 rounding.
+    for block, n_rows in ((16 * 512, quant.DENSE_ROWS), (40 * 512, quant.DENSE_ROWS), (16 * 512, quant.BLOCKED_ROWS_MAX)):
+        monkeypatch.setattr(quant, "DEQUANT_BLOCK", block)
+        x = torch.randn(n_rows, 512)
+        assert torch.allclose(lin.dense_matmul(x, torch.float32), x @ w.T, rtol=1e-4, atol=1e-4)
+    assert torch.equal(lin.dequantized(torch.float32, 10, 40), w[10:40])
 
 
 # ---- the model on packed weights (a tiny synthetic model with a Q4_K_M-like mix) -----------------
