@@ -25,8 +25,9 @@ an AVX-512-bf16 CPU (3-8x at batch 1) and on an AVX2 CPU without native bf16 (1.
 Large batches (prefill) are another matter: there the int kernels lose to a dense matmul (2x on
 AVX2 at 128+ rows, 1.6x on AVX-512 bf16 for a 1,500-token prompt), so on CPU a linear given
 `DENSE_ROWS` rows or more dequantizes its weight for that call and runs ``F.linear`` in
-`dense_dtype()` (bf16 where the CPU has it, float32 otherwise). The dequantization costs a few
-percent of such a matmul, and the weight never stays resident in dense form.
+`dense_dtype()` (bf16 where the CPU has it natively, float32 otherwise). Below BLOCKED_ROWS_MAX
+rows the weight is dequantized a cache-sized block of rows at a time beside its matmul (whole, it
+cost as much as the matmul on short prompts); the weight never stays resident in dense form.
 """
 
 from __future__ import annotations
